@@ -1,0 +1,60 @@
+# AstrID — the two commands that matter: `make demo` and `make test`.
+# Everything sets itself up: a project-local .venv and AIRFLOW_HOME=.airflow (SQLite).
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
+export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
+export PYTHONPATH := $(CURDIR)/plugins:$(PYTHONPATH)
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup up lint format bench mwaa-bundle clean help
+
+help:
+	@echo "make demo   - seed a synthetic night and run the three DAGs once (SQLite, local files)"
+	@echo "make test   - the whole test suite (what CI runs)"
+	@echo "make up     - airflow standalone on localhost:8080 with this project"
+	@echo "make bench  - benchmarks -> docs/benchmarks.md"
+
+setup: $(STAMP)
+
+# torch first, pinned, so nothing pulls a multi-GB CUDA build; then everything under our lock.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "torch==2.13.0"
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+$(AIRFLOW_HOME)/airflow.db: | $(STAMP)
+	@mkdir -p $(AIRFLOW_HOME)
+	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (cat $(AIRFLOW_HOME)/db-migrate.log; exit 1)
+
+demo: $(STAMP) $(AIRFLOW_HOME)/airflow.db
+	$(BIN)/python -m astrid.demo
+
+test: $(STAMP)
+	bash scripts/ensure-services.sh
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+up: $(STAMP) $(AIRFLOW_HOME)/airflow.db
+	bash scripts/standalone.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+mwaa-bundle: $(STAMP)
+	bash scripts/mwaa-bundle.sh
+
+clean:
+	rm -rf $(AIRFLOW_HOME) .pytest_cache

@@ -1,0 +1,32 @@
+"""One exception hierarchy, so callers (operators, CLI, API) can tell *whose* fault a failure is.
+
+Every message names the thing that is wrong and, where there is one, the fix.
+"""
+
+
+class AstridError(Exception):
+    """Base class for all errors raised by the AstrID core."""
+
+
+class ConfigError(AstridError, ValueError):
+    """A configuration value (usually an ``ASTRID_*`` environment variable) is invalid."""
+
+
+class ObservationError(AstridError):
+    """One observation cannot be processed (bad file, bad WCS, ...): fail *it*, not the run."""
+
+
+class FitsError(ObservationError):
+    """A FITS file is missing, truncated, not an image, too large, or mismatched."""
+
+
+class StorageError(ObservationError):
+    """A URI is outside the configured storage root, or cannot be reached."""
+
+
+class ModelError(AstridError):
+    """Model weights are missing, corrupt or do not match their card: fail the task so it retries."""
+
+
+class CatalogError(AstridError):
+    """The observation catalog refused an operation (e.g. a lease held by another run)."""
