@@ -1,0 +1,153 @@
+"""Hooks: each owns one Airflow connection and hands back a core object.
+
+Like the providers' hooks, they translate a connection into a client and nothing more. Each
+falls back to the embedded default (SQLite / local files / local MLflow store under
+AIRFLOW_HOME) when its connection is not defined, so `make demo` needs no setup; production
+defines the connections (compose env, Astro `airflow_settings.yaml`, MWAA secrets backend).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+log = logging.getLogger(__name__)
+
+
+def _connection(conn_id: str) -> Any | None:
+    """The connection, or ``None`` when it is not defined anywhere (then defaults apply)."""
+    from airflow.sdk.exceptions import AirflowNotFoundException, AirflowRuntimeError
+
+    try:
+        return BaseHook.get_connection(conn_id)
+    except (AirflowNotFoundException, AirflowRuntimeError) as exc:
+        if isinstance(exc, AirflowRuntimeError) and "NOT_FOUND" not in str(exc):
+            raise
+        log.info("connection %r not defined: using the embedded default", conn_id)
+        return None
+
+
+class CatalogHook(BaseHook):
+    """The observation catalog, from connection ``astrid_catalog``.
+
+    The connection's extra ``sqlalchemy_url`` (or ``url``) is used as is; a ``postgres``
+    connection (host/login/password/schema/port) is turned into a psycopg2 URL. Undefined: the
+    SQLite catalog under AIRFLOW_HOME.
+    """
+
+    conn_name_attr = "astrid_catalog_conn_id"
+    default_conn_name = "astrid_catalog"
+    conn_type = "generic"
+    hook_name = "AstrID observation catalog"
+
+    def __init__(self, astrid_catalog_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = astrid_catalog_conn_id
+
+    @cached_property
+    def url(self) -> str:
+        from astrid.catalog import default_catalog_url
+
+        conn = _connection(self.conn_id)
+        if conn is None:
+            return default_catalog_url()
+        extra = conn.extra_dejson or {}
+        if extra.get("sqlalchemy_url") or extra.get("url"):
+            return extra.get("sqlalchemy_url") or extra["url"]
+        if conn.conn_type in ("postgres", "postgresql"):
+            auth = f"{conn.login}:{conn.password or ''}@" if conn.login else ""
+            return f"postgresql+psycopg2://{auth}{conn.host}:{conn.port or 5432}/{conn.schema or 'astrid'}"
+        if conn.host and "://" in conn.host:
+            return conn.host
+        raise ValueError(
+            f"connection {self.conn_id!r} has no SQLAlchemy URL: set extra {{'sqlalchemy_url': ...}} "
+            "or use a postgres connection"
+        )
+
+    def get_conn(self) -> Any:
+        from astrid.catalog import Catalog
+
+        return _catalog(self.url)
+
+
+_CATALOGS: dict[str, Any] = {}
+
+
+def _catalog(url: str) -> Any:
+    """One Catalog (engine + pool) per URL per process."""
+    from astrid.catalog import Catalog
+
+    if url not in _CATALOGS:
+        catalog = Catalog(url)
+        catalog.migrate()
+        _CATALOGS[url] = catalog
+    return _CATALOGS[url]
+
+
+class ObservationStorageHook(BaseHook):
+    """The storage root observations and artifacts live under, from connection ``astrid_storage``.
+
+    The connection's extra ``root`` (or its host) is a ``file://`` or ``s3://`` URI; for s3 the
+    extra ``aws_conn_id`` (default ``aws_default``) names the credentials, read by Airflow's
+    ObjectStoragePath. Undefined: ``file://$AIRFLOW_HOME/astrid/storage``.
+    """
+
+    conn_name_attr = "astrid_storage_conn_id"
+    default_conn_name = "astrid_storage"
+    conn_type = "generic"
+    hook_name = "AstrID observation storage"
+
+    def __init__(self, astrid_storage_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = astrid_storage_conn_id
+
+    def get_conn(self) -> Any:
+        from airflow.sdk import ObjectStoragePath
+
+        from astrid.paths import default_storage_uri
+        from astrid.storage import StorageRoot
+
+        conn = _connection(self.conn_id)
+        extra = (conn.extra_dejson or {}) if conn else {}
+        root = extra.get("root") or (conn.host if conn and conn.host else None) or default_storage_uri()
+        conn_id = extra.get("aws_conn_id", "aws_default") if root.startswith("s3://") else None
+        return StorageRoot(ObjectStoragePath(root, conn_id=conn_id))
+
+
+class ModelRegistryHook(BaseHook):
+    """The MLflow tracking server + model registry, from connection ``mlflow_default``.
+
+    The connection's host (or extra ``tracking_uri``) is the tracking URI; undefined: a SQLite
+    store under AIRFLOW_HOME. See :mod:`astrid.registry` for what it does with it.
+    """
+
+    conn_name_attr = "mlflow_conn_id"
+    default_conn_name = "mlflow_default"
+    conn_type = "generic"
+    hook_name = "MLflow model registry"
+
+    def __init__(self, mlflow_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = mlflow_conn_id
+
+    @cached_property
+    def tracking_uri(self) -> str:
+        from astrid.paths import default_mlflow_uri
+
+        conn = _connection(self.conn_id)
+        if conn is None:
+            return default_mlflow_uri()
+        extra = conn.extra_dejson or {}
+        if extra.get("tracking_uri"):
+            return extra["tracking_uri"]
+        scheme = conn.schema or "http"
+        port = f":{conn.port}" if conn.port else ""
+        return f"{scheme}://{conn.host}{port}"
+
+    def get_conn(self) -> Any:
+        from astrid.registry import ModelRegistry
+
+        return ModelRegistry(self.tracking_uri)

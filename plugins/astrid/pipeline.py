@@ -1,0 +1,266 @@
+"""One inference run over a list of claimed observations: gate, infer, persist, summarise.
+
+This is the core the Airflow operators are thin wrappers over (and what the CLI or a notebook
+can call directly). The rule that keeps runs alive at 3 AM: a bad *observation* fails or is
+rejected on its own (status + reason kept in the catalog) and the run goes on; a bad *model* or an
+unreachable catalog raises, so the task fails and Airflow retries it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from astrid.catalog import Catalog, Claim
+from astrid.errors import ObservationError
+from astrid.logs import log_event, timed
+from astrid.metrics import Metrics, NullMetrics, metric_name
+
+CATALOG_COLUMNS = ("x", "y", "ra", "dec", "score", "flux")
+
+
+class Detector(Protocol):
+    """What the pipeline needs from a model: the U-Net engine satisfies it."""
+
+    version: str
+
+    def probability(self, triplet: Any) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Who is running: carried into every log line, catalog write and metric."""
+
+    run_id: str
+    dag_id: str = "cli"
+    kind: str = "cli"
+    task_id: str | None = None
+
+
+@dataclass
+class RunSummary:
+    """The XCom summary of an inference step (the shape the issue fixes, plus a few extras)."""
+
+    processed_count: int = 0
+    failed_count: int = 0
+    rejected_count: int = 0
+    detections_found: int = 0
+    processing_time: float = 0.0
+    success_rate: float = 1.0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    model_version: str | None = None
+    megapixels: float = 0.0
+    observation_ids: list[int] = field(default_factory=list)
+    catalog_uri: str | None = None
+
+    def to_xcom(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def merge(cls, parts: Sequence[dict[str, Any]]) -> RunSummary:
+        """Combine the summaries of mapped tasks (batch fan-out) into one run summary."""
+        total = cls()
+        for part in parts:
+            total.processed_count += part.get("processed_count", 0)
+            total.failed_count += part.get("failed_count", 0)
+            total.rejected_count += part.get("rejected_count", 0)
+            total.detections_found += part.get("detections_found", 0)
+            total.processing_time += part.get("processing_time", 0.0)
+            total.megapixels += part.get("megapixels", 0.0)
+            total.errors.extend(part.get("errors", []))
+            total.observation_ids.extend(part.get("observation_ids", []))
+            total.model_version = total.model_version or part.get("model_version")
+        total.success_rate = _success_rate(total.processed_count, total.failed_count)
+        return total
+
+
+def _success_rate(processed: int, failed: int) -> float:
+    attempted = processed + failed
+    return 1.0 if attempted == 0 else round(processed / attempted, 4)
+
+
+def _error(claim: Claim, exc: BaseException) -> dict[str, Any]:
+    return {
+        "observation_id": claim.observation_id,
+        "observation": claim.name,
+        "error": f"{type(exc).__name__}: {exc}",
+        "timestamp": datetime.now(UTC).isoformat(),
+    }
+
+
+def load_claim(claim: Claim, storage: Any, max_side: int) -> Any:
+    """The claim's FITS triplet, read through the storage root (URIs outside it are refused)."""
+    from astrid.imaging.fits import load_triplet
+
+    diff = storage.resolve(claim.difference_uri) if claim.difference_uri else None
+    return load_triplet(
+        storage.resolve(claim.science_uri),
+        storage.resolve(claim.reference_uri),
+        diff,
+        max_side=max_side,
+        name=claim.name,
+    )
+
+
+def quality_gate(
+    claims: Sequence[Claim],
+    *,
+    catalog: Catalog,
+    storage: Any,
+    run: RunInfo,
+    max_side: int,
+    metrics: Metrics | None = None,
+    gate: Any = None,
+) -> tuple[list[Claim], list[dict[str, Any]]]:
+    """Reject observations that are unreadable or fail the data-quality suite; return the rest.
+
+    Rejected observations get status ``rejected`` with the reason (the failed expectation, or the
+    file problem) kept in the catalog. Returns (accepted claims, rejection records).
+    """
+    from astrid.quality import QualityGate, observation_profile
+
+    metrics = metrics or NullMetrics()
+    gate = gate or QualityGate.shared()
+    accepted_candidates: list[tuple[Claim, dict]] = []
+    rejections: list[dict[str, Any]] = []
+    for claim in claims:
+        try:
+            triplet = load_claim(claim, storage, max_side)
+        except ObservationError as exc:
+            rejections.append(_reject(catalog, claim, run, str(exc)))
+            continue
+        accepted_candidates.append((claim, observation_profile(triplet)))
+    results = gate.validate([profile for _, profile in accepted_candidates]) if accepted_candidates else []
+    accepted = []
+    for (claim, _), result in zip(accepted_candidates, results, strict=True):
+        if result.passed:
+            accepted.append(claim)
+        else:
+            rejections.append(_reject(catalog, claim, run, "; ".join(result.failures)))
+    if rejections:
+        metrics.incr(metric_name("astrid.observations.rejected", run.dag_id), len(rejections))
+    log_event("quality_gate", run_id=run.run_id, dag_id=run.dag_id, accepted=[c.observation_id for c in accepted],
+              rejected=[r["observation_id"] for r in rejections])
+    return accepted, rejections
+
+
+def _reject(catalog: Catalog, claim: Claim, run: RunInfo, reason: str) -> dict[str, Any]:
+    catalog.reject(claim.observation_id, run.run_id, reason)
+    log_event("observation.rejected", level=30, run_id=run.run_id, dag_id=run.dag_id,
+              observation_id=claim.observation_id, observation=claim.name, reason=reason)
+    return {"observation_id": claim.observation_id, "observation": claim.name, "reason": reason}
+
+
+def run_inference(
+    claims: Sequence[Claim],
+    *,
+    catalog: Catalog,
+    storage: Any,
+    detector: Detector,
+    run: RunInfo,
+    threshold: float,
+    max_side: int,
+    metrics: Metrics | None = None,
+    artifacts: Any = None,
+    on_observation: Callable[[Claim, list], None] | None = None,
+) -> RunSummary:
+    """Infer every claim, write detections + statuses, write artifacts; return the summary.
+
+    ``artifacts`` is a directory path-like (under the storage root) for the run's detection
+    catalog CSV and probability thumbnails; ``None`` skips artifacts.
+    """
+    from astrid.ml.detect import extract_detections
+
+    metrics = metrics or NullMetrics()
+    summary = RunSummary(model_version=detector.version)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with timed("inference_run", run_id=run.run_id, dag_id=run.dag_id, task_id=run.task_id,
+               observation_ids=[c.observation_id for c in claims], model_version=detector.version) as report:
+        for claim in claims:
+            t0 = time.perf_counter()
+            try:
+                triplet = load_claim(claim, storage, max_side)
+                probability = detector.probability(triplet)
+                detections = extract_detections(probability, triplet.difference, threshold, triplet.wcs)
+                catalog.complete(claim.observation_id, run.run_id, detector.version, detections)
+            except ObservationError as exc:
+                catalog.fail(claim.observation_id, run.run_id, str(exc))
+                summary.failed_count += 1
+                summary.errors.append(_error(claim, exc))
+                log_event("observation.failed", run_id=run.run_id, dag_id=run.dag_id, exc=exc,
+                          observation_id=claim.observation_id, observation=claim.name)
+                continue
+            seconds = time.perf_counter() - t0
+            summary.processed_count += 1
+            summary.detections_found += len(detections)
+            summary.megapixels += triplet.difference.size / 1e6
+            summary.observation_ids.append(claim.observation_id)
+            metrics.timing(metric_name("astrid.inference.latency", run.dag_id), seconds * 1000)
+            rows.extend({"observation_id": claim.observation_id, "observation": claim.name, **d.to_dict()}
+                        for d in detections)
+            if artifacts is not None:
+                _write_thumbnail(artifacts / f"{claim.name}_probability.png", probability)
+            if on_observation:
+                on_observation(claim, detections)
+            log_event("observation.inferred", run_id=run.run_id, dag_id=run.dag_id,
+                      observation_id=claim.observation_id, observation=claim.name,
+                      detections=len(detections), duration_s=round(seconds, 3))
+        summary.processing_time = round(time.perf_counter() - started, 3)
+        summary.success_rate = _success_rate(summary.processed_count, summary.failed_count)
+        if artifacts is not None and claims:
+            summary.catalog_uri = _write_catalog(artifacts / "detections.csv", rows)
+        report.update(processed=summary.processed_count, failed=summary.failed_count,
+                      detections=summary.detections_found)
+    _emit_run_metrics(metrics, run.dag_id, summary)
+    return summary
+
+
+def _emit_run_metrics(metrics: Metrics, dag_id: str, s: RunSummary) -> None:
+    metrics.incr(metric_name("astrid.observations.processed", dag_id), s.processed_count)
+    metrics.incr(metric_name("astrid.observations.failed", dag_id), s.failed_count)
+    metrics.incr(metric_name("astrid.detections", dag_id), s.detections_found)
+    metrics.gauge(metric_name("astrid.run.success_rate", dag_id), s.success_rate)
+    metrics.gauge(metric_name("astrid.run.detections", dag_id), s.detections_found)
+    if s.processing_time > 0:
+        metrics.gauge(metric_name("astrid.throughput_mpix", dag_id), round(s.megapixels / s.processing_time, 3))
+    metrics.gauge(metric_name("astrid.memory.rss_mb", dag_id), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def detections_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] = CATALOG_COLUMNS) -> str:
+    """CSV text with the contract header; ``None`` (no WCS) becomes an empty cell."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    return buffer.getvalue()
+
+
+def _write_catalog(path: Any, rows: Sequence[dict[str, Any]]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fh.write(detections_csv(rows, ("observation_id", "observation", *CATALOG_COLUMNS)))
+    return str(path)
+
+
+def _write_thumbnail(path: Any, probability: np.ndarray, side: int = 256) -> None:
+    """A small PNG of the probability map for eyeballing a run from the UI's extra link."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    step = max(1, max(probability.shape) // side)
+    small = probability[::step, ::step]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        plt.imsave(fh, small, cmap="magma", vmin=0.0, vmax=1.0, format="png")

@@ -1,0 +1,192 @@
+"""The MLflow side: tracking runs, and the model registry with ``champion``/``challenger`` aliases.
+
+A model version's artifacts are our own format (``model.safetensors`` + ``model_card.json``),
+registered with ``create_model_version`` pointing at a run's artifact directory — no pickled
+MLflow flavour, so loading a model never unpickles anything. The serving model is whatever the
+``champion`` alias points at; validation moves aliases, and the previous champion is remembered
+on the registered model (tag ``champion_history``) so a rollback knows where to go.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from astrid.errors import ModelError
+
+MODEL_NAME = "astrid-unet"
+INFERENCE_EXPERIMENT = "astrid-inference"
+VALIDATION_EXPERIMENT = "astrid-validation"
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path
+    version: str  # registry version ("3"), or the card version for a plain path
+    reference: str
+
+
+class ModelRegistry:
+    """Thin wrapper over an MLflow client bound to one tracking URI."""
+
+    def __init__(self, tracking_uri: str, artifact_root: str | None = None) -> None:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow
+        from mlflow import MlflowClient
+
+        from astrid.paths import astrid_home, default_mlflow_artifacts
+
+        self.tracking_uri = tracking_uri
+        self._mlflow = mlflow
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        local_store = tracking_uri.startswith(("sqlite:", "file:", "/"))
+        self.artifact_root = artifact_root or (default_mlflow_artifacts() if local_store else None)
+        self.cache = astrid_home() / "model-cache"
+
+    # -- tracking -------------------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=self.artifact_root and f"{self.artifact_root}/{name}")
+        except Exception:  # created concurrently by another task
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    @contextmanager
+    def run(self, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
+        """An MLflow run; ended FAILED if the body raises, so failures are visible in the UI."""
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags or {})
+        try:
+            yield run
+        except BaseException:
+            self.client.set_terminated(run.info.run_id, status="FAILED")
+            raise
+        self.client.set_terminated(run.info.run_id, status="FINISHED")
+
+    def log(self, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None) -> None:
+        for key, value in (params or {}).items():
+            self.client.log_param(run_id, key, value)
+        for key, value in (metrics or {}).items():
+            if value is not None:
+                self.client.log_metric(run_id, key, float(value))
+
+    def run_url(self, run_id: str) -> str:
+        run = self.client.get_run(run_id)
+        base = self.tracking_uri if self.tracking_uri.startswith("http") else os.environ.get("ASTRID_MLFLOW_UI_URL", "http://localhost:5000")
+        return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+    # -- registry -------------------------------------------------------------------------
+    def register(self, model_dir: Path, *, alias: str | None = None, description: str = "") -> str:
+        """Upload a model directory as a new version (optionally setting an alias); returns the version."""
+        from astrid.ml.weights import load_model
+
+        load_model(model_dir)  # refuse to register anything that does not load
+        try:
+            self.client.get_registered_model(MODEL_NAME)
+        except Exception:
+            try:
+                self.client.create_registered_model(MODEL_NAME, description="AstrID U-Net transient detector")
+            except Exception:  # created concurrently
+                pass
+        with self.run(VALIDATION_EXPERIMENT, f"register-{Path(model_dir).name}") as run:
+            self.client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
+            source = f"{run.info.artifact_uri}/model"
+        mv = self.client.create_model_version(MODEL_NAME, source=source, run_id=run.info.run_id, description=description)
+        if alias:
+            self.set_alias(alias, mv.version)
+        return str(mv.version)
+
+    def alias_version(self, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(MODEL_NAME, alias).version)
+        except Exception:
+            return None
+
+    def set_alias(self, alias: str, version: str) -> None:
+        if alias == CHAMPION:
+            current = self.alias_version(CHAMPION)
+            if current == str(version):
+                return
+            if current is not None:
+                history = self.champion_history() + [current]
+                self.client.set_registered_model_tag(MODEL_NAME, "champion_history", json.dumps(history[-20:]))
+        self.client.set_registered_model_alias(MODEL_NAME, alias, str(version))
+
+    def delete_alias(self, alias: str) -> None:
+        if self.alias_version(alias) is not None:
+            self.client.delete_registered_model_alias(MODEL_NAME, alias)
+
+    def champion_history(self) -> list[str]:
+        try:
+            tags = self.client.get_registered_model(MODEL_NAME).tags
+        except Exception:
+            return []
+        return json.loads(tags.get("champion_history", "[]"))
+
+    def ensure_champion(self, shipped: Path) -> str:
+        """Bootstrap: an empty registry gets the shipped model as version 1, champion."""
+        return self.alias_version(CHAMPION) or self.register(shipped, alias=CHAMPION, description="shipped model")
+
+    def resolve(self, reference: str) -> ResolvedModel:
+        """``models:/astrid-unet@alias``, ``models:/astrid-unet/3``, a bare version ``3``, or a path."""
+        if not reference.startswith("models:/") and not reference.isdigit():
+            path = Path(reference)
+            if not path.exists():
+                raise ModelError(f"model path {reference!r} does not exist: pass a registry reference "
+                                 "(models:/astrid-unet@champion), a version number, or an existing directory")
+            from astrid.ml.weights import load_model
+
+            return ResolvedModel(path=path, version=load_model(path)[1].version, reference=reference)
+        version = reference if reference.isdigit() else self._version_of(reference)
+        try:
+            mv = self.client.get_model_version(MODEL_NAME, version)
+        except Exception as exc:
+            raise ModelError(f"model version {version!r} of {MODEL_NAME} not found in the registry at "
+                             f"{self.tracking_uri}: list versions in the MLflow UI and pass one that exists") from exc
+        target = self.cache / f"v{version}"
+        if not (target / "model_card.json").exists():
+            self._download(mv.source, target)
+        return ResolvedModel(path=target, version=str(version), reference=reference)
+
+    def _download(self, source: str, target: Path) -> None:
+        """Download into a private directory, then rename: concurrent mapped tasks never see half a model."""
+        import shutil
+        import tempfile
+
+        import mlflow.artifacts
+
+        self.cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.cache, prefix=".download-"))
+        try:
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging),
+                                                           tracking_uri=self.tracking_uri))
+            try:
+                got.rename(target)
+            except OSError:  # another process won the race; its copy is identical
+                if not (target / "model_card.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _version_of(self, reference: str) -> str:
+        rest = reference.removeprefix("models:/")
+        name, sep, alias = rest.partition("@")
+        if sep:
+            if name != MODEL_NAME:
+                raise ModelError(f"unknown registered model {name!r} in {reference!r}: expected {MODEL_NAME}")
+            version = self.alias_version(alias)
+            if version is None:
+                raise ModelError(f"no model version has alias {alias!r} in {reference!r}: "
+                                 "run the validation DAG or set the alias in the MLflow UI")
+            return version
+        name, _, version = rest.partition("/")
+        if name != MODEL_NAME or not version.isdigit():
+            raise ModelError(f"model reference {reference!r} not understood: use models:/{MODEL_NAME}@champion or models:/{MODEL_NAME}/<version>")
+        return version
