@@ -1,0 +1,311 @@
+"""Tiled, batched, device-aware inference: any frame size, memory bounded by the tile batch.
+
+How a frame is processed (``InferenceEngine.probability``):
+
+1. Robust statistics (background, noise) of each channel are measured once on the whole frame
+   (:mod:`astrid.ml.normalise`), so every tile is normalised identically.
+2. The frame is covered by a grid of *cores* of ``tile - overlap`` pixels. Each tile is its core
+   plus ``overlap / 2`` pixels of context on every side (adjacent tiles overlap by ``overlap``);
+   pixels outside the frame are filled by reflection (``numpy`` "reflect" mode). Only the core
+   of each tile's output is kept, so as long as ``overlap / 2`` exceeds the network's receptive
+   field the stitched map equals a full-frame pass: no seams, no blending needed. Frames smaller
+   than a tile get one tile shrunk to fit; sizes need not be multiples of anything.
+3. Tiles are cut, normalised and sent to the device ``batch_size`` at a time from a generator;
+   at most one batch of tiles exists at once, so host and device memory are bounded by
+   ``batch_size × tile²`` plus the output map, not by the frame.
+4. ``torch.inference_mode``; on CUDA, ``channels_last`` and autocast (bf16 where supported,
+   else fp16). CPU runs fp32.
+5. Out of memory (``torch.OutOfMemoryError``, a ``RuntimeError`` mentioning "out of memory", or
+   host ``MemoryError``): the batch is halved and the same tiles retried; the smaller batch size
+   is kept for the rest of the engine's life. Only if a single tile fails does the observation
+   fail, with an :class:`~astrid.errors.ObservationError`.
+
+Devices: ``"auto"`` picks CUDA when ``torch.cuda.is_available()``, else CPU. ``"cuda"`` (or
+``"cuda:N"``) without a usable GPU falls back to CPU with a ``RuntimeWarning`` and a log line
+(a worker without a GPU still does the work, slower); ``"cpu"`` forces CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from astrid.errors import ObservationError
+from astrid.ml import normalise
+from astrid.ml.detect import Detection, extract_detections
+from astrid.ml.unet import receptive_field_radius
+from astrid.ml.weights import ModelCard, load_model, resolve_model_paths
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TILE = {"cpu": 512, "cuda": 1024}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` → CUDA if available else CPU; CUDA requested but unavailable → CPU + warning."""
+    name = str(device or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            message = f"device {name!r} requested but CUDA is not available; falling back to CPU"
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            log.warning(message)
+            return torch.device("cpu")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda[:N]'")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA OOM, host ``MemoryError`` and RuntimeErrors that say "out of memory"."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    if isinstance(exc, MemoryError) or (oom_type and isinstance(exc, oom_type)):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _reflect(index: np.ndarray, n: int) -> np.ndarray:
+    """Map any integer index onto [0, n) by mirror reflection without edge repeat (numpy 'reflect')."""
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    i = np.abs(index) % period
+    return np.where(i >= n, period - i, i)
+
+
+def _ceil_to(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class InferenceEngine:
+    """Runs a loaded U-Net over whole observations (any size) and extracts detections.
+
+    ``tile`` and ``overlap`` must be multiples of the network's size multiple (8 for depth 3)
+    and ``overlap < tile``. ``overlap / 2`` is the context margin discarded on each side of a
+    tile; the default makes it ≥ the receptive-field radius (104 → 52 ≥ 51 for depth 3), which
+    makes tiled output equal to a full-frame pass. ``tile`` defaults to 512 on CPU (cache- and
+    memory-friendly) and 1024 on CUDA (fewer, larger kernels; less overlap overhead).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        card: ModelCard | None = None,
+        device: str | torch.device = "auto",
+        batch_size: int = 8,
+        tile: int | None = None,
+        overlap: int | None = None,
+        precision: str = "auto",
+    ) -> None:
+        multiple = int(getattr(model, "multiple", 8))
+        self.device = resolve_device(device)
+        if tile is None:
+            tile = DEFAULT_TILE.get(self.device.type, 512)
+        if overlap is None:
+            radius = receptive_field_radius(int(getattr(model, "depth", 3)))
+            overlap = _ceil_to(2 * radius, multiple)
+        if tile <= 0 or tile % multiple or overlap < 0 or overlap % multiple or overlap >= tile:
+            raise ValueError(
+                f"tile ({tile}) and overlap ({overlap}) must be multiples of {multiple} with 0 <= overlap < tile"
+            )
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.card = card
+        self.batch_size = int(batch_size)
+        self.tile = int(tile)
+        self.overlap = int(overlap)
+        self.margin = self.overlap // 2
+        self.multiple = multiple
+        self.precision = self._resolve_precision(precision)
+        self.model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_path(
+        cls, path: str | os.PathLike, device: str = "auto", batch_size: int = 8, **kwargs: Any
+    ) -> InferenceEngine:
+        model, card = load_model(path)
+        return cls(model, card, device=device, batch_size=batch_size, **kwargs)
+
+    @property
+    def version(self) -> str:
+        """Model version string recorded with every detection (``name@version``)."""
+        if self.card is None:
+            return "unversioned"
+        return f"{self.card.name}@{self.card.version}"
+
+    @property
+    def threshold(self) -> float:
+        """The card's recommended threshold (0.5 when the card does not say)."""
+        return self.card.threshold if self.card is not None else 0.5
+
+    def _resolve_precision(self, precision: str) -> torch.dtype | None:
+        if self.device.type != "cuda" or precision == "fp32":
+            return None
+        if precision == "fp16":
+            return torch.float16
+        if precision in ("bf16", "auto"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        raise ValueError(f"unknown precision {precision!r}: use auto, fp32, fp16 or bf16")
+
+    # -- tiling ---------------------------------------------------------------------------
+    def _tile_shape(self, h: int, w: int) -> tuple[int, int]:
+        """Tile (height, width): the configured tile, shrunk for frames smaller than one core."""
+        core = self.tile - self.overlap
+        core_h = min(core, _ceil_to(h, self.multiple))
+        core_w = min(core, _ceil_to(w, self.multiple))
+        return core_h + self.overlap, core_w + self.overlap
+
+    def _tiles(
+        self, channels: tuple[np.ndarray, ...], stats: tuple[normalise.ChannelStats, ...]
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield (row0, col0, normalised (3, th, tw) tile) for every core, in raster order."""
+        h, w = channels[0].shape
+        th, tw = self._tile_shape(h, w)
+        m = self.margin
+        for r0 in range(0, h, th - self.overlap):
+            rows = _reflect(np.arange(r0 - m, r0 - m + th), h)
+            for c0 in range(0, w, tw - self.overlap):
+                cols = _reflect(np.arange(c0 - m, c0 - m + tw), w)
+                ix = np.ix_(rows, cols)
+                tile = np.stack([normalise.apply(ch[ix], s) for ch, s in zip(channels, stats, strict=True)])
+                yield r0, c0, tile
+
+    # -- forward --------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.precision)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities of the *cores* of a (B, 3, th, tw) batch → (B, th - overlap, tw - overlap)."""
+        x = torch.from_numpy(batch).to(self.device)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        m = self.margin
+        with torch.inference_mode(), self._autocast():
+            logits = self.model(x)
+            core = logits[:, 0, m : logits.shape[2] - m, m : logits.shape[3] - m]
+            return torch.sigmoid(core.float()).cpu().numpy()
+
+    def _run(self, tiles: list[np.ndarray], name: str) -> list[np.ndarray]:
+        """Forward a list of tiles, halving the batch on OOM; returns one core per tile."""
+        out: list[np.ndarray] = []
+        i = 0
+        while i < len(tiles):
+            n = min(self.batch_size, len(tiles) - i)
+            try:
+                out.extend(self._forward(np.stack(tiles[i : i + n])))
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if n <= 1:
+                    th, tw = tiles[i].shape[1:]
+                    raise ObservationError(
+                        f"{name}: out of memory on {self.device} even for a single {th}x{tw} tile "
+                        f"({exc}); use a smaller tile or a device with more free memory"
+                    ) from exc
+                self.batch_size = max(1, n // 2)
+                log.warning(
+                    "out of memory on %s with a batch of %d tiles; retrying with %d",
+                    self.device,
+                    n,
+                    self.batch_size,
+                )
+                continue
+            i += n
+        return out
+
+    # -- public API -----------------------------------------------------------------------
+    def probability(self, triplet: Any) -> np.ndarray:
+        """Per-pixel transient probability (float32, the frame's shape) for a triplet-like object.
+
+        Anything with ``.science``, ``.reference`` and ``.difference`` 2-D arrays of one shape
+        (e.g. :class:`astrid.imaging.fits.Triplet` or a ``SyntheticObservation``).
+        """
+        name = str(getattr(triplet, "name", None) or "observation")
+        channels = tuple(np.asarray(getattr(triplet, k)) for k in ("difference", "science", "reference"))
+        shapes = {c.shape for c in channels}
+        if len(shapes) != 1 or channels[0].ndim != 2 or 0 in channels[0].shape:
+            raise ObservationError(
+                f"{name}: difference/science/reference must be non-empty 2-D arrays of one shape, got "
+                f"{[c.shape for c in channels]}"
+            )
+        h, w = channels[0].shape
+        stats = normalise.stack_stats(channels[1], channels[2], channels[0])
+        out = np.empty((h, w), dtype=np.float32)
+        pending: list[tuple[int, int, np.ndarray]] = []
+
+        def flush() -> None:
+            cores = self._run([t for _, _, t in pending], name)
+            for (r0, c0, _), core in zip(pending, cores, strict=True):
+                rh, cw = min(core.shape[0], h - r0), min(core.shape[1], w - c0)
+                out[r0 : r0 + rh, c0 : c0 + cw] = core[:rh, :cw]
+            pending.clear()
+
+        for item in self._tiles(channels, stats):
+            pending.append(item)
+            if len(pending) >= self.batch_size:
+                flush()
+        if pending:
+            flush()
+        return out
+
+    def detect(self, triplet: Any, threshold: float | None = None) -> list[Detection]:
+        """Detections above ``threshold`` (default: the card's recommended threshold)."""
+        probability = self.probability(triplet)
+        return extract_detections(
+            probability,
+            np.asarray(triplet.difference),
+            self.threshold if threshold is None else threshold,
+            getattr(triplet, "wcs", None),
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_engine(
+    weights: str, mtime_ns: int, card_mtime_ns: int, device: str, batch_size: int
+) -> InferenceEngine:
+    del mtime_ns, card_mtime_ns  # part of the cache key only: a retrained file is a new engine
+    return InferenceEngine.from_path(weights, device=device, batch_size=batch_size)
+
+
+def get_engine(
+    path: str | os.PathLike | None = None, device: str = "auto", batch_size: int = 8
+) -> InferenceEngine:
+    """The process-wide engine for a model: loaded once, reused by every task in the worker.
+
+    Cached on (resolved weights path, weights and card mtimes, resolved device, batch size),
+    so replacing the weights on disk loads the new model on next use. ``path`` defaults to the
+    shipped model (``ASTRID_MODEL_PATH`` or ``include/models/astrid-unet``).
+    """
+    if path is None:
+        from astrid.paths import shipped_model_path
+
+        path = shipped_model_path()
+    weights, card = resolve_model_paths(path)
+    weights = weights.resolve()
+    try:
+        mtime, card_mtime = weights.stat().st_mtime_ns, Path(card).stat().st_mtime_ns
+    except OSError:
+        mtime = card_mtime = -1  # load_model raises the proper ModelError
+    resolved = str(resolve_device(device))
+    return _cached_engine(str(weights), mtime, card_mtime, resolved, int(batch_size))
+
+
+get_engine.cache_clear = _cached_engine.cache_clear  # type: ignore[attr-defined]
