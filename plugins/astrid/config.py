@@ -50,6 +50,8 @@ class InferenceSchedulingConfig:
     confidence_threshold: float = _env("ASTRID_INFERENCE_CONFIDENCE_THRESHOLD", "probability cut for a detection (0-1)", default=0.5)
     inference_batch_size: int = _env("ASTRID_INFERENCE_BATCH_SIZE", "tiles per forward pass", default=8)
     device: str = _env("ASTRID_INFERENCE_DEVICE", "auto, cpu or cuda", default="auto")
+    gpu_pool: str = _env("ASTRID_INFERENCE_GPU_POOL", "Airflow pool capping concurrent U-Net tasks", default="gpu")
+    gpu_queue: str = _env("ASTRID_INFERENCE_GPU_QUEUE", "executor queue of U-Net tasks (default on MWAA)", default="gpu")
     lease_minutes: int = _env("ASTRID_INFERENCE_LEASE_MINUTES", "claim lease; expired claims are claimable again", default=30)
     max_attempts: int = _env("ASTRID_INFERENCE_MAX_ATTEMPTS", "failures before an observation is left failed", default=3)
     max_image_side: int = _env("ASTRID_INFERENCE_MAX_IMAGE_SIDE", "largest accepted frame side in pixels", default=8192)

@@ -35,6 +35,16 @@ class Detector(Protocol):
     def probability(self, triplet: Any) -> np.ndarray: ...
 
 
+class VersionedDetector:
+    """A detector under an explicit version label (the registry version detections are keyed by)."""
+
+    def __init__(self, detector: Detector, version: str) -> None:
+        self._detector, self.version = detector, str(version)
+
+    def probability(self, triplet: Any) -> np.ndarray:
+        return self._detector.probability(triplet)
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """Who is running: carried into every log line, catalog write and metric."""

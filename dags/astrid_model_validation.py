@@ -1,0 +1,54 @@
+"""Weekly model validation: score champion (and challenger) on labelled data; promote or roll back."""
+
+from airflow.sdk import DAG, Param
+
+from astrid.airflow.dag_defaults import dag_kwargs
+from astrid.airflow.tasks import (
+    SERVING_MODEL,
+    MoveChampionOperator,
+    ScoreModelsOperator,
+    SelectValidationSetOperator,
+    ValidationDecisionOperator,
+    record_failed_run,
+)
+from astrid.config import load_config
+
+config = load_config()
+
+DOC = f"""
+### AstrID weekly model validation
+
+Runs the registry's `champion` (and `challenger`, when one exists) over
+**{config.validation_dataset_size}** labelled observations, computes recall per SNR bin,
+precision, F1 and false detections per megapixel (matching within 3 px), logs both to MLflow, then
+branches on the measured metrics:
+
+* **promote** — challenger beats the champion and clears the F1 floor ({config.min_validation_f1}): alias moves;
+* **keep** — the champion holds;
+* **rollback** — the champion fell below the floor: `champion` goes back to the previous version.
+
+A change of serving model emits the `astrid_serving_model` Asset event. Degradation emails go out
+when the champion is below the floor. Schedule `{config.schedule("validation")}` ({config.timezone});
+SLA: late after {config.validation_deadline_minutes} min.
+"""
+
+with DAG(
+    "astrid_model_validation",
+    max_active_runs=1,
+    on_failure_callback=record_failed_run,
+    **dag_kwargs("validation", config, doc_md=DOC, tags=["validation", "mlops"], params={
+        "dataset_size": Param(config.validation_dataset_size, type="integer", minimum=1, maximum=1000,
+                              title="Labelled observations"),
+        "confidence_threshold": Param(config.confidence_threshold, type="number", minimum=0, maximum=1,
+                                      title="Confidence threshold"),
+    }),
+):
+    observations = SelectValidationSetOperator(task_id="select_validation_set", size="{{ params.dataset_size }}")
+    scores = ScoreModelsOperator(task_id="score_models", observations=observations.output,
+                                 confidence_threshold="{{ params.confidence_threshold }}")
+    decide = ValidationDecisionOperator(task_id="decide", scores=scores.output)
+    decide >> [
+        MoveChampionOperator(task_id="promote", action="promote", outlets=[SERVING_MODEL]),
+        MoveChampionOperator(task_id="keep", action="keep"),
+        MoveChampionOperator(task_id="rollback", action="rollback", outlets=[SERVING_MODEL]),
+    ]

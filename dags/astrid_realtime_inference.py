@@ -1,0 +1,49 @@
+"""Realtime transient detection: every 15 minutes, up to 10 fresh observations."""
+
+from airflow.sdk import DAG
+
+from astrid.airflow.dag_defaults import dag_kwargs, inference_params
+from astrid.airflow.operators import ClaimObservationsOperator, DataQualityOperator, UNetInferenceOperator
+from astrid.airflow.tasks import InferenceReportOperator, PreflightOperator, record_failed_run
+from astrid.config import load_config
+
+config = load_config()
+
+DOC = f"""
+### AstrID realtime inference
+
+Claims up to **{config.realtime_max_observations}** preprocessed observations from the catalog,
+gates them with Great Expectations, runs the U-Net (GPU when present, CPU otherwise) and writes
+detections back. Schedule `{config.schedule("realtime")}` ({config.timezone}); SLA: late after
+{config.realtime_deadline_minutes} min (email). One run at a time; claims are leases, so a killed
+run's observations are picked up again when the lease expires.
+
+`preflight` skips the run when the worker is overloaded · `claim` → `quality_gate` → `infer` → `report`.
+Trigger with conf `{{"max_observations": 5, "model_version": "champion", "confidence_threshold": 0.5}}`.
+Runbook: `docs/runbook.md`.
+"""
+
+with DAG(
+    "astrid_realtime_inference",
+    max_active_runs=1,
+    on_failure_callback=record_failed_run,
+    **dag_kwargs("realtime", config, doc_md=DOC, tags=["realtime", "inference"],
+                 params=inference_params(config.realtime_max_observations, config)),
+):
+    preflight = PreflightOperator(task_id="preflight")
+    claim = ClaimObservationsOperator(
+        task_id="claim", max_observations="{{ params.max_observations }}", lease_minutes=config.lease_minutes
+    )
+    gate = DataQualityOperator(task_id="quality_gate", observations=claim.output)
+    infer = UNetInferenceOperator(
+        task_id="infer",
+        observations=gate.output,
+        model="{{ params.model_version }}",
+        confidence_threshold="{{ params.confidence_threshold }}",
+        batch_size=config.inference_batch_size,
+        device=config.device,
+        pool=config.gpu_pool,
+        queue=config.gpu_queue,
+    )
+    report = InferenceReportOperator(task_id="report", summaries=infer.output, claimed=claim.output, kind="realtime")
+    preflight >> claim >> gate >> infer >> report

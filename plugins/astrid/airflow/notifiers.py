@@ -1,0 +1,182 @@
+"""Alert notifiers: email through ``smtp_default`` and, when configured, a Slack/webhook message.
+
+Notifier classes (like the providers' ``SmtpNotifier``), usable as task/DAG callbacks and as
+Deadline Alert callbacks (``AsyncCallback(AstridNotifier, kwargs=...)`` runs in the triggerer).
+Every alert has a key (kind + DAG); a repeat within the cool-down is suppressed, with the state
+kept in the catalog's ``alert_state`` table — persisted, so restarts and many workers agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.sdk import BaseNotifier
+
+from astrid.airflow.hooks import CatalogHook, _connection
+
+KINDS = ("deadline", "failure", "degradation")
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str
+    dag_id: str
+    run_id: str
+    subject: str
+    body: str
+    url: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.dag_id}"
+
+
+def _base_url() -> str:
+    from airflow.sdk.configuration import conf
+
+    return conf.get("api", "base_url", fallback="http://localhost:8080").rstrip("/")
+
+
+def run_url(dag_id: str, run_id: str) -> str:
+    from urllib.parse import quote
+
+    return f"{_base_url()}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
+
+
+def build_alert(kind: str, context: dict[str, Any], message: str = "") -> Alert:
+    """Subject and body from a task context or a deadline callback's simple context."""
+    dag_run = context.get("dag_run")
+    if isinstance(dag_run, dict):  # deadline callback: serialised DAGRunResponse
+        dag_id, run_id = dag_run.get("dag_id", "?"), dag_run.get("dag_run_id") or dag_run.get("run_id", "?")
+    else:
+        dag_id = context["dag"].dag_id if context.get("dag") else getattr(dag_run, "dag_id", "?")
+        run_id = context.get("run_id") or getattr(dag_run, "run_id", "?")
+    url = run_url(dag_id, run_id)
+    if kind == "deadline":
+        deadline = (context.get("deadline") or {}).get("deadline_time", "")
+        subject = f"[AstrID] SLA missed: {dag_id} run {run_id} is late"
+        detail = f"The run passed its deadline ({deadline}) and is still not finished."
+    elif kind == "failure":
+        ti = context.get("ti") or context.get("task_instance")
+        task = getattr(ti, "task_id", "?")
+        error = context.get("exception")
+        subject = f"[AstrID] Task failed: {dag_id}.{task}"
+        detail = f"Task {task} failed after its retries: {type(error).__name__ if error else ''}: {error or ''}"
+    else:
+        subject = f"[AstrID] Degradation: {dag_id}"
+        detail = ""
+    body = "\n".join(line for line in (detail, message, f"Run: {url}", "Runbook: docs/runbook.md") if line)
+    return Alert(kind, dag_id, run_id, subject, body, url)
+
+
+class AstridNotifier(BaseNotifier):
+    """Send an :class:`Alert` by email (and webhook) unless the same alert is in its cool-down.
+
+    :param kind: ``deadline``, ``failure`` or ``degradation``
+    :param to: recipients (default: ASTRID_INFERENCE_ALERT_EMAIL)
+    :param message: extra text (templated)
+    :param cooldown_minutes: suppress repeats of the same kind+DAG for this long
+    """
+
+    template_fields = ("message", "to")
+
+    def __init__(self, kind: str = "failure", to: str | list[str] | None = None, message: str = "",
+                 cooldown_minutes: int | None = None, smtp_conn_id: str = "smtp_default",
+                 webhook_conn_id: str = "slack_webhook_default",
+                 catalog_conn_id: str = CatalogHook.default_conn_name, from_email: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if kind not in KINDS:
+            raise ValueError(f"alert kind {kind!r} unknown: use one of {', '.join(KINDS)}")
+        self.kind, self.to, self.message = kind, to, message
+        self.cooldown_minutes = cooldown_minutes
+        self.smtp_conn_id, self.webhook_conn_id, self.catalog_conn_id = smtp_conn_id, webhook_conn_id, catalog_conn_id
+        self.from_email = from_email
+
+    # -- sync (task callbacks, degradation checks) -------------------------------------------
+    def notify(self, context: Any) -> bool:
+        alert = build_alert(self.kind, context, self.message)
+        if not self._due(alert, CatalogHook(self.catalog_conn_id).url):
+            return False
+        self._send_email(alert)
+        self._send_webhook(alert)
+        return True
+
+    # -- async (deadline callbacks in the triggerer) -----------------------------------------
+    async def async_notify(self, context: Any) -> bool:
+        alert = build_alert(self.kind, context, self.message)
+        url = await asyncio.to_thread(lambda: CatalogHook(self.catalog_conn_id).url)
+        if not await asyncio.to_thread(self._due, alert, url):
+            return False
+        from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+        async with SmtpHook(smtp_conn_id=self.smtp_conn_id) as smtp:
+            await smtp.asend_email_smtp(smtp_conn_id=self.smtp_conn_id, to=self._recipients(),
+                                        subject=alert.subject, html_content=_html(alert),
+                                        from_email=self._from(smtp))
+        await asyncio.to_thread(self._send_webhook, alert)
+        return True
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _recipients(self) -> list[str]:
+        from astrid.config import load_config
+
+        if self.to:
+            return [self.to] if isinstance(self.to, str) else list(self.to)
+        return load_config().alert_recipients
+
+    def _from(self, smtp: Any) -> str:
+        return self.from_email or getattr(smtp, "from_email", None) or "astrid-airflow@localhost"
+
+    def _due(self, alert: Alert, catalog_url: str) -> bool:
+        from datetime import timedelta
+
+        from astrid.airflow.hooks import _catalog
+        from astrid.config import load_config
+        from astrid.logs import log_event
+
+        config = load_config()
+        cooldown = timedelta(minutes=self.cooldown_minutes or config.alert_cooldown_minutes)
+        due = _catalog(catalog_url).alert_due(alert.key, cooldown)
+        log_event("alert.sent" if due else "alert.suppressed", kind=alert.kind, dag_id=alert.dag_id,
+                  run_id=alert.run_id, subject=alert.subject)
+        _count(dag_id=alert.dag_id, sent=due)
+        return due
+
+    def _send_email(self, alert: Alert) -> None:
+        from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+        with SmtpHook(smtp_conn_id=self.smtp_conn_id) as smtp:
+            smtp.send_email_smtp(smtp_conn_id=self.smtp_conn_id, to=self._recipients(), subject=alert.subject,
+                                 html_content=_html(alert), from_email=self._from(smtp))
+
+    def _send_webhook(self, alert: Alert) -> None:
+        if _connection(self.webhook_conn_id) is None:
+            return
+        from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+        SlackWebhookHook(slack_webhook_conn_id=self.webhook_conn_id).send(text=f"*{alert.subject}*\n{alert.body}")
+
+
+def _html(alert: Alert) -> str:
+    lines = html.escape(alert.body).replace("\n", "<br>")
+    return f"<h3>{html.escape(alert.subject)}</h3><p>{lines}</p><p><a href=\"{alert.url}\">Open the run</a></p>"
+
+
+def _count(dag_id: str, sent: bool) -> None:
+    try:
+        from airflow.sdk.observability.stats import Stats
+
+        from astrid.metrics import metric_name
+
+        Stats.incr(metric_name("astrid.alerts.sent" if sent else "astrid.alerts.suppressed", dag_id))
+    except Exception:  # metrics must never stop an alert
+        pass
+
+
+def failure_notifier() -> AstridNotifier:
+    """For ``on_failure_callback``: email + webhook once a task has failed its last retry."""
+    return AstridNotifier(kind="failure")
