@@ -35,7 +35,7 @@ $(AIRFLOW_HOME)/airflow.db: | $(STAMP)
 	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (cat $(AIRFLOW_HOME)/db-migrate.log; exit 1)
 
 demo: $(STAMP) $(AIRFLOW_HOME)/airflow.db
-	$(BIN)/python -m astrid.demo
+	$(BIN)/python -m astrid.airflow.demo
 
 test: $(STAMP)
 	bash scripts/ensure-services.sh
