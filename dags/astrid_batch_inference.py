@@ -31,7 +31,7 @@ with DAG(
     on_failure_callback=record_failed_run,
     **dag_kwargs("batch", config, doc_md=DOC, tags=["batch", "inference"],
                  params=inference_params(config.batch_max_observations, config)),
-):
+) as dag:
     preflight = PreflightOperator(task_id="preflight")
     claim = ClaimObservationsOperator(
         task_id="claim",

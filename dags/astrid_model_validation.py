@@ -42,7 +42,7 @@ with DAG(
         "confidence_threshold": Param(config.confidence_threshold, type="number", minimum=0, maximum=1,
                                       title="Confidence threshold"),
     }),
-):
+) as dag:
     observations = SelectValidationSetOperator(task_id="select_validation_set", size="{{ params.dataset_size }}")
     scores = ScoreModelsOperator(task_id="score_models", observations=observations.output,
                                  confidence_threshold="{{ params.confidence_threshold }}")

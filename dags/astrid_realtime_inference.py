@@ -29,7 +29,7 @@ with DAG(
     on_failure_callback=record_failed_run,
     **dag_kwargs("realtime", config, doc_md=DOC, tags=["realtime", "inference"],
                  params=inference_params(config.realtime_max_observations, config)),
-):
+) as dag:
     preflight = PreflightOperator(task_id="preflight")
     claim = ClaimObservationsOperator(
         task_id="claim", max_observations="{{ params.max_observations }}", lease_minutes=config.lease_minutes

@@ -25,7 +25,9 @@ def load_dag(dag_id: str) -> Any:
     spec = importlib.util.spec_from_file_location(f"_astrid_demo_{dag_id}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return next(v for v in vars(module).values() if getattr(v, "dag_id", None) == dag_id)
+    from airflow.sdk import DAG
+
+    return next(v for v in vars(module).values() if isinstance(v, DAG) and v.dag_id == dag_id)
 
 
 def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> tuple[Any, float]:
