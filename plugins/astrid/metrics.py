@@ -29,6 +29,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "astrid.alerts.sent": ("counter", "alerts delivered (after cool-down suppression)"),
     "astrid.alerts.suppressed": ("counter", "alerts suppressed by the cool-down"),
     "astrid.validation.f1": ("gauge", "F1 of the champion on the weekly validation set"),
+    "astrid.deadline.missed": ("counter", "deadline alerts fired for a DAG run (from our deadline callback)"),
 }
 
 
