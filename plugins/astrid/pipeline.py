@@ -235,14 +235,32 @@ def run_inference(
 
 
 def _emit_run_metrics(metrics: Metrics, dag_id: str, s: RunSummary) -> None:
+    """Counters and this process's memory; run-level gauges come once per run from the report."""
     metrics.incr(metric_name("astrid.observations.processed", dag_id), s.processed_count)
     metrics.incr(metric_name("astrid.observations.failed", dag_id), s.failed_count)
     metrics.incr(metric_name("astrid.detections", dag_id), s.detections_found)
-    metrics.gauge(metric_name("astrid.run.success_rate", dag_id), s.success_rate)
-    metrics.gauge(metric_name("astrid.run.detections", dag_id), s.detections_found)
-    if s.processing_time > 0:
-        metrics.gauge(metric_name("astrid.throughput_mpix", dag_id), round(s.megapixels / s.processing_time, 3))
     metrics.gauge(metric_name("astrid.memory.rss_mb", dag_id), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    gpu_mb = _gpu_peak_mb()
+    if gpu_mb is not None:
+        metrics.gauge(metric_name("astrid.memory.gpu_mb", dag_id), gpu_mb)
+
+
+def _gpu_peak_mb() -> float | None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def emit_run_gauges(metrics: Metrics, dag_id: str, summary: dict[str, Any]) -> None:
+    """Gauges describing a whole run (after mapped chunks are merged), sent once by the report."""
+    metrics.gauge(metric_name("astrid.run.success_rate", dag_id), summary["success_rate"])
+    metrics.gauge(metric_name("astrid.run.detections", dag_id), summary["detections_found"])
+    if summary["processing_time"] > 0:
+        metrics.gauge(metric_name("astrid.throughput_mpix", dag_id),
+                      round(summary["megapixels"] / summary["processing_time"], 3))
 
 
 def detections_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] = CATALOG_COLUMNS) -> str:

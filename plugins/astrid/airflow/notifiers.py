@@ -143,7 +143,7 @@ class AstridNotifier(BaseNotifier):
         due = _catalog(catalog_url).alert_due(alert.key, cooldown)
         log_event("alert.sent" if due else "alert.suppressed", kind=alert.kind, dag_id=alert.dag_id,
                   run_id=alert.run_id, subject=alert.subject)
-        _count(dag_id=alert.dag_id, sent=due)
+        _count(dag_id=alert.dag_id, sent=due, kind=alert.kind)
         return due
 
     def _send_email(self, alert: Alert) -> None:
@@ -166,13 +166,15 @@ def _html(alert: Alert) -> str:
     return f"<h3>{html.escape(alert.subject)}</h3><p>{lines}</p><p><a href=\"{alert.url}\">Open the run</a></p>"
 
 
-def _count(dag_id: str, sent: bool) -> None:
+def _count(dag_id: str, sent: bool, kind: str) -> None:
     try:
         from airflow.sdk.observability.stats import Stats
 
         from astrid.metrics import metric_name
 
         Stats.incr(metric_name("astrid.alerts.sent" if sent else "astrid.alerts.suppressed", dag_id))
+        if kind == "deadline":
+            Stats.incr(metric_name("astrid.deadline.missed", dag_id))
     except Exception:  # metrics must never stop an alert
         pass
 

@@ -60,8 +60,9 @@ class InferenceReportOperator(BaseOperator):
         self.summaries, self.claimed, self.kind = summaries, claimed, kind
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from astrid.airflow.operators import _stats
         from astrid.config import load_config
-        from astrid.pipeline import RunSummary
+        from astrid.pipeline import RunSummary, emit_run_gauges
 
         summaries = self.summaries
         parts = [summaries] if isinstance(summaries, dict) else [s for s in (summaries or []) if s]
@@ -76,6 +77,7 @@ class InferenceReportOperator(BaseOperator):
             detections=summary["detections_found"], processing_seconds=summary["processing_time"],
             success_rate=summary["success_rate"], status="success",
         )
+        emit_run_gauges(_stats(), self.dag_id, summary)
         for message in degradations(catalog, self.dag_id, self.kind, summary, config):
             AstridNotifier(kind="degradation", message=message).notify(context)
         return summary
