@@ -9,6 +9,7 @@ instead of a silently different schedule.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -70,6 +71,8 @@ class InferenceSchedulingConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             _validate(f.name, f.metadata["env"], getattr(self, f.name))
+        # validated case-insensitively (so errors show the value as given), stored upper-case
+        object.__setattr__(self, "log_level", self.log_level.upper())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> InferenceSchedulingConfig:
@@ -79,8 +82,7 @@ class InferenceSchedulingConfig:
         for f in fields(cls):
             raw = environ.get(f.metadata["env"])
             if raw is not None and raw.strip() != "":
-                value = _parse(f.metadata["env"], raw.strip(), type(f.default))
-                values[f.name] = value.upper() if f.name == "log_level" else value
+                values[f.name] = _parse(f.metadata["env"], raw.strip(), type(f.default))
         return cls(**values)
 
     def schedule(self, kind: str) -> str | None:
@@ -90,6 +92,8 @@ class InferenceSchedulingConfig:
         return getattr(self, f"{kind}_schedule") if getattr(self, f"{kind}_enabled") else None
 
     def deadline_minutes(self, kind: str) -> int:
+        if kind not in ("realtime", "batch", "validation"):
+            raise ConfigError(f"unknown DAG kind {kind!r}: expected realtime, batch or validation")
         return getattr(self, f"{kind}_deadline_minutes")
 
     @property
@@ -112,9 +116,12 @@ def _parse(env: str, raw: str, kind: type) -> Any:
         raise ConfigError(f"{env}={raw!r} is not a boolean: use true or false")
     if kind in (int, float):
         try:
-            return kind(raw)
+            value = kind(raw)
         except ValueError:
             raise ConfigError(f"{env}={raw!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not math.isfinite(value):  # "nan" would pass every "> 0" check
+            raise ConfigError(f"{env}={raw!r} is not a finite number")
+        return value
     return raw
 
 
@@ -128,7 +135,7 @@ def _check_cron(env: str, value: str) -> None:
 def _check_timezone(env: str, value: str) -> None:
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory: IsADirectoryError
         raise ConfigError(f"{env}={value!r} is not a known IANA timezone (e.g. 'UTC', 'America/Santiago')") from None
 
 
@@ -147,9 +154,9 @@ def _percent(env: str, value: float) -> None:
         raise ConfigError(f"{env}={value!r} must be a percentage in (0, 100]")
 
 
-def _one_of(choices: tuple[str, ...]) -> Callable[[str, str], None]:
+def _one_of(choices: tuple[str, ...], fold: Callable[[str], str] = str) -> Callable[[str, str], None]:
     def check(env: str, value: str) -> None:
-        if value not in choices:
+        if fold(value) not in choices:
             raise ConfigError(f"{env}={value!r} is not one of {', '.join(choices)}")
 
     return check
@@ -157,7 +164,7 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str, str], None]:
 
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "timezone": _check_timezone,
-    "log_level": _one_of(LOG_LEVELS),
+    "log_level": _one_of(LOG_LEVELS, fold=str.upper),
     "device": _one_of(DEVICES),
     "confidence_threshold": _fraction,
     "min_success_rate": _fraction,

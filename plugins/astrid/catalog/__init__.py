@@ -1,0 +1,23 @@
+"""Observation catalog: SQLAlchemy 2 models, alembic migrations, and :class:`Catalog` (claims, leases,
+idempotent writes). See :mod:`astrid.catalog.store` for the concurrency model."""
+
+from astrid.catalog.models import (
+    AlertStateRow,
+    DetectionRow,
+    InferenceRunRow,
+    ObservationRow,
+    ObservationStatus,
+)
+from astrid.catalog.store import Catalog, Claim, NewObservation, default_catalog_url
+
+__all__ = [
+    "AlertStateRow",
+    "Catalog",
+    "Claim",
+    "DetectionRow",
+    "InferenceRunRow",
+    "NewObservation",
+    "ObservationRow",
+    "ObservationStatus",
+    "default_catalog_url",
+]

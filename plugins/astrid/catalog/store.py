@@ -1,0 +1,746 @@
+"""The observation catalog: registration, atomic claims with leases, idempotent result writes.
+
+Concurrency model
+-----------------
+Many runs (realtime, batch chunks, retries, a CLI) share one catalog. Work is handed out by
+:meth:`Catalog.claim`, which atomically moves observations to ``claimed`` with a lease
+(``claimed_by`` = run id, ``lease_until``):
+
+* PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED`` then ``UPDATE`` in the same transaction, so
+  concurrent claimers never block on, or double-claim, each other's rows.
+* SQLite: one ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING ...`` inside
+  ``BEGIN IMMEDIATE`` (writers are serialised up front, so no lock-upgrade deadlocks); connections
+  use WAL and a 30 s busy timeout.
+
+A run whose lease expired (its worker died) loses the observation: the next ``claim`` by any
+*other* run counts the expiry as a failed attempt (``attempts + 1``, ``last_error`` names the dead
+run) and takes it over while ``attempts < max_attempts``; past that it is left ``failed``, so a
+poison observation that kills its worker is not retried forever. The dead run's late
+:meth:`Catalog.complete` is refused with :class:`CatalogError`.
+
+A run that claims again with the *same* run id (an Airflow task retry) gets its own still-claimed
+observations back first, with a renewed lease, so a retried task resumes its own work.
+
+Results are idempotent per (observation, model version): :meth:`Catalog.complete` replaces the
+detection set and marks the observation inferred in one transaction; calling it again with the
+same model version is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from astrid.catalog.models import (
+    RUN_KINDS,
+    AlertStateRow,
+    DetectionRow,
+    InferenceRunRow,
+    ObservationRow,
+    ObservationStatus,
+)
+from astrid.errors import CatalogError
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+MAX_ERROR_CHARS = 4000
+# pg_advisory_xact_lock key serialising concurrent Catalog.migrate() calls ("astridmg").
+MIGRATION_LOCK_KEY = int.from_bytes(b"astridmg", "big") & 0x7FFF_FFFF_FFFF_FFFF
+_CHUNK = 500
+
+_O = ObservationRow.__table__
+_D = DetectionRow.__table__
+_R = InferenceRunRow.__table__
+_A = AlertStateRow.__table__
+_S = ObservationStatus
+
+
+def default_catalog_url() -> str:
+    """``$ASTRID_CATALOG_URL``, else ``sqlite:///$AIRFLOW_HOME/astrid/catalog.db`` (directory created)."""
+    url = os.environ.get("ASTRID_CATALOG_URL", "").strip()
+    if url:
+        return url
+    home = Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser()
+    directory = home / "astrid"
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory.resolve() / 'catalog.db'}"
+
+
+def _utcnow(now: datetime | None = None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One observation handed to one run. ``lease_until`` is ``None`` for read-only views (labelled())."""
+
+    observation_id: int
+    name: str
+    science_uri: str
+    reference_uri: str
+    difference_uri: str | None
+    truth_uri: str | None
+    run_id: str | None
+    lease_until: datetime | None
+    attempts: int = 0
+
+    def to_xcom(self) -> dict[str, Any]:
+        """JSON-serialisable dict (``lease_until`` as an ISO-8601 string)."""
+        data = asdict(self)
+        data["lease_until"] = self.lease_until.isoformat() if self.lease_until is not None else None
+        return data
+
+    @classmethod
+    def from_xcom(cls, data: Mapping[str, Any]) -> Claim:
+        """Inverse of :meth:`to_xcom`; unknown keys are ignored, missing required keys raise CatalogError."""
+        optional = {
+            "difference_uri": None,
+            "truth_uri": None,
+            "run_id": None,
+            "lease_until": None,
+            "attempts": 0,
+        }
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in data:
+                values[f.name] = data[f.name]
+            elif f.name in optional:
+                values[f.name] = optional[f.name]
+            else:
+                raise CatalogError(
+                    f"claim XCom {dict(data)!r} lacks {f.name!r}: was it made by Claim.to_xcom()?"
+                )
+        lease = values.get("lease_until")
+        if isinstance(lease, str):
+            values["lease_until"] = datetime.fromisoformat(lease)
+        return cls(**values)
+
+
+@dataclass
+class NewObservation:
+    """Input to :meth:`Catalog.register`. Labelled observations must carry their ``truth_uri``."""
+
+    name: str
+    science_uri: str
+    reference_uri: str
+    difference_uri: str | None = None
+    truth_uri: str | None = None
+    labelled: bool = False
+    survey: str = "synthetic"
+    instrument: str | None = None
+    filter: str | None = None
+    mjd: float | None = None
+    exptime: float | None = None
+    ra_center: float | None = None
+    dec_center: float | None = None
+
+
+_CLAIM_COLUMNS = (
+    _O.c.id,
+    _O.c.name,
+    _O.c.science_uri,
+    _O.c.reference_uri,
+    _O.c.difference_uri,
+    _O.c.truth_uri,
+    _O.c.claimed_by,
+    _O.c.lease_until,
+    _O.c.attempts,
+    _O.c.mjd,
+)
+
+
+def _claim_from_row(row: Any, run_id: str | None = None, lease: bool = True) -> Claim:
+    return Claim(
+        observation_id=row.id,
+        name=row.name,
+        science_uri=row.science_uri,
+        reference_uri=row.reference_uri,
+        difference_uri=row.difference_uri,
+        truth_uri=row.truth_uri,
+        run_id=run_id if run_id is not None else (row.claimed_by if lease else None),
+        lease_until=row.lease_until if lease else None,
+        attempts=row.attempts,
+    )
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    out = dict(row._mapping)
+    for key, value in out.items():
+        if isinstance(value, ObservationStatus):
+            out[key] = value.value
+    return out
+
+
+def _finite(name: str, value: Any, observation_id: int, *, optional: bool) -> float | None:
+    if value is None:
+        if optional:
+            return None
+        raise CatalogError(f"detection for observation {observation_id} has no {name}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise CatalogError(f"detection for observation {observation_id} has a non-finite {name}: {value!r}")
+    return number
+
+
+class Catalog:
+    """The observation catalog on PostgreSQL or SQLite. Thread-safe; make one per process."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = sa.make_url(url)
+        self.dialect = self.url.get_backend_name()
+        if self.dialect == "sqlite" and sqlite3.sqlite_version_info < (3, 35):
+            raise CatalogError(
+                f"SQLite {sqlite3.sqlite_version} is too old for the catalog (needs 3.35+ for RETURNING): "
+                "use PostgreSQL or a newer Python/SQLite"
+            )
+        self.engine = sa.create_engine(self.url, echo=echo, pool_pre_ping=True)
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine, memory=self.url.database in (None, "", ":memory:"))
+        # A forked child (executor workers) must not reuse the parent's pooled sockets/handles.
+        engine_ref = weakref.ref(self.engine)
+        os.register_at_fork(after_in_child=lambda: _dispose_after_fork(engine_ref))
+
+    def __repr__(self) -> str:
+        return f"Catalog({self.url.render_as_string(hide_password=True)!r})"
+
+    def dispose(self) -> None:
+        """Close pooled connections (call in a forked child, or when done)."""
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _tx(self, *, write: bool = True) -> Iterator[sa.Connection]:
+        """One transaction. On SQLite, ``write`` transactions start with ``BEGIN IMMEDIATE``."""
+        with self.engine.connect() as conn:
+            if write:
+                conn.execution_options(astrid_write=True)
+            with conn.begin():
+                yield conn
+
+    @property
+    def _pg(self) -> bool:
+        return self.dialect == "postgresql"
+
+    def _insert(self, table: sa.Table) -> Any:
+        return (postgresql.insert if self._pg else sqlite.insert)(table)
+
+    # ------------------------------------------------------------------ schema
+
+    def _alembic_config(self) -> Any:
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.set_main_option(
+            "sqlalchemy.url", self.url.render_as_string(hide_password=False).replace("%", "%%")
+        )
+        return cfg
+
+    def migrate(self, revision: str = "head") -> None:
+        """``alembic upgrade <revision>`` in one transaction. Idempotent; safe to call concurrently
+        (a PostgreSQL advisory lock / SQLite ``BEGIN IMMEDIATE`` serialises callers, and the second
+        finds the schema already at head)."""
+        from alembic import command
+
+        cfg = self._alembic_config()
+        with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            if not self._pg:
+                # SQLite batch migrations copy and drop tables: with foreign keys on, dropping
+                # `observations` would cascade-delete every detection. Off (outside a transaction,
+                # as SQLite requires) for the migration, checked before commit, on again after.
+                raw.execute("PRAGMA foreign_keys = OFF")
+            try:
+                conn.execution_options(astrid_write=True)
+                with conn.begin():
+                    if self._pg:
+                        conn.execute(
+                            sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                        )
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, revision)
+                    if not self._pg:
+                        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                        if broken:
+                            raise CatalogError(f"migration to {revision} broke foreign keys: {broken[:5]}")
+            finally:
+                if not self._pg:
+                    raw.execute("PRAGMA foreign_keys = ON")
+
+    def revision(self) -> str | None:
+        """The schema revision the database is at (``None`` before :meth:`migrate`)."""
+        from alembic.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def head_revision(self) -> str | None:
+        """The newest revision shipped with this code."""
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+
+    # ------------------------------------------------------------------ registration
+
+    def register(
+        self, observations: Iterable[NewObservation], status: ObservationStatus | str = _S.PREPROCESSED
+    ) -> list[int]:
+        """Insert observations; an existing name is left untouched and its id returned (idempotent).
+
+        Returns ids in input order.
+        """
+        status = _status(status)
+        items = list(observations)
+        if not items:
+            return []
+        now = _utcnow()
+        rows = []
+        for obs in items:
+            if not obs.name or not obs.science_uri or not obs.reference_uri:
+                raise CatalogError(f"observation {obs.name!r} needs a name, science_uri and reference_uri")
+            if obs.labelled and not obs.truth_uri:
+                raise CatalogError(
+                    f"labelled observation {obs.name!r} has no truth_uri: keep its ground truth"
+                )
+            rows.append(
+                {**asdict(obs), "status": status, "attempts": 0, "created_at": now, "updated_at": now}
+            )
+        ids: dict[str, int] = {}
+        with self._tx() as conn:
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start : start + _CHUNK]
+                conn.execute(self._insert(_O).on_conflict_do_nothing(index_elements=["name"]), chunk)
+                names = [r["name"] for r in chunk]
+                ids.update(
+                    (r.name, r.id)
+                    for r in conn.execute(sa.select(_O.c.name, _O.c.id).where(_O.c.name.in_(names)))
+                )
+        return [ids[obs.name] for obs in items]
+
+    # ------------------------------------------------------------------ claims
+
+    def claim(
+        self,
+        limit: int,
+        run_id: str,
+        lease: timedelta,
+        *,
+        max_attempts: int = 3,
+        now: datetime | None = None,
+    ) -> list[Claim]:
+        """Atomically claim up to ``limit`` observations for ``run_id`` for ``lease``.
+
+        Claimable, own claims first then oldest (mjd, id) first:
+
+        * ``claimed`` by this same ``run_id`` (a retried task resumes its work; lease renewed);
+        * ``preprocessed``;
+        * ``claimed`` by another run whose lease expired: counted as a failed attempt, then taken
+          over like a failed one;
+        * ``failed`` with ``attempts < max_attempts``.
+
+        ``now`` overrides the clock (tests, replays).
+        """
+        if not run_id:
+            raise CatalogError("claim() needs a run_id")
+        if not isinstance(lease, timedelta) or lease <= timedelta(0):
+            raise CatalogError(f"claim() lease must be a positive timedelta, got {lease!r}")
+        if limit <= 0:
+            return []
+        now = _utcnow(now)
+        until = now + lease
+        own = sa.and_(_O.c.status == _S.CLAIMED, _O.c.claimed_by == run_id)
+        claimable = sa.or_(
+            _O.c.status == _S.PREPROCESSED,
+            own,
+            sa.and_(_O.c.status == _S.FAILED, _O.c.attempts < max_attempts),
+        )
+        order = (
+            sa.case((_O.c.claimed_by == run_id, 0), else_=1),
+            _O.c.mjd.asc().nulls_last(),
+            _O.c.id,
+        )
+        values = {"status": _S.CLAIMED, "claimed_by": run_id, "lease_until": until, "updated_at": now}
+        with self._tx() as conn:
+            self._expire_leases(conn, run_id, now)
+            pick = sa.select(_O.c.id).where(claimable).order_by(*order).limit(limit)
+            if self._pg:
+                ids = list(conn.scalars(pick.with_for_update(skip_locked=True)))
+                if not ids:
+                    return []
+                stmt = sa.update(_O).where(_O.c.id.in_(ids))
+            else:
+                stmt = sa.update(_O).where(_O.c.id.in_(pick.scalar_subquery()))
+            rows = conn.execute(stmt.values(**values).returning(*_CLAIM_COLUMNS)).all()
+        rows.sort(key=lambda r: (r.mjd is None, r.mjd if r.mjd is not None else 0.0, r.id))
+        return [_claim_from_row(r) for r in rows]
+
+    def _expire_leases(self, conn: sa.Connection, run_id: str, now: datetime) -> None:
+        """Turn other runs' expired claims into failed attempts (claimable while attempts allow)."""
+        expired = sa.and_(_O.c.status == _S.CLAIMED, _O.c.lease_until < now, _O.c.claimed_by != run_id)
+        if self._pg:
+            ids = list(conn.scalars(sa.select(_O.c.id).where(expired).with_for_update(skip_locked=True)))
+            if not ids:
+                return
+            where: Any = _O.c.id.in_(ids)
+        else:
+            where = expired
+        message = sa.literal("lease of run ") + _O.c.claimed_by + sa.literal(" expired without a result")
+        conn.execute(
+            sa.update(_O)
+            .where(where)
+            .values(
+                status=_S.FAILED,
+                attempts=_O.c.attempts + 1,
+                last_error=message,
+                lease_until=None,
+                updated_at=now,
+            )
+        )
+
+    def _lock_observation(self, conn: sa.Connection, observation_id: int) -> Any:
+        stmt = sa.select(
+            _O.c.id, _O.c.name, _O.c.status, _O.c.claimed_by, _O.c.model_version, _O.c.lease_until
+        ).where(_O.c.id == observation_id)
+        if self._pg:
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).one_or_none()
+        if row is None:
+            raise CatalogError(f"observation {observation_id} is not in the catalog")
+        return row
+
+    @staticmethod
+    def _refuse(row: Any, run_id: str, action: str) -> CatalogError:
+        holder = f"claimed by run {row.claimed_by!r}" if row.status == _S.CLAIMED else f"{row.status.value}"
+        if row.status != _S.CLAIMED and row.claimed_by:
+            holder += f" (last run {row.claimed_by!r})"
+        return CatalogError(
+            f"observation {row.id} ({row.name}) is {holder}, not claimed by run {run_id!r}: "
+            f"refusing to {action} (its lease expired and another run took it over?)"
+        )
+
+    def complete(
+        self,
+        observation: int | Claim,
+        run_id: str,
+        model_version: str,
+        detections: Sequence[Any],
+        *,
+        now: datetime | None = None,
+    ) -> int:
+        """Store the detections of one observation and mark it inferred, in one transaction.
+
+        ``detections`` are objects with ``x, y, ra, dec, score, flux`` attributes. The previous
+        detections of (observation, model_version) are replaced. Allowed only while ``run_id``
+        holds the claim (even past its lease, as long as nobody took it over); if the observation
+        is already inferred by ``model_version`` this is a no-op returning the stored count.
+        Returns the number of detections stored.
+        """
+        observation_id = observation.observation_id if isinstance(observation, Claim) else int(observation)
+        if not model_version:
+            raise CatalogError("complete() needs a model_version")
+        now = _utcnow(now)
+        rows = [
+            {
+                "observation_id": observation_id,
+                "model_version": model_version,
+                "x": _finite("x", d.x, observation_id, optional=False),
+                "y": _finite("y", d.y, observation_id, optional=False),
+                "ra": _finite("ra", d.ra, observation_id, optional=True),
+                "dec": _finite("dec", d.dec, observation_id, optional=True),
+                "score": _finite("score", d.score, observation_id, optional=False),
+                "flux": _finite("flux", getattr(d, "flux", None), observation_id, optional=True),
+                "run_id": run_id,
+                "created_at": now,
+            }
+            for d in detections
+        ]
+        with self._tx() as conn:
+            row = self._lock_observation(conn, observation_id)
+            if row.status == _S.INFERRED and row.model_version == model_version:
+                return self._count_detections(conn, observation_id, model_version)
+            if row.status != _S.CLAIMED or row.claimed_by != run_id:
+                raise self._refuse(row, run_id, f"store {model_version} detections")
+            conn.execute(
+                sa.delete(_D).where(
+                    _D.c.observation_id == observation_id, _D.c.model_version == model_version
+                )
+            )
+            if rows:
+                conn.execute(sa.insert(_D), rows)
+            conn.execute(
+                sa.update(_O)
+                .where(_O.c.id == observation_id)
+                .values(
+                    status=_S.INFERRED,
+                    model_version=model_version,
+                    lease_until=None,
+                    inferred_at=now,
+                    updated_at=now,
+                )
+            )
+        return len(rows)
+
+    @staticmethod
+    def _count_detections(conn: sa.Connection, observation_id: int, model_version: str) -> int:
+        return conn.scalar(
+            sa.select(sa.func.count())
+            .select_from(_D)
+            .where(_D.c.observation_id == observation_id, _D.c.model_version == model_version)
+        )
+
+    def fail(self, observation: int | Claim, run_id: str, error: str, *, now: datetime | None = None) -> int:
+        """Mark a claimed observation failed (``attempts + 1``, lease cleared, ``last_error`` kept,
+        truncated). Repeating it for the same run is a no-op. Returns ``attempts``."""
+        observation_id = observation.observation_id if isinstance(observation, Claim) else int(observation)
+        now = _utcnow(now)
+        text = str(error)
+        if len(text) > MAX_ERROR_CHARS:
+            text = text[: MAX_ERROR_CHARS - 20] + " …[truncated]"
+        with self._tx() as conn:
+            row = self._lock_observation(conn, observation_id)
+            if not (row.status == _S.FAILED and row.claimed_by == run_id):
+                if row.status != _S.CLAIMED or row.claimed_by != run_id:
+                    raise self._refuse(row, run_id, "mark it failed")
+                conn.execute(
+                    sa.update(_O)
+                    .where(_O.c.id == observation_id)
+                    .values(
+                        status=_S.FAILED,
+                        attempts=_O.c.attempts + 1,
+                        last_error=text,
+                        lease_until=None,
+                        updated_at=now,
+                    )
+                )
+            return conn.scalar(sa.select(_O.c.attempts).where(_O.c.id == observation_id))
+
+    def reject(
+        self, observation: int | Claim, run_id: str, reason: str, *, now: datetime | None = None
+    ) -> None:
+        """Mark a claimed observation rejected (bad data; terminal), keeping ``reason``."""
+        observation_id = observation.observation_id if isinstance(observation, Claim) else int(observation)
+        now = _utcnow(now)
+        with self._tx() as conn:
+            row = self._lock_observation(conn, observation_id)
+            if row.status == _S.REJECTED and row.claimed_by == run_id:
+                return
+            if row.status != _S.CLAIMED or row.claimed_by != run_id:
+                raise self._refuse(row, run_id, "reject it")
+            conn.execute(
+                sa.update(_O)
+                .where(_O.c.id == observation_id)
+                .values(
+                    status=_S.REJECTED,
+                    rejection_reason=str(reason)[:MAX_ERROR_CHARS],
+                    lease_until=None,
+                    updated_at=now,
+                )
+            )
+
+    def release(self, run_id: str, *, now: datetime | None = None) -> int:
+        """Return a run's unfinished claims to ``preprocessed`` (clean abort). Returns how many."""
+        now = _utcnow(now)
+        with self._tx() as conn:
+            result = conn.execute(
+                sa.update(_O)
+                .where(_O.c.status == _S.CLAIMED, _O.c.claimed_by == run_id)
+                .values(status=_S.PREPROCESSED, claimed_by=None, lease_until=None, updated_at=now)
+            )
+            return result.rowcount
+
+    # ------------------------------------------------------------------ runs
+
+    _RUN_FIELDS = frozenset(c.name for c in _R.c) - {"id", "created_at", "updated_at"}
+
+    def record_run(self, **values: Any) -> dict[str, Any]:
+        """Insert or update the run ``(dag_id, run_id)``: only the given fields are written, so
+        re-running a DAG run overwrites its row and never double counts. Returns the row."""
+        unknown = set(values) - self._RUN_FIELDS
+        if unknown:
+            raise CatalogError(
+                f"record_run() got unknown field(s) {sorted(unknown)}; known: {sorted(self._RUN_FIELDS)}"
+            )
+        if not values.get("dag_id") or not values.get("run_id"):
+            raise CatalogError("record_run() needs dag_id and run_id")
+        kind = values.get("kind")
+        if kind is not None and kind not in RUN_KINDS:
+            raise CatalogError(f"record_run() kind={kind!r} is not one of {', '.join(RUN_KINDS)}")
+        now = _utcnow()
+        stmt = self._insert(_R).values(**values, created_at=now, updated_at=now)
+        update = {k: stmt.excluded[k] for k in values if k not in ("dag_id", "run_id")}
+        update["updated_at"] = stmt.excluded.updated_at
+        stmt = stmt.on_conflict_do_update(index_elements=["dag_id", "run_id"], set_=update)
+        with self._tx() as conn:
+            conn.execute(stmt)
+            row = conn.execute(
+                sa.select(_R).where(_R.c.dag_id == values["dag_id"], _R.c.run_id == values["run_id"])
+            ).one()
+        return _plain(row)
+
+    def runs(self, since: datetime | None = None, dag_id: str | None = None) -> list[dict[str, Any]]:
+        """Recorded runs, **newest first** (``started_at``, then insertion; runs without a start
+        time last); ``since`` keeps runs started at or after it, ``dag_id`` one DAG's runs."""
+        stmt = sa.select(_R).order_by(_R.c.started_at.desc().nulls_last(), _R.c.id.desc())
+        if since is not None:
+            stmt = stmt.where(_R.c.started_at >= since)
+        if dag_id is not None:
+            stmt = stmt.where(_R.c.dag_id == dag_id)
+        with self._tx(write=False) as conn:
+            return [_plain(r) for r in conn.execute(stmt)]
+
+    # ------------------------------------------------------------------ alerts
+
+    def alert_due(
+        self,
+        key: str,
+        cooldown: timedelta,
+        *,
+        payload: Any = None,
+        now: datetime | None = None,
+    ) -> bool:
+        """Atomically decide whether alert ``key`` may be sent now, and record it if so.
+
+        True (and ``last_sent_at = now``, ``count + 1``, ``suppressed = 0``, payload stored) when
+        never sent or last sent at least ``cooldown`` ago; otherwise False (``suppressed + 1``).
+        One statement (``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``): concurrent callers
+        get exactly one True per cool-down window.
+        """
+        now = _utcnow(now)
+        text = payload if payload is None or isinstance(payload, str) else json.dumps(payload, default=str)
+        stmt = self._insert(_A).values(key=key, last_sent_at=now, count=1, suppressed=0, last_payload=text)
+        due = _A.c.last_sent_at <= now - cooldown
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["key"],
+            set_={
+                "last_sent_at": sa.case((due, stmt.excluded.last_sent_at), else_=_A.c.last_sent_at),
+                "count": sa.case((due, _A.c.count + 1), else_=_A.c.count),
+                "suppressed": sa.case((due, 0), else_=_A.c.suppressed + 1),
+                "last_payload": sa.case((due, stmt.excluded.last_payload), else_=_A.c.last_payload),
+            },
+        ).returning(_A.c.suppressed)
+        with self._tx() as conn:
+            return conn.execute(stmt).scalar_one() == 0
+
+    def alert_state(self, key: str) -> dict[str, Any] | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(sa.select(_A).where(_A.c.key == key)).one_or_none()
+        return None if row is None else _plain(row)
+
+    # ------------------------------------------------------------------ reads
+
+    def labelled(self, limit: int) -> list[Claim]:
+        """Up to ``limit`` labelled observations (with truth), by id; read-only, nothing is claimed.
+
+        Rejected (bad-data) observations are left out. ``run_id``/``lease_until`` are ``None``.
+        """
+        stmt = (
+            sa.select(*_CLAIM_COLUMNS)
+            .where(_O.c.labelled.is_(True), _O.c.truth_uri.is_not(None), _O.c.status != _S.REJECTED)
+            .order_by(_O.c.id)
+            .limit(limit)
+        )
+        with self._tx(write=False) as conn:
+            return [_claim_from_row(r, lease=False) for r in conn.execute(stmt)]
+
+    def status_counts(self) -> dict[str, int]:
+        """Observations per status; every status is present (0 when none)."""
+        counts = dict.fromkeys((s.value for s in _S), 0)
+        with self._tx(write=False) as conn:
+            for status, n in conn.execute(sa.select(_O.c.status, sa.func.count()).group_by(_O.c.status)):
+                counts[status.value] = n
+        return counts
+
+    def observations(
+        self, status: ObservationStatus | str | None = None, *, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Observations (all, or those with ``status``) as dicts, by id."""
+        stmt = sa.select(_O).order_by(_O.c.id)
+        if status is not None:
+            stmt = stmt.where(_O.c.status == _status(status))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._tx(write=False) as conn:
+            return [_plain(r) for r in conn.execute(stmt)]
+
+    def get(self, observation: int | str) -> dict[str, Any]:
+        """One observation by id (int) or name (str); CatalogError when unknown."""
+        column = _O.c.name if isinstance(observation, str) else _O.c.id
+        with self._tx(write=False) as conn:
+            row = conn.execute(sa.select(_O).where(column == observation)).one_or_none()
+        if row is None:
+            raise CatalogError(f"observation {observation!r} is not in the catalog")
+        return _plain(row)
+
+    def detections(
+        self, observation_id: int | None = None, model_version: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored detections, ordered by observation, model version, highest score first."""
+        stmt = sa.select(_D).order_by(_D.c.observation_id, _D.c.model_version, _D.c.score.desc(), _D.c.id)
+        if observation_id is not None:
+            stmt = stmt.where(_D.c.observation_id == observation_id)
+        if model_version is not None:
+            stmt = stmt.where(_D.c.model_version == model_version)
+        with self._tx(write=False) as conn:
+            return [_plain(r) for r in conn.execute(stmt)]
+
+    def stuck_claims(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Observations still ``claimed`` whose lease has expired (their run died or hangs)."""
+        now = _utcnow(now)
+        stmt = (
+            sa.select(_O)
+            .where(_O.c.status == _S.CLAIMED, _O.c.lease_until < now)
+            .order_by(_O.c.lease_until, _O.c.id)
+        )
+        with self._tx(write=False) as conn:
+            return [_plain(r) for r in conn.execute(stmt)]
+
+
+def _status(value: ObservationStatus | str) -> ObservationStatus:
+    try:
+        return ObservationStatus(value)
+    except ValueError:
+        choices = ", ".join(s.value for s in ObservationStatus)
+        raise CatalogError(f"unknown observation status {value!r}: expected one of {choices}") from None
+
+
+def _dispose_after_fork(engine_ref: weakref.ref[sa.Engine]) -> None:
+    engine = engine_ref()
+    if engine is not None:
+        engine.dispose(close=False)
+
+
+def _configure_sqlite(engine: sa.Engine, *, memory: bool) -> None:
+    """WAL + busy timeout on every connection; take over BEGIN so writers use BEGIN IMMEDIATE."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # pysqlite must not emit its own BEGIN
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            if not memory:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        write = conn.get_execution_options().get("astrid_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
