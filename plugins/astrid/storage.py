@@ -124,7 +124,8 @@ class StorageRoot:
                     raise self._refuse(uri, f"host {parts.netloc!r} is not local")
                 location = unquote(parts.path)
             else:
-                location = f"{parts.netloc}/{parts.path.lstrip('/')}"
+                # ObjectStoragePath writes a connection id as user info: s3://conn_id@bucket/key
+                location = f"{parts.netloc.rsplit('@', 1)[-1]}/{parts.path.lstrip('/')}"
             absolute = True
         else:
             location = uri

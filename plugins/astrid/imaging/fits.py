@@ -1,16 +1,292 @@
-"""FITS + WCS I/O (placeholder: load_triplet follows)."""
+"""FITS + WCS I/O: :func:`load_triplet` reads a science/reference(/difference) triplet with bounded,
+checked reads; :func:`write_image` writes one float32 image.
+
+Paths are anything with ``.open("rb")`` (``pathlib.Path``, ``upath.UPath`` incl. ``s3://``,
+Airflow's ``ObjectStoragePath``) or a ``str`` (a local path, or a URI with a scheme). Reads are
+bounded: the file size is checked against ``max_side`` *before* anything is read, and
+``NAXIS1``/``NAXIS2`` from the header *before* the pixels are loaded, so a huge or hostile file
+costs a ``stat`` and a header, never the worker's memory.
+
+Every failure is a :class:`~astrid.errors.FitsError` whose message names the file, the problem and
+the fix: missing, empty/truncated, not FITS, no 2-D image HDU, frame larger than ``max_side``,
+shapes that differ within the triplet, or NaN/inf-dominated pixels (finite fraction < 0.5).
+Softer problems do not fail the observation; they are listed in :attr:`Triplet.problems`:
+non-finite pixels (replaced by the image median) and a missing or broken WCS (``wcs=None``).
+"""
 
 from __future__ import annotations
 
 import io
+import math
+import posixpath
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
+from astropy.wcs import WCS
 
+from astrid.errors import FitsError
 from astrid.storage import to_path
 
-__all__ = ["write_image"]
+__all__ = ["MIN_FINITE_FRACTION", "Triplet", "load_triplet", "max_file_bytes", "write_image"]
+
+MIN_FINITE_FRACTION = 0.5
+_BLOCK = 2880
+# Structural keywords not copied from a primary header into an extension's header.
+_STRUCTURAL = {
+    "SIMPLE",
+    "BITPIX",
+    "NAXIS",
+    "EXTEND",
+    "PCOUNT",
+    "GCOUNT",
+    "XTENSION",
+    "EXTNAME",
+    "EXTVER",
+    "BSCALE",
+    "BZERO",
+    "BLANK",
+    "COMMENT",
+    "HISTORY",
+    "",
+    "CHECKSUM",
+    "DATASUM",
+}
+
+
+@dataclass
+class Triplet:
+    """One observation's images, float32 and the same shape; ``header`` is the science header,
+    ``wcs`` its celestial WCS (``None`` when missing or broken: see ``problems``)."""
+
+    science: np.ndarray
+    reference: np.ndarray
+    difference: np.ndarray
+    header: fits.Header
+    wcs: WCS | None
+    name: str
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.science.shape  # type: ignore[return-value]
+
+
+def max_file_bytes(max_side: int) -> int:
+    """Largest file accepted for frames of at most ``max_side``² pixels: room for 16 bytes a pixel
+    (a float64 image plus a same-size mask/variance plane, or several 32-bit planes) plus 1 MiB of
+    headers."""
+    return 16 * max_side * max_side + (1 << 20)
+
+
+def _label(path: Any) -> str:
+    return str(path)
+
+
+def _stem(path: Any) -> str:
+    base = posixpath.basename(str(path).rstrip("/"))
+    for suffix in (".gz", ".fz", ".bz2"):
+        base = base.removesuffix(suffix)
+    for suffix in (".fits", ".fit", ".fts"):
+        base = base.removesuffix(suffix)
+    for suffix in ("_sci", "_science", "-sci"):
+        base = base.removesuffix(suffix)
+    return base or "observation"
+
+
+def _image_shape(header: fits.Header) -> tuple[int, ...]:
+    naxis = int(header.get("NAXIS", 0))
+    return tuple(int(header.get(f"NAXIS{i}", 0)) for i in range(naxis, 0, -1))  # numpy order
+
+
+def _read_image(path: Any, role: str, max_side: int, problems: list[str]) -> tuple[np.ndarray, fits.Header]:
+    label = _label(path)
+    what = f"{role} file {label}"
+    try:
+        size = int(path.stat().st_size)
+    except FileNotFoundError:
+        raise FitsError(
+            f"{what} does not exist: check the URI in the catalog and that the file was written"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise FitsError(
+            f"{what} cannot be read ({exc}): check the path and the storage credentials"
+        ) from None
+    if size == 0:
+        raise FitsError(
+            f"{what} is empty (0 bytes): the upload or copy was interrupted; re-copy or re-ingest it"
+        )
+    limit = max_file_bytes(max_side)
+    if size > limit:
+        raise FitsError(
+            f"{what} is {size} bytes, more than a {max_side}×{max_side} frame can need ({limit} bytes): "
+            f"cut it into smaller frames or raise ASTRID_INFERENCE_MAX_IMAGE_SIDE"
+        )
+    try:
+        with path.open("rb") as f:
+            return _parse(f, what, size, max_side, problems)
+    except FitsError:
+        raise
+    except FileNotFoundError:
+        raise FitsError(
+            f"{what} does not exist: check the URI in the catalog and that the file was written"
+        ) from None
+    except (OSError, EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise FitsError(f"{what} is truncated or corrupt ({exc}): re-copy or re-ingest the file") from None
+
+
+def _parse(
+    f: Any, what: str, size: int, max_side: int, problems: list[str]
+) -> tuple[np.ndarray, fits.Header]:
+    magic = f.read(_BLOCK)
+    gzipped = magic[:2] == b"\x1f\x8b"
+    if not gzipped:
+        if not magic.startswith(b"SIMPLE  ="):
+            start = magic[:16].decode("ascii", "replace")
+            raise FitsError(
+                f"{what} is not a FITS file (it starts with {start!r}, not 'SIMPLE  ='): point the catalog at the .fits file"
+            )
+        if size < _BLOCK:
+            raise FitsError(
+                f"{what} is truncated: {size} bytes, less than one 2880-byte FITS header block; re-copy it"
+            )
+    f.seek(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with fits.open(
+            f, memmap=False, lazy_load_hdus=True, ignore_missing_simple=False, cache=False
+        ) as hdul:
+            found: list[str] = []
+            index = None
+            for i, hdu in enumerate(hdul):
+                shape = (
+                    _image_shape(hdu.header)
+                    if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
+                    else ()
+                )
+                found.append(f"{type(hdu).__name__}{list(shape) if shape else ''}")
+                if len([n for n in shape if n > 1]) == 2 and all(n >= 1 for n in shape):
+                    index = i
+                    break
+            if index is None:
+                raise FitsError(
+                    f"{what} has no 2-D image HDU (found: {', '.join(found) or 'nothing'}): write the image "
+                    f"into the primary HDU or an IMAGE extension"
+                )
+            hdu = hdul[index]
+            shape2 = tuple(n for n in _image_shape(hdu.header) if n > 1)
+            if max(shape2) > max_side:
+                raise FitsError(
+                    f"{what} is {shape2[1]}×{shape2[0]} pixels, larger than max_side={max_side}: cut it into "
+                    f"smaller frames or raise ASTRID_INFERENCE_MAX_IMAGE_SIDE"
+                )
+            if not gzipped and not isinstance(hdu, fits.CompImageHDU):
+                bitpix = abs(int(hdu.header.get("BITPIX", 8)))
+                need = hdul.fileinfo(index)["datLoc"] + bitpix // 8 * math.prod(_image_shape(hdu.header))
+                if need > size:
+                    raise FitsError(
+                        f"{what} is truncated: {size} bytes, but its header promises {need} bytes; re-copy or re-ingest it"
+                    )
+            header = hdu.header.copy()
+            if index > 0:
+                for card in hdul[0].header.cards:
+                    if (
+                        card.keyword not in _STRUCTURAL
+                        and not card.keyword.startswith("NAXIS")
+                        and card.keyword not in header
+                    ):
+                        header.append(card)
+            raw = hdu.data
+            if raw is None:
+                raise FitsError(f"{what} has an image header but no pixels: re-ingest the file")
+            data = np.array(raw, dtype=np.float32).reshape(shape2)
+    for w in caught:
+        if "truncat" in str(w.message).lower():
+            raise FitsError(f"{what} is truncated ({w.message}): re-copy or re-ingest the file")
+    finite = np.isfinite(data)
+    n_bad = int(data.size - np.count_nonzero(finite))
+    if n_bad:
+        fraction = 1.0 - n_bad / data.size
+        if fraction < MIN_FINITE_FRACTION:
+            raise FitsError(
+                f"{what} is mostly NaN/inf ({fraction:.1%} finite pixels, need ≥ {MIN_FINITE_FRACTION:.0%}): "
+                f"the frame is blank or masked; re-reduce it or reject the observation"
+            )
+        data[~finite] = np.median(data[finite])
+        problems.append(f"{what}: {n_bad} non-finite pixels ({n_bad / data.size:.2%}) replaced by the median")
+    return data, header
+
+
+def _celestial_wcs(header: fits.Header, shape: tuple[int, int], what: str, problems: list[str]) -> WCS | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(header)
+            if not wcs.has_celestial:
+                problems.append(f"{what} has no celestial WCS (no RA/Dec CTYPE): detections get no RA/Dec")
+                return None
+            wcs = wcs.celestial
+            h, w = shape
+            probe = np.array([[0.0, 0.0], [w - 1.0, h - 1.0], [(w - 1) / 2, (h - 1) / 2]])
+            world = np.asarray(wcs.all_pix2world(probe, 0), dtype=float)
+        if not np.all(np.isfinite(world)):
+            problems.append(
+                f"{what} has a WCS that gives no finite RA/Dec inside the frame: detections get no RA/Dec"
+            )
+            return None
+        return wcs
+    except Exception as exc:  # astropy raises many kinds for bad WCS keywords
+        problems.append(f"{what} has a broken WCS ({type(exc).__name__}: {exc}): detections get no RA/Dec")
+        return None
+
+
+def load_triplet(
+    science: Any,
+    reference: Any,
+    difference: Any = None,
+    *,
+    max_side: int = 8192,
+    name: str | None = None,
+) -> Triplet:
+    """Read a triplet (float32, same shape). Without ``difference``: science − reference.
+    Raises :class:`FitsError` for any file that cannot give a sane image (see module docs)."""
+    if isinstance(max_side, bool) or int(max_side) < 1:
+        raise ValueError(f"max_side must be a positive int, got {max_side!r}")
+    max_side = int(max_side)
+    problems: list[str] = []
+    paths = {"science": to_path(science), "reference": to_path(reference)}
+    if difference is not None:
+        paths["difference"] = to_path(difference)
+    images: dict[str, np.ndarray] = {}
+    header = None
+    for role, path in paths.items():
+        images[role], h = _read_image(path, role, max_side, problems)
+        if role == "science":
+            header = h
+    for role in list(images)[1:]:
+        if images[role].shape != images["science"].shape:
+            sh, so = images["science"].shape, images[role].shape
+            raise FitsError(
+                f"shape mismatch: science {_label(paths['science'])} is {sh[1]}×{sh[0]} but {role} "
+                f"{_label(paths[role])} is {so[1]}×{so[0]}: resample the {role} onto the science frame"
+            )
+    if "difference" not in images:
+        images["difference"] = images["science"] - images["reference"]
+    assert header is not None
+    wcs = _celestial_wcs(
+        header, images["science"].shape, f"science file {_label(paths['science'])}", problems
+    )
+    return Triplet(
+        science=images["science"],
+        reference=images["reference"],
+        difference=images["difference"],
+        header=header,
+        wcs=wcs,
+        name=name if name is not None else _stem(paths["science"]),
+        problems=problems,
+    )
 
 
 def write_image(path: Any, data: np.ndarray, header: fits.Header | None = None) -> Any:
