@@ -9,7 +9,7 @@ from astrid.airflow.operators import (
     DataQualityOperator,
     UNetInferenceOperator,
 )
-from astrid.airflow.tasks import InferenceReportOperator, PreflightOperator, record_failed_run
+from astrid.airflow.tasks import InferenceReportOperator, PreflightOperator, RecordFailedRun
 from astrid.config import load_config
 
 config = load_config()
@@ -28,7 +28,7 @@ alone; a bad observation fails alone. Runbook: `docs/runbook.md`.
 with DAG(
     "astrid_batch_inference",
     max_active_runs=1,
-    on_failure_callback=record_failed_run,
+    on_failure_callback=RecordFailedRun("batch"),
     **dag_kwargs("batch", config, doc_md=DOC, tags=["batch", "inference"],
                  params=inference_params(config.batch_max_observations, config)),
 ) as dag:

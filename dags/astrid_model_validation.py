@@ -6,10 +6,10 @@ from astrid.airflow.dag_defaults import dag_kwargs
 from astrid.airflow.tasks import (
     SERVING_MODEL,
     MoveChampionOperator,
+    RecordFailedRun,
     ScoreModelsOperator,
     SelectValidationSetOperator,
     ValidationDecisionOperator,
-    record_failed_run,
 )
 from astrid.config import load_config
 
@@ -35,7 +35,7 @@ SLA: late after {config.validation_deadline_minutes} min.
 with DAG(
     "astrid_model_validation",
     max_active_runs=1,
-    on_failure_callback=record_failed_run,
+    on_failure_callback=RecordFailedRun("validation"),
     **dag_kwargs("validation", config, doc_md=DOC, tags=["validation", "mlops"], params={
         "dataset_size": Param(config.validation_dataset_size, type="integer", minimum=1, maximum=1000,
                               title="Labelled observations"),

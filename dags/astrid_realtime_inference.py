@@ -4,7 +4,7 @@ from airflow.sdk import DAG
 
 from astrid.airflow.dag_defaults import dag_kwargs, inference_params
 from astrid.airflow.operators import ClaimObservationsOperator, DataQualityOperator, UNetInferenceOperator
-from astrid.airflow.tasks import InferenceReportOperator, PreflightOperator, record_failed_run
+from astrid.airflow.tasks import InferenceReportOperator, PreflightOperator, RecordFailedRun
 from astrid.config import load_config
 
 config = load_config()
@@ -26,7 +26,7 @@ Runbook: `docs/runbook.md`.
 with DAG(
     "astrid_realtime_inference",
     max_active_runs=1,
-    on_failure_callback=record_failed_run,
+    on_failure_callback=RecordFailedRun("realtime"),
     **dag_kwargs("realtime", config, doc_md=DOC, tags=["realtime", "inference"],
                  params=inference_params(config.realtime_max_observations, config)),
 ) as dag:

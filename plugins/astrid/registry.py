@@ -9,6 +9,7 @@ on the registered model (tag ``champion_history``) so a rollback knows where to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -91,10 +92,8 @@ class ModelRegistry:
         try:
             self.client.get_registered_model(MODEL_NAME)
         except Exception:
-            try:
+            with contextlib.suppress(Exception):  # created concurrently by another task
                 self.client.create_registered_model(MODEL_NAME, description="AstrID U-Net transient detector")
-            except Exception:  # created concurrently
-                pass
         with self.run(VALIDATION_EXPERIMENT, f"register-{Path(model_dir).name}") as run:
             self.client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
             source = f"{run.info.artifact_uri}/model"
@@ -115,7 +114,7 @@ class ModelRegistry:
             if current == str(version):
                 return
             if current is not None:
-                history = self.champion_history() + [current]
+                history = [*self.champion_history(), current]
                 self.client.set_registered_model_tag(MODEL_NAME, "champion_history", json.dumps(history[-20:]))
         self.client.set_registered_model_alias(MODEL_NAME, alias, str(version))
 

@@ -75,6 +75,8 @@ def seed_survey(
                 labelled=is_labelled,
             )
         )
-    ids = catalog.register(records)
+    # Labelled observations are the validation set: registered but kept out of the inference queue.
+    ids = catalog.register([r for r in records if not r.labelled])
+    ids += catalog.register([r for r in records if r.labelled], status="ingested")
     log_event("survey.seeded", count=count, labelled=labelled, size=size, seed=seed, catalog=catalog_url)
     return SeedResult(observation_ids=ids, catalog_url=catalog_url, storage_uri=str(storage.path))

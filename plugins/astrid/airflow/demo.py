@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from astrid.paths import REPO_ROOT
@@ -54,7 +53,7 @@ def truth_recall(catalog: Any, storage: Any, radius: float = 3.0) -> tuple[int, 
         truth_uri = det_obs.get("truth_uri") or det_obs["science_uri"].replace("_sci.fits", "_truth.json")
         try:
             truth = read_truth(storage.resolve(truth_uri))
-        except Exception:  # noqa: BLE001 - truth is optional for the summary
+        except Exception:
             continue
         found = catalog.detections(observation_id=det_obs["id"])
         injected += len(truth)

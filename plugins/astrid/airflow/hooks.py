@@ -68,7 +68,6 @@ class CatalogHook(BaseHook):
         )
 
     def get_conn(self) -> Any:
-        from astrid.catalog import Catalog
 
         return _catalog(self.url)
 

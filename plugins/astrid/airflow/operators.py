@@ -203,7 +203,7 @@ class UNetInferenceOperator(BaseOperator):
 
         stats.timing(metric_name("astrid.model.load_time", self.dag_id), (time.perf_counter() - started) * 1000)
         storage = ObservationStorageHook(self.storage_conn_id).get_conn()
-        run = RunInfo(run_id=catalog_run_id(context), dag_id=self.dag_id, kind=self.dag_id, task_id=self.task_id)
+        run = RunInfo(run_id=catalog_run_id(context), dag_id=self.dag_id, task_id=self.task_id)
         artifacts = storage.path / "runs" / self.dag_id / _safe(context["run_id"]) / _safe(
             f"{self.task_id}-{context['ti'].map_index}"
         )

@@ -240,10 +240,17 @@ class MoveChampionOperator(BaseOperator):
         return f"champion v{old} -> v{decision['target_version']} ({decision['reason']})"
 
 
-def record_failed_run(context: Any) -> None:
+class RecordFailedRun:
     """DAG-level on_failure_callback: the run shows up as failed in inference_runs too."""
-    try:
-        CatalogHook().get_conn().record_run(run_id=context["run_id"], dag_id=context["dag"].dag_id,
-                                            kind=context["dag"].dag_id, status="failed")
-    except Exception:  # a callback must never raise
-        pass
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __call__(self, context: Any) -> None:
+        try:
+            CatalogHook().get_conn().record_run(run_id=context["run_id"], dag_id=context["dag"].dag_id,
+                                                kind=self.kind, status="failed")
+        except Exception as exc:  # a callback must never raise, but must say why it did nothing
+            from astrid.logs import log_event
+
+            log_event("record_failed_run.error", exc=exc, dag_id=context["dag"].dag_id)
