@@ -6,7 +6,9 @@ Unit tests of the core never touch Airflow; tests that need its metadata DB ask 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,6 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 _HOME = Path(tempfile.mkdtemp(prefix="astrid-test-airflow-"))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"

@@ -176,11 +176,14 @@ def _gauge_f1(dag_id: str, f1: float) -> None:
 
 
 def _flat_metrics(score: dict[str, Any]) -> dict[str, float]:
+    """MLflow metric names for the summary figures and the recall of each SNR bin."""
+    import math
+
     flat = {k: v for k, v in score.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for bin_name, value in (score.get("recall_by_snr") or {}).items():
-        if value is not None:
-            flat["recall_snr_" + "".join(ch if ch.isalnum() else "_" for ch in str(bin_name))] = value
-    return flat
+    for b in score.get("recall_by_snr") or []:
+        if b.get("n"):
+            flat["recall_snr_" + "".join(ch if ch.isalnum() else "_" for ch in str(b["label"]))] = b["recall"]
+    return {k: v for k, v in flat.items() if v is not None and math.isfinite(v)}
 
 
 class ValidationDecisionOperator(BaseBranchOperator):

@@ -1,0 +1,246 @@
+"""The three DAGs end to end with ``dag.test()`` on SQLite over seeded observations.
+
+Real Airflow (in-process task execution), real SQLite catalog, real files, real GX, the shipped
+U-Net on CPU, a real MLflow store. The assertions are on what landed: statuses, detections
+against injected truth, XCom summaries, MLflow runs and registry alias moves.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from astrid.airflow.demo import run_dag, task_output
+
+SIZE = 384
+
+
+@pytest.fixture(scope="module")
+def env(airflow_db, tmp_path_factory):
+    """A fresh catalog, storage root and MLflow store for this module (under the test AIRFLOW_HOME)."""
+    import os
+
+    root = tmp_path_factory.mktemp("astrid-e2e")
+    saved = {k: os.environ.get(k) for k in ("ASTRID_CATALOG_URL", "ASTRID_STORAGE_ROOT", "MLFLOW_TRACKING_URI")}
+    os.environ["ASTRID_CATALOG_URL"] = f"sqlite:///{root}/catalog.db"
+    os.environ["ASTRID_STORAGE_ROOT"] = (root / "storage").as_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+    from astrid.airflow import hooks
+
+    hooks._CATALOGS.clear()
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    hooks._CATALOGS.clear()
+
+
+@pytest.fixture(scope="module")
+def catalog(env):
+    from astrid.airflow.hooks import CatalogHook
+
+    return CatalogHook().get_conn()
+
+
+@pytest.fixture(scope="module")
+def storage(env):
+    from astrid.storage import StorageRoot
+
+    import os
+
+    return StorageRoot.from_uri(os.environ["ASTRID_STORAGE_ROOT"])
+
+
+@pytest.fixture(scope="module")
+def seeded(env, catalog, storage):
+    from astrid.survey import seed_survey
+
+    result = seed_survey(10, labelled=4, size=SIZE, seed=7100, catalog_url=catalog_url(), storage_root=storage,
+                         prefix="e2e")
+    return result
+
+
+def catalog_url() -> str:
+    import os
+
+    return os.environ["ASTRID_CATALOG_URL"]
+
+
+def _truth_for(storage, obs: dict):
+    from astrid.imaging.synthetic import read_truth
+
+    return read_truth(storage.resolve(obs["science_uri"].replace("_sci.fits", "_truth.json")))
+
+
+def test_realtime_dag_infers_claimed_observations(seeded, catalog, storage):
+    dag_run, _ = run_dag("astrid_realtime_inference", {"max_observations": 3})
+    assert str(dag_run.state) == "success"
+    summary = task_output(dag_run, "report")
+    assert summary["processed_count"] == 3
+    assert summary["failed_count"] == 0
+    assert summary["success_rate"] == 1.0
+    assert summary["model_version"] == "1"
+    inferred = catalog.observations(status="inferred")
+    assert len(inferred) == 3
+    # detections landed and match the injected truth (bright transients found within 3 px)
+    bright_found = bright_total = 0
+    for obs in inferred:
+        found = catalog.detections(observation_id=obs["id"])
+        for t in _truth_for(storage, obs):
+            if t.snr >= 10:
+                bright_total += 1
+                bright_found += any(np.hypot(d["x"] - t.x, d["y"] - t.y) <= 3 for d in found)
+    assert bright_total > 0
+    assert bright_found / bright_total >= 0.9
+    assert summary["detections_found"] == len(catalog.detections())
+    # the run is recorded, and its MLflow run exists with the run id as tag
+    runs = catalog.runs(dag_id="astrid_realtime_inference")
+    assert runs[0]["processed"] == 3 and runs[0]["status"] == "success"
+    infer = task_output(dag_run, "infer")
+    from astrid.airflow.hooks import ModelRegistryHook
+
+    registry = ModelRegistryHook().get_conn()
+    mlrun = registry.client.get_run(infer["mlflow_run_id"])
+    assert mlrun.data.tags["airflow.run_id"] == dag_run.run_id
+    assert mlrun.data.metrics["processed_count"] == 3
+    assert Path(infer["catalog_uri"].removeprefix("file://")).read_text().startswith("observation_id,observation,x,y,ra,dec")
+
+
+def test_batch_dag_fans_out_over_the_rest(seeded, catalog):
+    from astrid.config import load_config
+
+    assert load_config().batch_chunk_size == 10
+    import os
+
+    os.environ["ASTRID_INFERENCE_BATCH_CHUNK_SIZE"] = "2"
+    try:
+        dag_run, _ = run_dag("astrid_batch_inference", {})
+    finally:
+        del os.environ["ASTRID_INFERENCE_BATCH_CHUNK_SIZE"]
+    assert str(dag_run.state) == "success"
+    mapped = [ti for ti in dag_run.get_task_instances() if ti.task_id == "infer"]
+    assert len(mapped) == 2  # the 3 remaining unlabelled observations in chunks of 2
+    summary = task_output(dag_run, "report")
+    assert summary["processed_count"] == 3
+    counts = catalog.status_counts()
+    assert counts["inferred"] == 6  # every unlabelled observation, once
+    assert counts["preprocessed"] == 0 and counts["claimed"] == 0
+    assert counts["ingested"] == 4  # the labelled validation set stays out of the queue
+
+
+def test_rerunning_a_finished_run_duplicates_nothing(seeded, catalog):
+    before = len(catalog.detections())
+    dag_run, _ = run_dag("astrid_realtime_inference", {"max_observations": 3})
+    assert str(dag_run.state) == "success"
+    assert task_output(dag_run, "report")["processed_count"] == 0  # nothing left to claim
+    assert len(catalog.detections()) == before
+
+
+def test_bad_observations_are_rejected_and_the_run_goes_on(seeded, catalog, storage):
+    from astrid.catalog import NewObservation
+
+    good = catalog.get(catalog.labelled(1)[0].observation_id)
+    obs_dir = storage.path / "observations"
+    broken = obs_dir / "broken_sci.fits"
+    broken.write_bytes(Path(str(storage.resolve(good["science_uri"]))).read_bytes()[:5000])  # truncated
+    nan_path = obs_dir / "nan_diff.fits"
+    from astropy.io import fits
+
+    data = np.full((SIZE, SIZE), np.nan, dtype=np.float32)
+    fits.PrimaryHDU(data).writeto(str(nan_path).removeprefix("file://"), overwrite=True)
+    fresh = dict(survey="SYNTH", instrument="synthetic", filter="r", mjd=61000.0, exptime=30.0,
+                 ra_center=150.0, dec_center=2.0, truth_uri=None, labelled=False)
+    ids = catalog.register([
+        NewObservation(name="e2e-truncated", science_uri=storage.uri_for(broken),
+                       reference_uri=good["reference_uri"], difference_uri=good["difference_uri"], **fresh),
+        NewObservation(name="e2e-nan", science_uri=good["science_uri"], reference_uri=good["reference_uri"],
+                       difference_uri=storage.uri_for(nan_path), **fresh),
+        NewObservation(name="e2e-outside-root", science_uri="file:///etc/passwd",
+                       reference_uri=good["reference_uri"], difference_uri=good["difference_uri"], **fresh),
+        NewObservation(name="e2e-ok", science_uri=good["science_uri"], reference_uri=good["reference_uri"],
+                       difference_uri=good["difference_uri"], **fresh),
+    ])
+    dag_run, _ = run_dag("astrid_realtime_inference", {"max_observations": 10})
+    assert str(dag_run.state) == "success"
+    rows = {catalog.get(i)["name"]: catalog.get(i) for i in ids}
+    assert rows["e2e-ok"]["status"] == "inferred"
+    for name, needle in (("e2e-truncated", "broken_sci.fits"), ("e2e-nan", "nan_diff.fits"),
+                         ("e2e-outside-root", "/etc/passwd")):
+        assert rows[name]["status"] == "rejected", name
+        assert needle in rows[name]["rejection_reason"], rows[name]["rejection_reason"]
+    summary = task_output(dag_run, "report")
+    assert summary["processed_count"] == 1 and summary["rejected_count"] == 3
+
+
+@pytest.fixture(scope="module")
+def registry(env):
+    from astrid.airflow.hooks import ModelRegistryHook
+
+    return ModelRegistryHook().get_conn()
+
+
+def _blind_copy(tmp_path: Path) -> Path:
+    """The shipped model with its output bias pushed to -40: a genuinely worse model (finds nothing)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from astrid.paths import shipped_model_path
+
+    src = shipped_model_path()
+    dst = tmp_path / "blind-model"
+    shutil.copytree(src, dst)
+    weights = next(dst.glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    bias = [k for k in tensors if k.endswith("bias")][-1]
+    tensors[bias] = tensors[bias] - 40.0
+    save_file(tensors, str(weights))
+    card = json.loads((dst / "model_card.json").read_text())
+    import hashlib
+
+    card["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    card["version"] = card.get("version", "x") + "-blind"
+    (dst / "model_card.json").write_text(json.dumps(card))
+    return dst
+
+
+def test_validation_keeps_a_healthy_champion(seeded, registry):
+    dag_run, _ = run_dag("astrid_model_validation", {"dataset_size": 4})
+    assert str(dag_run.state) == "success"
+    scores = task_output(dag_run, "score_models")
+    assert scores["champion"]["f1"] >= 0.8
+    assert scores["champion"]["observations"] == 4
+    states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+    assert states["keep"] == "success" and states["promote"] == "skipped" and states["rollback"] == "skipped"
+
+
+def test_validation_promotes_a_better_challenger_and_rolls_back_a_degraded_champion(seeded, registry, tmp_path):
+    from astrid.paths import shipped_model_path
+
+    healthy = registry.alias_version("champion")
+    blind = registry.register(_blind_copy(tmp_path), alias="champion", description="test: degraded model")
+    challenger = registry.register(shipped_model_path(), alias="challenger")
+    # a degraded champion and a healthy challenger: promote
+    dag_run, _ = run_dag("astrid_model_validation", {"dataset_size": 4})
+    assert registry.alias_version("champion") == challenger
+    assert registry.alias_version("challenger") is None
+    # now degrade the champion again with no challenger: forced degradation rolls back
+    registry.set_alias("champion", blind)
+    dag_run, _ = run_dag("astrid_model_validation", {"dataset_size": 4})
+    states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+    assert states["rollback"] == "success"
+    assert registry.alias_version("champion") == challenger  # the previous champion
+    assert healthy is not None
+    # the serving-model change emitted Asset events
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(select(AssetEvent)).all()
+    assert len(events) >= 2

@@ -1,0 +1,205 @@
+"""`astrid detect` contract: CSV header/rows, ra/dec handling, clean failures with no output file."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+
+from astrid.cli import main
+from astrid.imaging.synthetic import make_observation
+from astrid.ml.engine import get_engine
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[2]
+HEADER = ["x", "y", "ra", "dec", "score", "flux"]
+
+
+@pytest.fixture(scope="module")
+def observation():
+    obs = make_observation(424242, size=256, n_transients=6, snr_range=(15.0, 40.0))
+    assert len(obs.truth) >= 3
+    return obs
+
+
+def _write(path: Path, data: np.ndarray, header: fits.Header | None = None) -> Path:
+    fits.PrimaryHDU(np.asarray(data, np.float32), header=header).writeto(path)
+    return path
+
+
+@pytest.fixture
+def files(tmp_path, observation):
+    return {
+        "sci": _write(tmp_path / "sci.fits", observation.science, observation.header),
+        "ref": _write(tmp_path / "ref.fits", observation.reference),
+        "diff": _write(tmp_path / "diff.fits", observation.difference),
+        "sci_nowcs": _write(tmp_path / "sci_nowcs.fits", observation.science),
+    }
+
+
+def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_detect_writes_contract_csv_with_wcs(files, tmp_path, observation):
+    get_engine.cache_clear()
+    out = tmp_path / "out" / "catalog.csv"
+    rc = main(
+        [
+            "detect",
+            "--science",
+            str(files["sci"]),
+            "--reference",
+            str(files["ref"]),
+            "--difference",
+            str(files["diff"]),
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    assert out.read_text().splitlines()[0] == "x,y,ra,dec,score,flux"
+    header, rows = _rows(out)
+    assert header == HEADER and len(rows) >= 3
+    for t in observation.truth:  # every bright transient is in the catalog, with sky coordinates
+        near = [r for r in rows if np.hypot(float(r["x"]) - t.x, float(r["y"]) - t.y) < 1.5]
+        assert near, f"transient at ({t.x:.1f}, {t.y:.1f}) SNR {t.snr:.0f} missing"
+        ra, dec = observation.wcs.pixel_to_world_values(float(near[0]["x"]), float(near[0]["y"]))
+        assert float(near[0]["ra"]) == pytest.approx(float(ra)) and float(near[0]["dec"]) == pytest.approx(
+            float(dec)
+        )
+        assert 0.5 < float(near[0]["score"]) <= 1.0
+    assert not [p for p in out.parent.iterdir() if p.name != "catalog.csv"]  # no temp files left
+
+
+def test_detect_without_wcs_or_difference_leaves_ra_dec_empty(files, tmp_path):
+    out = tmp_path / "nowcs.csv"
+    rc = main(
+        [
+            "detect",
+            "--science",
+            str(files["sci_nowcs"]),
+            "--reference",
+            str(files["ref"]),
+            "--threshold",
+            "0.5",
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    header, rows = _rows(out)
+    assert header == HEADER and rows
+    assert all(r["ra"] == "" and r["dec"] == "" for r in rows)
+    assert all(float(r["score"]) > 0.5 for r in rows)
+
+
+def _fails(args: list[str], capsys, out: Path, match: str) -> None:
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "astrid detect: error:" in err and match in err, err
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}*")), "partial/temp catalog left behind"
+
+
+def test_missing_file(files, tmp_path, capsys):
+    out = tmp_path / "c.csv"
+    _fails(
+        [
+            "detect",
+            "--science",
+            str(tmp_path / "nope.fits"),
+            "--reference",
+            str(files["ref"]),
+            "--output",
+            str(out),
+        ],
+        capsys,
+        out,
+        "nope.fits",
+    )
+
+
+def test_not_fits(files, tmp_path, capsys):
+    bad = tmp_path / "bad.fits"
+    bad.write_text("this is not a FITS file\n" * 50)
+    out = tmp_path / "c.csv"
+    _fails(
+        ["detect", "--science", str(files["sci"]), "--reference", str(bad), "--output", str(out)],
+        capsys,
+        out,
+        "bad.fits",
+    )
+
+
+def test_shape_mismatch(files, tmp_path, capsys, observation):
+    small = _write(tmp_path / "small.fits", observation.reference[:200, :220])
+    out = tmp_path / "c.csv"
+    _fails(
+        ["detect", "--science", str(files["sci"]), "--reference", str(small), "--output", str(out)],
+        capsys,
+        out,
+        "mismatch",
+    )
+
+
+def test_bad_model_path(files, tmp_path, capsys):
+    out = tmp_path / "c.csv"
+    _fails(
+        [
+            "detect",
+            "--science",
+            str(files["sci"]),
+            "--reference",
+            str(files["ref"]),
+            "--model",
+            str(tmp_path / "no-model"),
+            "--output",
+            str(out),
+        ],
+        capsys,
+        out,
+        "not found",
+    )
+
+
+def test_console_script_exit_code(files, tmp_path):
+    """The real process: non-zero exit, one clear stderr line, no traceback, no file."""
+    out = tmp_path / "c.csv"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "plugins")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "astrid.cli",
+            "detect",
+            "--science",
+            str(files["sci"]),
+            "--reference",
+            str(tmp_path / "missing.fits"),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "missing.fits" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
