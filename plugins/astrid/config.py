@@ -56,9 +56,9 @@ class InferenceSchedulingConfig:
     lease_minutes: int = _env("ASTRID_INFERENCE_LEASE_MINUTES", "claim lease; expired claims are claimable again", default=30)
     max_attempts: int = _env("ASTRID_INFERENCE_MAX_ATTEMPTS", "failures before an observation is left failed", default=3)
     max_image_side: int = _env("ASTRID_INFERENCE_MAX_IMAGE_SIDE", "largest accepted frame side in pixels", default=8192)
-    realtime_deadline_minutes: int = _env("ASTRID_INFERENCE_REALTIME_DEADLINE_MINUTES", "SLA: realtime run late after", default=10)
-    batch_deadline_minutes: int = _env("ASTRID_INFERENCE_BATCH_DEADLINE_MINUTES", "SLA: batch run late after", default=120)
-    validation_deadline_minutes: int = _env("ASTRID_INFERENCE_VALIDATION_DEADLINE_MINUTES", "SLA: validation late after", default=180)
+    realtime_deadline_minutes: float = _env("ASTRID_INFERENCE_REALTIME_DEADLINE_MINUTES", "SLA: realtime run late after (fractions allowed)", default=10.0)
+    batch_deadline_minutes: float = _env("ASTRID_INFERENCE_BATCH_DEADLINE_MINUTES", "SLA: batch run late after", default=120.0)
+    validation_deadline_minutes: float = _env("ASTRID_INFERENCE_VALIDATION_DEADLINE_MINUTES", "SLA: validation late after", default=180.0)
     alert_email: str = _env("ASTRID_INFERENCE_ALERT_EMAIL", "recipients of alert emails (comma separated)", default="astrid-oncall@example.org")
     alert_cooldown_minutes: int = _env("ASTRID_INFERENCE_ALERT_COOLDOWN_MINUTES", "same alert suppressed for", default=60)
     min_success_rate: float = _env("ASTRID_INFERENCE_MIN_SUCCESS_RATE", "degradation alert below this run success rate", default=0.9)
@@ -91,7 +91,7 @@ class InferenceSchedulingConfig:
             raise ConfigError(f"unknown DAG kind {kind!r}: expected realtime, batch or validation")
         return getattr(self, f"{kind}_schedule") if getattr(self, f"{kind}_enabled") else None
 
-    def deadline_minutes(self, kind: str) -> int:
+    def deadline_minutes(self, kind: str) -> float:
         if kind not in ("realtime", "batch", "validation"):
             raise ConfigError(f"unknown DAG kind {kind!r}: expected realtime, batch or validation")
         return getattr(self, f"{kind}_deadline_minutes")

@@ -1,0 +1,42 @@
+"""Daily housekeeping: metadata DB clean-up and task-log retention."""
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG
+
+from astrid.airflow.dag_defaults import OWNER, START_DATE_ISO
+from astrid.airflow.notifiers import AstridNotifier
+from astrid.airflow.tasks import DbCleanOperator, PruneTaskLogsOperator
+from astrid.config import load_config
+
+config = load_config()
+
+with DAG(
+    "astrid_maintenance",
+    schedule="30 3 * * *",
+    start_date=pendulum.parse(START_DATE_ISO, tz=config.timezone),
+    catchup=False,
+    max_active_runs=1,
+    max_consecutive_failed_dag_runs=3,
+    tags=["astrid", "maintenance"],
+    default_args={
+        "owner": OWNER,
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "retry_exponential_backoff": 2.0,
+        "execution_timeout": timedelta(minutes=60),
+        "on_failure_callback": AstridNotifier(kind="failure"),
+    },
+    doc_md=f"""
+### AstrID maintenance
+
+Applies the retention of **{config.log_retention_days} days** (`ASTRID_INFERENCE_LOG_RETENTION_DAYS`):
+`airflow db clean` removes old task instances, runs, XComs and logs rows from the metadata DB,
+and `prune_task_logs` deletes local task log files past retention. Remote logs on S3 are
+governed by the bucket's lifecycle rules (docs/deploy.md).
+""",
+) as dag:
+    DbCleanOperator(task_id="db_clean", retention_days=config.log_retention_days) >> PruneTaskLogsOperator(
+        task_id="prune_task_logs", retention_days=config.log_retention_days
+    )

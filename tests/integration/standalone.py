@@ -1,0 +1,197 @@
+"""A real `airflow standalone` (api-server, scheduler with LocalExecutor, dag-processor, triggerer)
+for integration tests, plus a real SMTP sink (aiosmtpd) it sends alert emails to.
+
+One instance per test session (starting it costs ~1 minute on 2 cores); tests share it and
+create their own DAG runs. Everything binds to 127.0.0.1 on free ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SmtpSink:
+    """aiosmtpd on 127.0.0.1: every message received is kept in ``messages``."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.handlers import Message
+
+        sink = self
+
+        class Keep(Message):
+            def handle_message(self, message: Any) -> None:
+                sink.messages.append(message)
+
+        self.messages: list[Any] = []
+        self.port = free_port()
+        self.controller = Controller(Keep(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def wait_for(self, predicate, timeout: float = 120) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in list(self.messages):
+                if predicate(message):
+                    return message
+            time.sleep(0.5)
+        subjects = [m["Subject"] for m in self.messages]
+        raise AssertionError(f"no matching email within {timeout}s; received subjects: {subjects}")
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def connection_env(self) -> dict[str, str]:
+        conn = {"conn_type": "smtp", "host": "127.0.0.1", "port": self.port, "login": "", "password": "",
+                "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "astrid@localhost"}}
+        return {"AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(conn)}
+
+
+@dataclass
+class Standalone:
+    home: Path
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    password: str = ""
+    _token: str | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def airflow(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True,
+                              check=check, timeout=timeout)
+
+    def start(self, timeout: float = 240) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.airflow("db", "migrate")
+        self.airflow("pools", "set", "gpu", "4", "U-Net tasks")
+        log = open(self.home / "standalone.log", "w")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"airflow standalone exited: {self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/api/v2/monitor/health", timeout=3).ok and self._password_file().exists():
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(2)
+        else:
+            raise RuntimeError(f"airflow standalone not healthy within {timeout}s: {self.log_tail()}")
+        self.password = json.loads(self._password_file().read_text())["admin"]
+        self.wait_for_dags({"astrid_realtime_inference", "astrid_batch_inference", "astrid_model_validation"})
+
+    def _password_file(self) -> Path:
+        return self.home / "simple_auth_manager_passwords.json.generated"
+
+    def log_tail(self, n: int = 60) -> str:
+        path = self.home / "standalone.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
+
+    def token(self) -> str:
+        if self._token is None:
+            r = requests.post(f"{self.url}/auth/token", json={"username": "admin", "password": self.password}, timeout=10)
+            r.raise_for_status()
+            self._token = r.json()["access_token"]
+        return self._token
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token()}", **kwargs.pop("headers", {})}
+        return requests.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
+
+    def wait_for_dags(self, dag_ids: set[str], timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.api("GET", "/api/v2/dags", params={"limit": 100})
+            if r.ok and dag_ids <= {d["dag_id"] for d in r.json()["dags"]}:
+                return
+            time.sleep(2)
+        raise RuntimeError(f"DAGs {dag_ids} not parsed within {timeout}s: {self.log_tail()}")
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        r = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
+        r.raise_for_status()
+        return r.json()["dag_run_id"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            if r.ok and r.json()["state"] in ("success", "failed"):
+                return r.json()
+            time.sleep(2)
+        raise AssertionError(f"{dag_id} {run_id} not finished in {timeout}s: {self.log_tail()}")
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        r = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        r.raise_for_status()
+        return {ti["task_id"]: ti["state"] for ti in r.json()["task_instances"]}
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def make_standalone(extra_env: dict[str, str] | None = None) -> Standalone:
+    home = Path(tempfile.mkdtemp(prefix="astrid-standalone-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ASTRID_"))}
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "PYTHONPATH": str(REPO / "plugins"),
+        "GX_ANALYTICS_ENABLED": "False",
+        "ASTRID_CATALOG_URL": f"sqlite:///{home}/astrid-catalog.db",
+        "ASTRID_STORAGE_ROOT": (home / "storage").as_uri(),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+    })
+    env.update(extra_env or {})
+    return Standalone(home=home, port=port, env=env)
+
+
+def cleanup(instance: Standalone) -> None:
+    instance.stop()
+    if os.environ.get("ASTRID_KEEP_STANDALONE") is None:
+        shutil.rmtree(instance.home, ignore_errors=True)
