@@ -1,0 +1,59 @@
+#!/bin/sh
+# AstrID startup script for Amazon MWAA (Airflow 3.3.1, Python 3.12).
+#
+# MWAA runs this in every container (scheduler, worker, webserver/api-server) before Airflow starts,
+# with a 5-minute limit, and keeps the variables it exports for the Airflow processes. It is
+# sourced by MWAA's wrapper: no `exit`, no `set -e`. Protected names (AIRFLOW_HOME, PYTHONPATH,
+# AIRFLOW__API__BASE_URL, MWAA__*) cannot be changed here.
+#
+# Our choice on MWAA: its workers run on Fargate and have no GPU, so the U-Net runs on CPU there
+# (ASTRID_INFERENCE_DEVICE=cpu, small batches, a few threads per task). GPU-scale backfills belong on
+# the compose/Astro GPU worker queue instead; see docs/deploy.md.
+
+: "${AIRFLOW_HOME:=/usr/local/airflow}"
+
+# --- every component ------------------------------------------------------------------------
+# DAG files read these at parse time (scheduler/dag-processor) and tasks read them at run time, so
+# they must agree everywhere.
+export ASTRID_INFERENCE_DEVICE="cpu"
+export ASTRID_INFERENCE_BATCH_SIZE="${ASTRID_INFERENCE_BATCH_SIZE:-2}"
+# MWAA's Celery workers consume only the `default` queue: there is no `gpu` queue to route to.
+export ASTRID_INFERENCE_GPU_QUEUE="default"
+export ASTRID_INFERENCE_GPU_POOL="${ASTRID_INFERENCE_GPU_POOL:-gpu}"
+
+# plugins.zip is unpacked to $AIRFLOW_HOME/plugins and carries astrid/ plus include/ (model weights,
+# expectation suite). The package looks for include/ next to plugins/, so point it there.
+export ASTRID_MODEL_PATH="${AIRFLOW_HOME}/plugins/include/models/astrid-unet"
+if [ ! -e "${AIRFLOW_HOME}/include" ]; then
+  ln -s "${AIRFLOW_HOME}/plugins/include" "${AIRFLOW_HOME}/include" 2>/dev/null \
+    || echo "astrid startup: could not link ${AIRFLOW_HOME}/include (read-only home?)"
+fi
+
+export GX_ANALYTICS_ENABLED="False"
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"
+
+# --- per component --------------------------------------------------------------------------
+case "${MWAA_AIRFLOW_COMPONENT:-}" in
+  worker)
+    # CPU inference: cap the threads each task's torch/BLAS uses so concurrent tasks on one
+    # worker do not oversubscribe its vCPUs (the `gpu` pool caps how many U-Net tasks run at once).
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+    export MKL_NUM_THREADS="${MKL_NUM_THREADS:-2}"
+    ;;
+  scheduler)
+    # The U-Net tasks ask for the `gpu` pool: make sure it exists (best effort, idempotent).
+    if command -v airflow >/dev/null 2>&1; then
+      if ! timeout 90 airflow pools get "${ASTRID_INFERENCE_GPU_POOL}" >/dev/null 2>&1; then
+        timeout 90 airflow pools set "${ASTRID_INFERENCE_GPU_POOL}" "${GPU_POOL_SLOTS:-2}" \
+          "AstrID U-Net tasks (CPU on MWAA)" >/dev/null 2>&1 \
+          || echo "astrid startup: could not create pool ${ASTRID_INFERENCE_GPU_POOL}; create it in the UI"
+      fi
+    fi
+    ;;
+  webserver | api-server)
+    : # serves the UI, the REST API and the AstrID status plugin under /astrid
+    ;;
+  *)
+    : # hybrid/other containers: the shared settings above are enough
+    ;;
+esac

@@ -1,0 +1,719 @@
+"""The deployment files stay runnable: compose, Dockerfiles, Astro settings and the MWAA bundle.
+
+No Docker engine is needed: the compose file is validated against the vendored Compose
+Specification schema (tests/fixtures/compose-spec.json, see its .SOURCE note) after compose-style
+variable interpolation, and everything it points at (build contexts, bind mounts, monitoring
+configs, services named in connections and depends_on) is checked against the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
+import pytest
+import yaml
+
+from astrid.config import InferenceSchedulingConfig
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_PATH = REPO / "docker-compose.yaml"
+SCHEMA_PATH = REPO / "tests" / "fixtures" / "compose-spec.json"
+BUNDLE_SCRIPT = REPO / "scripts" / "mwaa-bundle.sh"
+MWAA_CONSTRAINT = re.compile(
+    r'^--constraint "?https://raw\.githubusercontent\.com/apache/airflow/constraints-3\.3\.1/'
+    r'constraints-3\.12\.txt"?$'
+)
+PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[A-Za-z0-9.+!_-]+$")
+GPU_QUEUE = getattr(InferenceSchedulingConfig(), "gpu_queue", "gpu")
+GPU_POOL = getattr(InferenceSchedulingConfig(), "gpu_pool", "gpu")
+# Connections the DAGs need everywhere, and the ones that are legitimately optional.
+REQUIRED_CONNECTIONS = {"astrid_catalog", "astrid_storage", "mlflow_default", "smtp_default"}
+OPTIONAL_CONNECTIONS = {"slack_webhook_default", "aws_default"}
+# Files whose ASTRID_* names must all be known to the code.
+DEPLOY_FILES = [
+    "docker-compose.yaml",
+    ".env.example",
+    "Dockerfile",
+    "Dockerfile.inference",
+    "airflow_settings.yaml",
+    "mwaa/startup.sh",
+    "mwaa/README.md",
+    "docs/deploy.md",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+_INTERPOLATION = re.compile(
+    r"\$\$"  # escaped dollar
+    r"|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Compose-style ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:+alt}``, ``$$``."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group("name") or m.group("bare")
+        op, arg = m.group("op"), m.group("arg") or ""
+        val = env.get(name)
+        if op in (":-", "-"):
+            return arg if (val is None or (op == ":-" and val == "")) else val
+        if op in (":+", "+"):
+            return arg if (val is not None and (op == "+" or val != "")) else ""
+        if op in (":?", "?"):
+            if val is None or (op == ":?" and val == ""):
+                raise KeyError(f"required variable {name} is not set: {arg}")
+            return val
+        return val or ""
+
+    return _INTERPOLATION.sub(sub, value)
+
+
+@pytest.fixture(scope="module")
+def raw_compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose(raw_compose: dict[str, Any]) -> dict[str, Any]:
+    """The compose model as Docker Compose sees it with no .env file: defaults filled in."""
+    return interpolate(raw_compose, {})
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def airflow_services(services: Mapping[str, Any]) -> list[str]:
+    return sorted(name for name in services if name.startswith("airflow-"))
+
+
+def environment(service: Mapping[str, Any]) -> dict[str, Any]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return env
+
+
+def depends_on(service: Mapping[str, Any]) -> dict[str, str]:
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return {name: "service_started" for name in deps}
+    return {name: spec.get("condition", "service_started") for name, spec in deps.items()}
+
+
+def one_shot_services(services: Mapping[str, Any]) -> set[str]:
+    return {
+        dep
+        for svc in services.values()
+        for dep, cond in depends_on(svc).items()
+        if cond == "service_completed_successfully"
+    }
+
+
+def command_tokens(service: Mapping[str, Any]) -> list[str]:
+    cmd = service.get("command") or []
+    return cmd.split() if isinstance(cmd, str) else [str(c) for c in cmd]
+
+
+def mounts(service: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Volumes in long form: {type, source, target, read_only, create_host_path}."""
+    for vol in service.get("volumes") or []:
+        if isinstance(vol, str):
+            parts = vol.split(":")
+            source, target = parts[0], parts[1] if len(parts) > 1 else parts[0]
+            kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+            # Docker creates a missing short-syntax bind source as an empty DIRECTORY: never wanted.
+            yield {"type": kind, "source": source, "target": target, "create_host_path": False}
+        else:
+            yield {
+                "type": vol["type"],
+                "source": vol.get("source"),
+                "target": vol["target"],
+                "create_host_path": (vol.get("bind") or {}).get("create_host_path", False),
+            }
+
+
+def host_path(source: str) -> Path:
+    return (REPO / source).resolve() if not source.startswith("/") else Path(source)
+
+
+def container_to_host(service: Mapping[str, Any], container_path: str) -> Path | None:
+    """Host path behind ``container_path`` through the service's bind mounts (None if not mounted)."""
+    target = PurePosixPath(container_path)
+    for m in mounts(service):
+        if m["type"] != "bind":
+            continue
+        mount_target = PurePosixPath(m["target"])
+        if target == mount_target or mount_target in target.parents:
+            return host_path(m["source"]) / target.relative_to(mount_target)
+    return None
+
+
+def shell_script(service: Mapping[str, Any]) -> str:
+    """The shell program of a ``bash -c``/``sh -c`` service (from the interpolated model, so
+    compose's ``$$`` is already the shell's ``$``)."""
+    cmd = service["command"]
+    return cmd[-1] if isinstance(cmd, list) else cmd
+
+
+def known_astrid_variables() -> set[str]:
+    """ASTRID_* names the code reads: the config table plus literals in the package source."""
+    names = {var for var, _, _ in InferenceSchedulingConfig.env_table()}
+    for path in (REPO / "plugins" / "astrid").rglob("*.py"):
+        names.update(re.findall(r"\bASTRID_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+    return names
+
+
+def requirement_name(line: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", line.strip(), maxsplit=1)[0].lower().replace("_", "-").replace(".", "-")
+
+
+# --------------------------------------------------------------------------------------------------
+# docker-compose.yaml
+# --------------------------------------------------------------------------------------------------
+
+
+def test_compose_file_validates_against_the_compose_specification(compose: dict[str, Any]) -> None:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message[:300]}" for e in errors)
+
+
+def test_compose_schema_fixture_is_the_recorded_one() -> None:
+    import hashlib
+
+    note = (REPO / "tests" / "fixtures" / "compose-spec.json.SOURCE").read_text()
+    digest = hashlib.sha256(SCHEMA_PATH.read_bytes()).hexdigest()
+    assert digest in note, "compose-spec.json changed: update compose-spec.json.SOURCE"
+    assert "compose-spec/compose-spec" in note
+
+
+def test_schema_rejects_a_broken_compose_file(compose: dict[str, Any]) -> None:
+    """The schema check has teeth: a typo'd key or a bad depends_on condition is an error."""
+    schema = json.loads(SCHEMA_PATH.read_text())
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["redis"]["helthcheck"] = broken["services"]["redis"].pop("healthcheck")
+    broken["services"]["airflow-scheduler"]["depends_on"]["postgres"]["condition"] = "service_ready"
+    messages = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(broken)]
+    assert len(messages) >= 2
+
+
+def test_every_interpolated_variable_has_a_default() -> None:
+    text = COMPOSE_PATH.read_text().replace("$$", "")
+    missing = sorted(
+        m.group("name") or m.group("bare")
+        for m in _INTERPOLATION.finditer(text)
+        if m.group(0) != "$$" and m.group("op") not in (":-", "-")
+    )
+    assert not missing, f"variables without a default (compose fails without .env): {missing}"
+
+
+def test_build_contexts_and_dockerfiles_exist(services: Mapping[str, Any]) -> None:
+    built = {}
+    for name, svc in services.items():
+        build = svc.get("build")
+        if build is None:
+            continue
+        build = {"context": build} if isinstance(build, str) else build
+        context = host_path(build.get("context", "."))
+        dockerfile = context / build.get("dockerfile", "Dockerfile")
+        assert context.is_dir(), f"{name}: build context {context} missing"
+        assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+        built[name] = dockerfile.name
+    assert built["airflow-apiserver"] == "Dockerfile"
+    assert built["airflow-worker-gpu"] == "Dockerfile.inference"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.inference"])
+def test_dockerfile_copy_sources_exist(dockerfile: str) -> None:
+    text = (REPO / dockerfile).read_text()
+    for line in re.findall(r"^COPY\s+(.+)$", text, flags=re.M):
+        args = [a for a in line.split() if not a.startswith("--")]
+        assert "--from" not in line
+        for source in args[:-1]:
+            assert (REPO / source).exists(), f"{dockerfile}: COPY source {source} is not in the repo"
+
+
+def test_dockerfiles_pin_the_airflow_we_test() -> None:
+    locked = re.search(r"^apache-airflow==(\S+)$", (REPO / "constraints.txt").read_text(), flags=re.M)
+    assert locked
+    inference = (REPO / "Dockerfile.inference").read_text()
+    assert re.search(rf"^ARG AIRFLOW_VERSION={re.escape(locked.group(1))}$", inference, flags=re.M)
+    assert re.search(r"^ARG PYTHON_VERSION=3\.1[12]$", inference, flags=re.M)
+    assert re.search(
+        r"^FROM apache/airflow:\$\{AIRFLOW_VERSION\}-python\$\{PYTHON_VERSION\}$", inference, flags=re.M
+    )
+    assert re.search(r'^CMD \["airflow", "celery", "worker", "-q", "gpu"\]$', inference, flags=re.M)
+    astro = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM astrocrpublic\.azurecr\.io/runtime:3\.3-\d+$", astro, flags=re.M)
+    # Torch wheel indexes are build args the operator supplies, empty by default.
+    for text in (astro, inference):
+        assert re.search(r'^ARG TORCH_INDEX_URL=""$', text, flags=re.M)
+
+
+def test_bind_mounts_point_at_files_in_the_repo(compose: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    for name, svc in compose["services"].items():
+        for m in mounts(svc):
+            if m["type"] == "volume":
+                assert m["source"] in declared, f"{name}: named volume {m['source']} not declared"
+            elif m["type"] == "bind" and not m["create_host_path"]:
+                path = host_path(m["source"])
+                assert path.exists(), f"{name}: bind source {m['source']} does not exist in the repo"
+                if PurePosixPath(m["target"]).suffix in (".yml", ".yaml", ".json", ".conf"):
+                    assert path.is_file(), f"{name}: {m['source']} should be a file"
+
+
+def test_airflow_services_share_dags_plugins_include_logs_config(services: Mapping[str, Any]) -> None:
+    for name in airflow_services(services):
+        targets = {m["target"] for m in mounts(services[name])}
+        for sub in ("dags", "plugins", "include", "logs", "config"):
+            assert f"/usr/local/airflow/{sub}" in targets, f"{name}: no mount for {sub}"
+    assert services["airflow-apiserver"]["user"] == "50000:0"
+
+
+def test_statsd_exporter_prometheus_and_grafana_configs_line_up(services: Mapping[str, Any]) -> None:
+    statsd = services["statsd-exporter"]
+    flags = dict(tok.split("=", 1) for tok in command_tokens(statsd) if "=" in tok)
+    mapping = container_to_host(statsd, flags["--statsd.mapping-config"])
+    assert mapping is not None and mapping.is_file()
+    assert flags["--statsd.listen-udp"].endswith(":9125") and flags["--web.listen-address"].endswith(":9102")
+    assert "9125:9125/udp" in statsd["ports"] and "9102:9102" in statsd["ports"]
+
+    prom = services["prometheus"]
+    flags = dict(tok.split("=", 1) for tok in command_tokens(prom) if "=" in tok)
+    config_path = PurePosixPath(flags["--config.file"])
+    config_host = container_to_host(prom, str(config_path))
+    assert config_host is not None and config_host.is_file()
+    config = yaml.safe_load(config_host.read_text()) or {}
+    for rule_file in config.get("rule_files") or []:
+        rule_path = PurePosixPath(rule_file)
+        rule_path = rule_path if rule_path.is_absolute() else config_path.parent / rule_path
+        rule_host = container_to_host(prom, str(rule_path))
+        assert rule_host is not None and rule_host.is_file(), f"rule file {rule_file} is not mounted"
+    targets = [
+        target
+        for job in config.get("scrape_configs") or []
+        for static in job.get("static_configs") or []
+        for target in static.get("targets") or []
+    ]
+    assert "statsd-exporter:9102" in targets, f"Prometheus does not scrape statsd-exporter: {targets}"
+    for target in targets:
+        assert target.split(":")[0] in set(services) | {"localhost", "127.0.0.1"}, target
+
+    grafana = services["grafana"]
+    provisioning = container_to_host(grafana, "/etc/grafana/provisioning/datasources")
+    assert provisioning is not None
+    datasource_files = sorted(provisioning.glob("*.y*ml"))
+    assert datasource_files, "no Grafana datasource provisioning file"
+    for path in datasource_files:
+        for ds in (yaml.safe_load(path.read_text()) or {}).get("datasources") or []:
+            if ds.get("url"):
+                assert urlsplit(ds["url"]).hostname in services, f"{path.name}: {ds['url']}"
+    providers_dir = container_to_host(grafana, "/etc/grafana/provisioning/dashboards")
+    assert providers_dir is not None
+    provider_files = sorted(providers_dir.glob("*.y*ml"))
+    assert provider_files, "no Grafana dashboard provider file"
+    for path in provider_files:
+        for provider in (yaml.safe_load(path.read_text()) or {}).get("providers") or []:
+            dash_dir = container_to_host(grafana, provider["options"]["path"])
+            assert dash_dir is not None, f"{path.name}: {provider['options']['path']} is not mounted"
+            assert sorted(dash_dir.glob("*.json")), f"no dashboards in {dash_dir}"
+
+
+def test_astrid_inference_variables_reach_every_airflow_service(raw_compose: dict[str, Any]) -> None:
+    table = InferenceSchedulingConfig.env_table()
+    services = raw_compose["services"]
+    assert len(airflow_services(services)) >= 7
+    for name in airflow_services(services):
+        env = environment(services[name])
+        defaults: dict[str, str] = {}
+        for var, _, _ in table:
+            value = env.get(var)
+            match = re.fullmatch(rf"\$\{{{var}:-(.*)\}}", str(value))
+            assert match, f"{name}: {var} must be passed as ${{{var}:-default}}, found {value!r}"
+            defaults[var] = match.group(1)
+        # The compose defaults are valid and equal to the code's defaults.
+        assert InferenceSchedulingConfig.from_env(defaults) == InferenceSchedulingConfig(), name
+
+
+def test_no_unknown_astrid_variables_in_deployment_files() -> None:
+    known = known_astrid_variables()
+    for rel in DEPLOY_FILES:
+        path = REPO / rel
+        if not path.exists():
+            continue
+        used = set(re.findall(r"\bASTRID_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+        unknown = sorted(used - known)
+        assert not unknown, f"{rel} references ASTRID_ variables the code never reads: {unknown}"
+
+
+def test_env_example_documents_every_setting(raw_compose: dict[str, Any]) -> None:
+    text = (REPO / ".env.example").read_text()
+    for var, _, _ in InferenceSchedulingConfig.env_table():
+        assert re.search(rf"^#? ?{var}=", text, flags=re.M), f".env.example does not document {var}"
+    compose_vars = {
+        m.group("name") or m.group("bare")
+        for m in _INTERPOLATION.finditer(COMPOSE_PATH.read_text().replace("$$", ""))
+        if m.group(0) != "$$"
+    }
+    for var in sorted(compose_vars - {v for v, _, _ in InferenceSchedulingConfig.env_table()}):
+        assert re.search(rf"^#? ?{var}=", text, flags=re.M), f".env.example does not document {var}"
+
+
+def test_every_long_running_service_has_a_healthcheck(services: Mapping[str, Any]) -> None:
+    one_shot = one_shot_services(services)
+    assert {"airflow-init", "minio-init"} <= one_shot
+    for name, svc in services.items():
+        if name in one_shot:
+            assert str(svc.get("restart", "no")) == "no", f"{name} runs once: restart must be 'no'"
+            continue
+        check = svc.get("healthcheck") or {}
+        assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_expected_healthchecks(services: Mapping[str, Any]) -> None:
+    def check(name: str) -> str:
+        return " ".join(services[name]["healthcheck"]["test"])
+
+    assert "pg_isready" in check("postgres")
+    assert "redis-cli ping" in check("redis")
+    assert "/api/v2/monitor/health" in check("airflow-apiserver")
+    assert "/astrid/health" in check("airflow-apiserver")
+    assert ":8974/health" in check("airflow-scheduler")
+    assert "DagProcessorJob" in check("airflow-dag-processor")
+    assert "TriggererJob" in check("airflow-triggerer")
+    for worker in ("airflow-worker", "airflow-worker-gpu"):
+        assert "inspect ping" in check(worker)
+    assert ":9102/metrics" in check("statsd-exporter")
+    assert ":9090/-/healthy" in check("prometheus")
+    assert ":3000/api/health" in check("grafana")
+    assert ":5000/health" in check("mlflow")
+    assert "ready local" in check("minio")
+    assert ":8025/livez" in check("mailpit")
+
+
+def test_depends_on_references_real_services_with_matching_conditions(services: Mapping[str, Any]) -> None:
+    one_shot = one_shot_services(services)
+    for name, svc in services.items():
+        for dep, condition in depends_on(svc).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            assert dep != name, f"{name} depends on itself"
+            if condition == "service_healthy":
+                assert services[dep].get("healthcheck"), f"{name} waits for {dep} to be healthy: no check"
+            if condition == "service_completed_successfully":
+                assert dep in one_shot
+            # A service in the default set cannot wait for one that only starts with a profile.
+            if not svc.get("profiles"):
+                assert not services[dep].get("profiles"), f"{name} depends on profile-only {dep}"
+
+    def visit(node: str, path: tuple[str, ...]) -> None:
+        assert node not in path, f"depends_on cycle: {' -> '.join((*path, node))}"
+        for dep in depends_on(services[node]):
+            visit(dep, (*path, node))
+
+    for name in services:
+        visit(name, ())
+    for name in airflow_services(services):
+        if name != "airflow-init":
+            assert depends_on(services[name]).get("airflow-init") == "service_completed_successfully", name
+
+
+def test_gpu_worker_reserves_an_nvidia_gpu_and_consumes_the_gpu_queue(services: Mapping[str, Any]) -> None:
+    gpu = services["airflow-worker-gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+    tokens = command_tokens(gpu)
+    assert tokens[:3] == ["airflow", "celery", "worker"]
+    queue_flag = next(i for i, t in enumerate(tokens) if t in ("-q", "--queues"))
+    assert tokens[queue_flag + 1] == GPU_QUEUE == "gpu"
+    # Without the GPU worker the default worker still drains the gpu queue (U-Net on CPU).
+    cpu = command_tokens(services["airflow-worker"])
+    cpu_queues = cpu[cpu.index("-q") + 1].split(",")
+    assert "default" in cpu_queues and GPU_QUEUE in cpu_queues
+
+
+def test_airflow_common_settings(services: Mapping[str, Any]) -> None:
+    minio_init = shell_script(services["minio-init"])
+    buckets = set(re.findall(r"local/([a-z0-9.-]+)", minio_init))
+    assert {"observations", "artifacts", "logs"} <= buckets
+    for name in airflow_services(services):
+        env = environment(services[name])
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+        assert env["AIRFLOW__API_AUTH__JWT_SECRET"]
+        assert env["AIRFLOW__METRICS__STATSD_ON"] == "true"
+        assert env["AIRFLOW__METRICS__STATSD_HOST"] in services
+        assert env["AIRFLOW__METRICS__STATSD_PORT"] == "9125"
+        assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "true"
+        base = urlsplit(env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"])
+        assert base.scheme == "s3" and base.hostname in buckets
+        assert f"AIRFLOW_CONN_{env['AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID'].upper()}" in env
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+    assert "8080:8080" in services["airflow-apiserver"]["ports"]
+    init = shell_script(services["airflow-init"])
+    assert "airflow db migrate" in init
+    assert re.search(r'airflow pools set "\$\{ASTRID_INFERENCE_GPU_POOL\}"', init)
+
+
+def test_compose_connections_point_at_compose_services(services: Mapping[str, Any]) -> None:
+    env = environment(services["airflow-worker"])
+    conns = {
+        key.removeprefix("AIRFLOW_CONN_").lower(): json.loads(value)
+        for key, value in env.items()
+        if key.startswith("AIRFLOW_CONN_") and value
+    }
+    assert REQUIRED_CONNECTIONS | {"aws_default"} <= set(conns)
+    catalog = urlsplit(conns["astrid_catalog"]["extra"]["sqlalchemy_url"])
+    assert catalog.hostname == "postgres" and catalog.path == "/astrid"
+    storage = conns["astrid_storage"]["extra"]
+    assert storage["root"] == "s3://observations" and storage["aws_conn_id"] in conns
+    assert urlsplit(conns["aws_default"]["extra"]["endpoint_url"]).hostname == "minio"
+    assert urlsplit(conns["mlflow_default"]["extra"]["tracking_uri"]).hostname == "mlflow"
+    smtp = conns["smtp_default"]
+    assert (smtp["host"], smtp["port"]) == ("mailpit", 1025)
+    assert any(str(p).endswith(":1025") for p in services["mailpit"]["ports"])
+    for conn in conns.values():
+        if conn.get("host"):
+            assert conn["host"] in services
+
+
+def test_connection_ids_used_by_the_code_are_known() -> None:
+    source = "\n".join(p.read_text() for p in (REPO / "plugins" / "astrid" / "airflow").glob("*.py"))
+    used = set(re.findall(r'default_conn_name\s*=\s*"(\w+)"', source))
+    used |= set(re.findall(r'\w*conn_id\w*\s*:\s*str\s*=\s*"(\w+)"', source))
+    used |= set(re.findall(r'get\("aws_conn_id",\s*"(\w+)"\)', source))
+    assert used >= REQUIRED_CONNECTIONS, "the connection-id scan found fewer ids than expected"
+    unknown = used - REQUIRED_CONNECTIONS - OPTIONAL_CONNECTIONS
+    assert not unknown, f"the code uses connections no deployment file defines: {unknown}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Astro project files
+# --------------------------------------------------------------------------------------------------
+
+
+def test_airflow_settings_has_the_connections_and_pool_the_dags_use() -> None:
+    settings = yaml.safe_load((REPO / "airflow_settings.yaml").read_text())["airflow"]
+    conns = {c["conn_id"]: c for c in settings["connections"]}
+    assert set(conns) >= REQUIRED_CONNECTIONS
+    for conn_id, conn in conns.items():
+        assert conn["conn_type"], conn_id
+        assert isinstance(conn.get("conn_extra") or {}, dict), f"{conn_id}: conn_extra must be a mapping"
+    assert conns["astrid_catalog"]["conn_extra"]["sqlalchemy_url"]
+    assert conns["astrid_storage"]["conn_extra"]["root"].startswith(("file://", "s3://"))
+    assert conns["smtp_default"]["conn_port"] and conns["smtp_default"]["conn_host"]
+    pools = {p["pool_name"]: p for p in settings["pools"]}
+    assert GPU_POOL in pools and int(pools[GPU_POOL]["pool_slot"]) >= 1
+    assert isinstance(settings.get("variables"), list)
+
+
+def test_astro_project_files() -> None:
+    config = yaml.safe_load((REPO / ".astro" / "config.yaml").read_text())
+    assert config["project"]["name"] == "astrid"
+    for line in (REPO / "packages.txt").read_text().splitlines():
+        assert line.strip() and " " not in line.strip() and not line.startswith("#"), line
+    ignored = {ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()}
+    assert {".env", "airflow_settings.yaml", ".venv", ".git"} <= ignored
+    assert "dags" not in ignored and "plugins" not in ignored and "include" not in ignored
+
+
+def test_dags_airflowignore_keeps_every_dag_file() -> None:
+    file_discovery = pytest.importorskip("airflow._shared.module_loading.file_discovery")
+    assert (REPO / "dags" / ".airflowignore").is_file()
+    kept = {Path(p).name for p in file_discovery.find_path_from_directory(REPO / "dags", ".airflowignore")}
+    for dag_file in (REPO / "dags").glob("*.py"):
+        assert dag_file.name in kept, f"dags/.airflowignore hides {dag_file.name}"
+
+
+# --------------------------------------------------------------------------------------------------
+# shell scripts
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["scripts/mwaa-bundle.sh", "mwaa/startup.sh"])
+def test_shell_scripts_parse(script: str) -> None:
+    subprocess.run(["bash", "-n", str(REPO / script)], check=True)
+    if script.startswith("mwaa/"):
+        subprocess.run(["sh", "-n", str(REPO / script)], check=True)  # MWAA sources it
+
+
+def test_inline_compose_scripts_parse(services: Mapping[str, Any]) -> None:
+    subprocess.run(["bash", "-n", "-c", shell_script(services["airflow-init"])], check=True)
+    subprocess.run(["sh", "-n", "-c", shell_script(services["minio-init"])], check=True)
+
+
+def test_mwaa_startup_runs_cpu_inference_on_the_default_queue(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "AIRFLOW_HOME": str(tmp_path), "MWAA_AIRFLOW_COMPONENT": "worker"}
+    (tmp_path / "plugins" / "include").mkdir(parents=True)
+    out = subprocess.run(
+        ["bash", "-c", f'. "{REPO / "mwaa" / "startup.sh"}" && env'],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    exported = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert exported["ASTRID_INFERENCE_DEVICE"] == "cpu"
+    assert exported["ASTRID_INFERENCE_GPU_QUEUE"] == "default"
+    assert exported["ASTRID_MODEL_PATH"] == f"{tmp_path}/plugins/include/models/astrid-unet"
+    assert exported["OMP_NUM_THREADS"] == "2"
+    assert InferenceSchedulingConfig.from_env(exported).device == "cpu"
+    assert (tmp_path / "include").resolve() == (tmp_path / "plugins" / "include").resolve()
+
+
+# --------------------------------------------------------------------------------------------------
+# MWAA bundle
+# --------------------------------------------------------------------------------------------------
+
+
+def run_bundle(out: Path, root: Path = REPO, **env: str) -> subprocess.CompletedProcess[str]:
+    script = root / "scripts" / "mwaa-bundle.sh"
+    return subprocess.run(
+        ["bash", str(script)],
+        env={**os.environ, "MWAA_BUNDLE_DIR": str(out), **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("mwaa-bundle")
+    run_bundle(out)
+    return out
+
+
+def test_makefile_target_runs_the_bundle_script() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    recipe = re.search(r"^mwaa-bundle:.*\n((?:\t.*\n)+)", makefile, flags=re.M)
+    assert recipe and "scripts/mwaa-bundle.sh" in recipe.group(1)
+
+
+def test_bundle_has_dags_plugins_requirements_startup(bundle: Path) -> None:
+    assert sorted(p.name for p in (bundle / "dags").glob("*.py")) == sorted(
+        p.name for p in (REPO / "dags").glob("*.py")
+    )
+    startup = bundle / "startup.sh"
+    assert startup.stat().st_mode & stat.S_IXUSR and os.access(startup, os.X_OK)
+    with zipfile.ZipFile(bundle / "plugins.zip") as zf:
+        names = set(zf.namelist())
+        assert zf.testzip() is None
+    assert "astrid/__init__.py" in names and "astrid/config.py" in names
+    assert not any("__pycache__" in n or n.endswith(".pyc") or ".egg-info" in n for n in names)
+    assert not any(n.startswith(("plugins/", "/")) for n in names), "MWAA wants the package at the zip root"
+    for asset in ("expectations", "models"):
+        shipped = [p for p in (REPO / "include" / asset).rglob("*") if p.is_file()]
+        for path in shipped:
+            assert f"include/{path.relative_to(REPO / 'include').as_posix()}" in names
+
+
+def test_bundle_requirements_are_constrained_and_pinned(bundle: Path) -> None:
+    lines = (bundle / "requirements.txt").read_text().splitlines()
+    assert MWAA_CONSTRAINT.match(lines[0]), lines[0]
+    assert lines[1:], "no requirements"
+    for line in lines[1:]:
+        assert PIN.match(line), f"not pinned with ==: {line!r}"
+    names = [requirement_name(ln) for ln in lines[1:]]
+    assert len(names) == len(set(names)), "a package is pinned twice"
+
+
+def test_mwaa_requirements_cover_the_project_requirements() -> None:
+    mwaa = {requirement_name(ln) for ln in (REPO / "mwaa" / "requirements.txt").read_text().splitlines()[1:]}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith(("#", "-")):
+            assert requirement_name(line) in mwaa, f"mwaa/requirements.txt lacks {line.strip()}"
+
+
+def test_bundle_is_reproducible(bundle: Path, tmp_path: Path) -> None:
+    run_bundle(tmp_path)
+    assert (tmp_path / "plugins.zip").read_bytes() == (bundle / "plugins.zip").read_bytes()
+
+
+def test_bundle_airflowignore_loads_only_plugin_modules(tmp_path: Path) -> None:
+    """A throwaway project with one AirflowPlugin module: only it survives plugin discovery."""
+    file_discovery = pytest.importorskip("airflow._shared.module_loading.file_discovery")
+    root = tmp_path / "project"
+    for rel in ("scripts/mwaa-bundle.sh", "mwaa/requirements.txt", "mwaa/startup.sh"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, root / rel)
+    (root / "dags").mkdir()
+    (root / "dags" / "example.py").write_text("# a DAG\n")
+    pkg = root / "plugins" / "astrid"
+    (pkg / "airflow").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "config.py").write_text("X = 1\n")
+    (pkg / "airflow" / "plugin.py").write_text(
+        "from airflow.plugins_manager import AirflowPlugin\n\n\nclass AstridPlugin(AirflowPlugin):\n"
+        "    name = 'astrid'\n"
+    )
+    (root / "include" / "models" / "astrid-unet").mkdir(parents=True)
+    (root / "include" / "models" / "astrid-unet" / "model_card.json").write_text("{}")
+    wheelhouse = tmp_path / "wheels"
+    wheelhouse.mkdir()
+    (wheelhouse / "torch-2.13.0+cpu-cp312-cp312-manylinux_2_28_x86_64.whl").write_bytes(b"not a real wheel")
+    out = tmp_path / "out"
+    run_bundle(out, root=root, MWAA_WHEELHOUSE=str(wheelhouse), PYTHON=shutil.which("python3") or "python3")
+
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(out / "plugins.zip") as zf:
+        zf.extractall(unpacked)
+    kept = {
+        Path(p).relative_to(unpacked).as_posix()
+        for p in file_discovery.find_path_from_directory(unpacked, ".airflowignore")
+        if p.endswith(".py")
+    }
+    assert kept == {"astrid/airflow/plugin.py"}
+    assert (unpacked / "include" / "models" / "astrid-unet" / "model_card.json").is_file()
+
+    lines = (out / "requirements.txt").read_text().splitlines()
+    assert MWAA_CONSTRAINT.match(lines[0])
+    assert lines[1] == "--find-links /usr/local/airflow/plugins/wheels"
+    assert "torch==2.13.0+cpu" in lines
+    assert (unpacked / "wheels" / "torch-2.13.0+cpu-cp312-cp312-manylinux_2_28_x86_64.whl").is_file()
+
+
+def test_bundle_refuses_unpinned_requirements(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    for rel in ("scripts/mwaa-bundle.sh", "mwaa/startup.sh"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, root / rel)
+    (root / "mwaa" / "requirements.txt").write_text(
+        (REPO / "mwaa" / "requirements.txt").read_text() + "mlflow>=3\n"
+    )
+    (root / "dags").mkdir()
+    (root / "dags" / "example.py").write_text("")
+    (root / "plugins" / "astrid").mkdir(parents=True)
+    (root / "plugins" / "astrid" / "__init__.py").write_text("")
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        run_bundle(tmp_path / "out", root=root)
+    assert "pinned with ==" in failed.value.stderr
