@@ -52,4 +52,17 @@ def score_model(detector: Any, claims: Sequence[Any], storage: Any, *, threshold
         truth = read_truth(storage.resolve(claim.truth_uri))
         pairs.append((detections, truth, triplet.difference.size))
     report = score_detections(pairs)
-    return {"version": detector.version, **report.to_dict()}
+    return _json_safe({"version": detector.version, **report.to_dict()})
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (e.g. recall of an empty SNR bin) becomes None: XCom and MLflow take JSON."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value

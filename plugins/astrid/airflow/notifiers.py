@@ -98,12 +98,24 @@ class AstridNotifier(BaseNotifier):
 
     # -- sync (task callbacks, degradation checks) -------------------------------------------
     def notify(self, context: Any) -> bool:
+        """Deliver on every configured channel; a channel that fails is logged, never raised.
+
+        An alert is a side effect of a task: an SMTP outage must not fail the inference run
+        that noticed the degradation (the failure is in the task log as ``alert.delivery_failed``).
+        """
         alert = build_alert(self.kind, context, self.message)
         if not self._due(alert, CatalogHook(self.catalog_conn_id).url):
             return False
-        self._send_email(alert)
-        self._send_webhook(alert)
-        return True
+        delivered = False
+        for channel in (self._send_email, self._send_webhook):
+            try:
+                delivered = channel(alert) or delivered
+            except Exception as exc:
+                from astrid.logs import log_event
+
+                log_event("alert.delivery_failed", exc=exc, channel=channel.__name__, kind=alert.kind,
+                          dag_id=alert.dag_id, run_id=alert.run_id)
+        return delivered
 
     # -- async (deadline callbacks in the triggerer) -----------------------------------------
     async def async_notify(self, context: Any) -> bool:
@@ -146,19 +158,27 @@ class AstridNotifier(BaseNotifier):
         _count(dag_id=alert.dag_id, sent=due, kind=alert.kind)
         return due
 
-    def _send_email(self, alert: Alert) -> None:
+    def _send_email(self, alert: Alert) -> bool:
+        if _connection(self.smtp_conn_id) is None:
+            from astrid.logs import log_event
+
+            log_event("alert.not_emailed", level=30, reason=f"connection {self.smtp_conn_id!r} is not defined",
+                      subject=alert.subject)
+            return False
         from airflow.providers.smtp.hooks.smtp import SmtpHook
 
         with SmtpHook(smtp_conn_id=self.smtp_conn_id) as smtp:
             smtp.send_email_smtp(smtp_conn_id=self.smtp_conn_id, to=self._recipients(), subject=alert.subject,
                                  html_content=_html(alert), from_email=self._from(smtp))
+        return True
 
-    def _send_webhook(self, alert: Alert) -> None:
+    def _send_webhook(self, alert: Alert) -> bool:
         if _connection(self.webhook_conn_id) is None:
-            return
+            return False
         from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
 
         SlackWebhookHook(slack_webhook_conn_id=self.webhook_conn_id).send(text=f"*{alert.subject}*\n{alert.body}")
+        return True
 
 
 def _html(alert: Alert) -> str:

@@ -181,7 +181,7 @@ def _flat_metrics(score: dict[str, Any]) -> dict[str, float]:
 
     flat = {k: v for k, v in score.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     for b in score.get("recall_by_snr") or []:
-        if b.get("n"):
+        if b.get("n") and b.get("recall") is not None:
             flat["recall_snr_" + "".join(ch if ch.isalnum() else "_" for ch in str(b["label"]))] = b["recall"]
     return {k: v for k, v in flat.items() if v is not None and math.isfinite(v)}
 
