@@ -182,6 +182,7 @@ def make_standalone(extra_env: dict[str, str] | None = None) -> Standalone:
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "PYTHONPATH": str(REPO / "plugins"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # standalone spawns `airflow` from PATH
         "GX_ANALYTICS_ENABLED": "False",
         "ASTRID_CATALOG_URL": f"sqlite:///{home}/astrid-catalog.db",
         "ASTRID_STORAGE_ROOT": (home / "storage").as_uri(),
