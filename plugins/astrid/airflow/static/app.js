@@ -100,7 +100,7 @@ function renderRuns(runs) {
   }
   for (const r of runs) {
     body.append(el("tr", {},
-      el("td", {}, r.kind || r.dag_id), el("td", {}, r.run_id), el("td", {}, stateBadge(r.status)),
+      el("td", {}, r.kind || r.dag_id), el("td", { class: "run-id" }, r.run_id), el("td", {}, stateBadge(r.status)),
       el("td", {}, r.model_version || "—"), el("td", {}, when(r.started_at)),
       el("td", { class: "num" }, String(r.processed ?? "—")), el("td", { class: "num" }, String(r.failed ?? "—")),
       el("td", { class: "num" }, String(r.rejected ?? "—")), el("td", { class: "num" }, String(r.detections ?? "—")),
