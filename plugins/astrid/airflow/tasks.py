@@ -244,15 +244,22 @@ class MoveChampionOperator(BaseOperator):
 
 
 class RecordFailedRun:
-    """DAG-level on_failure_callback: the run shows up as failed in inference_runs too."""
+    """DAG-level on_failure_callback: record the run as failed and release its unfinished claims.
+
+    Releasing returns the observations to the queue at once (instead of after the lease), so the
+    next run — with the model or database fixed — picks them up.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
 
     def __call__(self, context: Any) -> None:
+        from astrid.airflow.operators import catalog_run_id
+
         try:
-            CatalogHook().get_conn().record_run(run_id=context["run_id"], dag_id=context["dag"].dag_id,
-                                                kind=self.kind, status="failed")
+            catalog = CatalogHook().get_conn()
+            catalog.record_run(run_id=context["run_id"], dag_id=context["dag"].dag_id, kind=self.kind, status="failed")
+            catalog.release(catalog_run_id(context))
         except Exception as exc:  # a callback must never raise, but must say why it did nothing
             from astrid.logs import log_event
 

@@ -1,0 +1,169 @@
+"""Alerts and metrics, for real: emails arrive at an aiosmtpd server, StatsD packets at a UDP socket.
+
+Each scenario runs the realtime DAG with ``dag.test()`` in a child process, so Airflow's Stats
+client and connections are configured from a clean environment (the SMTP connection and the
+StatsD host/port point at sockets this test owns).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.integration.standalone import SmtpSink
+
+REPO = Path(__file__).resolve().parents[2]
+
+SCRIPT = r"""
+import json, os, sys
+sys.path.insert(0, os.path.join(os.environ["REPO"], "plugins"))
+from astrid.survey import seed_survey
+from astrid.airflow.demo import run_dag, task_output
+spec = json.loads(os.environ["SCENARIO"])
+if spec.get("seed"):
+    seed_survey(catalog_url=os.environ["ASTRID_CATALOG_URL"], storage_root=os.environ["ASTRID_STORAGE_ROOT"], **spec["seed"])
+states = []
+for conf in spec["runs"]:
+    dag_run, _ = run_dag(spec.get("dag", "astrid_realtime_inference"), conf, quick_retries=True)
+    states.append(str(dag_run.state))
+print("STATES=" + json.dumps(states))
+"""
+
+
+@pytest.fixture
+def sink():
+    s = SmtpSink()
+    yield s
+    s.stop()
+
+
+class UdpSink:
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.packets: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.packets.append(self.sock.recv(65535))
+            except TimeoutError:
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def email_text(message) -> str:
+    """Subject plus every decoded text part (the SMTP hook sends base64 multipart)."""
+    parts = [message["Subject"] or ""]
+    for part in message.walk():
+        if part.get_content_maintype() == "text":
+            parts.append(part.get_payload(decode=True).decode(errors="replace"))
+    return "\n".join(parts)
+
+
+def run_scenario(tmp_path: Path, scenario: dict, env: dict[str, str]) -> list[str]:
+    home = tmp_path / "airflow"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ASTRID_"))}
+    base.update({
+        "REPO": str(REPO),
+        "SCENARIO": json.dumps(scenario),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "ASTRID_CATALOG_URL": f"sqlite:///{tmp_path}/catalog.db",
+        "ASTRID_STORAGE_ROOT": (tmp_path / "storage").as_uri(),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        "ASTRID_INFERENCE_ALERT_EMAIL": "oncall@example.org",
+        **env,
+    })
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=base, check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=base, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("STATES="))
+    return json.loads(line.removeprefix("STATES="))
+
+
+def test_failed_task_emails_the_error_and_a_link_to_the_run(tmp_path, sink):
+    states = run_scenario(tmp_path, {
+        "seed": {"count": 1, "size": 256, "seed": 61000},
+        "runs": [{"max_observations": 1, "model_version": "999"}],  # no such registry version
+    }, sink.connection_env())
+    assert states == ["failed"]
+    email = sink.wait_for(lambda m: "Task failed: astrid_realtime_inference.infer" in (m["Subject"] or ""), timeout=30)
+    body = email_text(email)
+    assert "999" in body and "ModelError" in body
+    assert "/dags/astrid_realtime_inference/runs/" in body
+    assert "oncall@example.org" in email["To"]
+    # exactly one failure email: the retries did not each send one, and the cool-down holds
+    assert sum("Task failed" in (m["Subject"] or "") for m in sink.messages) == 1
+    # the dead run's claims were released on failure: the observation is claimable again
+    from astrid.catalog import Catalog
+
+    assert Catalog(f"sqlite:///{tmp_path}/catalog.db").status_counts()["preprocessed"] == 1
+
+
+def test_zero_detection_runs_raise_one_degradation_email(tmp_path, sink):
+    states = run_scenario(tmp_path, {
+        "seed": {"count": 3, "size": 256, "seed": 62000, "n_transients": 0},
+        "runs": [{"max_observations": 1}] * 3,
+    }, {**sink.connection_env(), "ASTRID_INFERENCE_ZERO_DETECTION_RUNS": "2"})
+    assert states == ["success"] * 3
+    email = sink.wait_for(lambda m: "Degradation: astrid_realtime_inference" in (m["Subject"] or ""), timeout=30)
+    assert "zero detections in the last 2 realtime runs" in email_text(email)
+    # runs 2 and 3 both qualify, but the cool-down suppresses the repeat
+    assert sum("Degradation" in (m["Subject"] or "") for m in sink.messages) == 1
+
+
+def test_statsd_metrics_arrive_and_map_to_prometheus_names(tmp_path):
+    from astrid.metrics import METRICS
+    from astrid.monitoring_config import load_mapping, parse_statsd_packet
+
+    udp = UdpSink()
+    try:
+        states = run_scenario(tmp_path, {
+            "seed": {"count": 2, "size": 256, "seed": 63000},
+            "runs": [{"max_observations": 2}],
+        }, {"AIRFLOW__METRICS__STATSD_ON": "True", "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+            "AIRFLOW__METRICS__STATSD_PORT": str(udp.port), "AIRFLOW__METRICS__STATSD_PREFIX": "airflow"})
+    finally:
+        udp.stop()
+    assert states == ["success"]
+    samples = [s for p in udp.packets for s in parse_statsd_packet(p)]
+    names = {s.name for s in samples}
+    dag = "astrid_realtime_inference"
+    for base in ("astrid.observations.claimed", "astrid.observations.processed", "astrid.detections",
+                 "astrid.inference.latency", "astrid.model.load_time", "astrid.run.success_rate",
+                 "astrid.throughput_mpix", "astrid.memory.rss_mb"):
+        assert f"airflow.{base}.{dag}" in names, (base, sorted(n for n in names if "astrid" in n))
+    processed = [s for s in samples if s.name == f"airflow.astrid.observations.processed.{dag}"]
+    assert sum(float(s.value) for s in processed) == 2
+    mapping = load_mapping()
+    ours = [s for s in samples if s.name.startswith("airflow.astrid.")]
+    for sample in ours:
+        mapped = mapping.map(sample.name, sample.type) if hasattr(mapping, "map") else None
+        from astrid.monitoring_config import map_statsd_name
+
+        mapped = map_statsd_name(sample.name, sample.type)
+        assert mapped is not None, sample.name
+        assert mapped[1].get("dag_id") == dag, (sample.name, mapped)
+    assert {s.name.removeprefix("airflow.").removesuffix(f".{dag}") for s in ours} <= set(METRICS)
+    # Airflow's own metrics for the run came too, and map to labelled series
+    assert any(n.startswith(f"airflow.dagrun.duration.success.{dag}") or n.startswith("airflow.ti.finish")
+               for n in names) or any("ti" in n for n in names)
