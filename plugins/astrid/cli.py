@@ -57,12 +57,35 @@ def _run_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="catalog health: observations by status, stuck claims, recent runs")
+    p.add_argument("--catalog", default=None, help="SQLAlchemy URL (default: the embedded SQLite catalog)")
+    p.add_argument("--runs", type=int, default=10, help="recent inference runs to list (default 10)")
+    p.set_defaults(func=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from astrid.catalog import Catalog, default_catalog_url
+
+    catalog = Catalog(args.catalog or default_catalog_url())
+    catalog.migrate()  # idempotent; a fresh install has an empty catalog, not an error
+    counts = catalog.status_counts()
+    print("observations: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    stuck = catalog.stuck_claims()
+    print(f"claims past their lease: {len(stuck)}" + (f" (ids {[s['id'] for s in stuck][:20]})" if stuck else ""))
+    for run in catalog.runs()[: args.runs]:
+        print(f"{run['dag_id']:28s} {run['run_id'][:40]:40s} {run['status']!s:8s} processed={run['processed']} "
+              f"failed={run['failed']} rejected={run['rejected']} detections={run['detections']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="astrid", description="AstrID transient detection tools")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_seed(sub)
     _add_migrate(sub)
+    _add_status(sub)
     from astrid.ml import commands as ml_commands
 
     ml_commands.register(sub)

@@ -223,3 +223,13 @@ def test_load_config_reads_the_process_environment(monkeypatch):
     monkeypatch.setenv("ASTRID_INFERENCE_LEASE_MINUTES", "-45")
     with pytest.raises(ConfigError, match="-45"):
         load_config()
+
+
+def test_configuration_doc_is_generated_from_the_code():
+    """docs/configuration.md lists every variable: regenerate with `python -m astrid.config`."""
+    from pathlib import Path
+
+    from astrid.config import configuration_markdown
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert doc.read_text() == configuration_markdown()
