@@ -231,6 +231,13 @@ def test_astrid_page_in_the_airflow_ui(standalone) -> None:
     ours = {o["id"]: o for o in catalog.observations() if o["id"] in seeded.observation_ids}
     assert {o["status"] for o in ours.values()} == {"inferred"}, ours
     assert realtime["last_inference"]["processed"] >= 1, realtime  # ours claimed them (nothing else ran)
+    # the infer task's extra links, registered by the plugin, resolve for the UI
+    links = standalone.api(
+        "GET", f"/api/v2/dags/astrid_realtime_inference/dagRuns/{run_id}/taskInstances/infer/links"
+    )
+    assert links.status_code == 200, links.text
+    assert {"MLflow run", "Detection catalog"} <= set(links.json()["extra_links"]), links.json()
+    assert links.json()["extra_links"]["Detection catalog"], links.json()
     print(f"timings: { {k: round(v, 1) for k, v in timings.items()} }; run: {realtime['last_inference']}")
 
 
