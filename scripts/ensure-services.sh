@@ -16,4 +16,11 @@ if ! command -v promtool >/dev/null && command -v apt-get >/dev/null && [ "$(id 
    (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1)) || \
    echo "promtool unavailable: its tests will skip"
 fi
+# headless Chromium for the browser test (Debian's package; Playwright drives it, no download)
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "installing chromium (Debian package)"
+  (apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1)) || \
+   echo "chromium unavailable: the browser test will skip"
+fi
 exit 0
