@@ -13,12 +13,17 @@ How a frame is processed (``InferenceEngine.probability``):
 3. Tiles are cut, normalised and sent to the device ``batch_size`` at a time from a generator;
    at most one batch of tiles exists at once, so host and device memory are bounded by
    ``batch_size × tile²`` plus the output map, not by the frame.
-4. ``torch.inference_mode``; on CUDA, ``channels_last`` and autocast (bf16 where supported,
-   else fp16). CPU runs fp32.
+4. ``torch.inference_mode`` and ``channels_last`` memory format (about 2× faster convolutions
+   on CPU as well as on GPU); on CUDA, autocast (bf16 where supported, else fp16). CPU runs fp32.
 5. Out of memory (``torch.OutOfMemoryError``, a ``RuntimeError`` mentioning "out of memory", or
    host ``MemoryError``): the batch is halved and the same tiles retried; the smaller batch size
    is kept for the rest of the engine's life. Only if a single tile fails does the observation
    fail, with an :class:`~astrid.errors.ObservationError`.
+
+6. The outermost ``border`` pixels (default 8) of the probability map are set to 0. Every
+   PSF-matched difference image has an invalid rim where the matching kernel ran off the
+   reference (sources half outside the frame leave one-sided residuals); survey pipelines mask it
+   and so do we, rather than report residuals there as transients. ``border=0`` disables it.
 
 Devices: ``"auto"`` picks CUDA when ``torch.cuda.is_available()``, else CPU. ``"cuda"`` (or
 ``"cuda:N"``) without a usable GPU falls back to CPU with a ``RuntimeWarning`` and a log line
@@ -48,6 +53,7 @@ from astrid.ml.weights import ModelCard, load_model, resolve_model_paths
 log = logging.getLogger(__name__)
 
 DEFAULT_TILE = {"cpu": 512, "cuda": 1024}
+DEFAULT_BORDER = 8
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -107,6 +113,7 @@ class InferenceEngine:
         tile: int | None = None,
         overlap: int | None = None,
         precision: str = "auto",
+        border: int = DEFAULT_BORDER,
     ) -> None:
         multiple = int(getattr(model, "multiple", 8))
         self.device = resolve_device(device)
@@ -122,15 +129,16 @@ class InferenceEngine:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.card = card
+        if border < 0:
+            raise ValueError("border must be >= 0")
+        self.border = int(border)
         self.batch_size = int(batch_size)
         self.tile = int(tile)
         self.overlap = int(overlap)
         self.margin = self.overlap // 2
         self.multiple = multiple
         self.precision = self._resolve_precision(precision)
-        self.model = model.eval().to(self.device)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -170,7 +178,7 @@ class InferenceEngine:
         return core_h + self.overlap, core_w + self.overlap
 
     def _tiles(
-        self, channels: tuple[np.ndarray, ...], stats: tuple[normalise.ChannelStats, ...]
+        self, channels: tuple[np.ndarray, ...], stats: normalise.FrameStats
     ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Yield (row0, col0, normalised (3, th, tw) tile) for every core, in raster order."""
         h, w = channels[0].shape
@@ -181,8 +189,8 @@ class InferenceEngine:
             for c0 in range(0, w, tw - self.overlap):
                 cols = _reflect(np.arange(c0 - m, c0 - m + tw), w)
                 ix = np.ix_(rows, cols)
-                tile = np.stack([normalise.apply(ch[ix], s) for ch, s in zip(channels, stats, strict=True)])
-                yield r0, c0, tile
+                diff, sci, ref = (ch[ix] for ch in channels)
+                yield r0, c0, normalise.normalise_stack(sci, ref, diff, stats)
 
     # -- forward --------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -192,9 +200,7 @@ class InferenceEngine:
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities of the *cores* of a (B, 3, th, tw) batch → (B, th - overlap, tw - overlap)."""
-        x = torch.from_numpy(batch).to(self.device)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
         m = self.margin
         with torch.inference_mode(), self._autocast():
             logits = self.model(x)
@@ -264,6 +270,9 @@ class InferenceEngine:
                 flush()
         if pending:
             flush()
+        if self.border:
+            b = self.border
+            out[:b], out[-b:], out[:, :b], out[:, -b:] = 0.0, 0.0, 0.0, 0.0
         return out
 
     def detect(self, triplet: Any, threshold: float | None = None) -> list[Detection]:

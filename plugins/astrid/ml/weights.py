@@ -142,6 +142,10 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
     unpickled: weights are read with ``safetensors`` only.
     """
     weights_path, card_path = resolve_model_paths(path)
+    if not Path(path).exists() and Path(path).suffix not in (".safetensors", ".json"):
+        raise ModelError(
+            f"model directory {path} not found; pass --model DIR, set ASTRID_MODEL_PATH, or {_RETRAIN}"
+        )
     if not weights_path.is_file():
         raise ModelError(
             f"model weights {weights_path} not found; pass --model DIR, set ASTRID_MODEL_PATH, or {_RETRAIN}"

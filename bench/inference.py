@@ -1,0 +1,276 @@
+"""Inference benchmark: our engine vs the naive way the original ticket ran the model.
+
+    PYTHONPATH=plugins .venv/bin/python bench/inference.py [--device cpu|cuda] [--write]
+
+* **engine**: ``get_engine()`` once per process (model loaded once), overlapping tiles streamed
+  in batches, ``inference_mode``, ``channels_last``, autocast on CUDA.
+* **naive**: for *every* observation the model is loaded from disk again, the whole frame is
+  normalised and pushed through the network in one fp32 forward pass (batch of one), under
+  ``torch.no_grad``.
+
+Each configuration runs in a fresh subprocess so peak memory is its own: ``ru_maxrss`` of the
+child (host RSS high-water mark, includes the input frames), plus
+``torch.cuda.max_memory_allocated`` on CUDA. Inputs are random frames (speed and memory do
+not depend on content); the frames exist before timing starts and are the same for both modes.
+With ``--write`` the markdown replaces the ``## Inference`` section of docs/benchmarks.md
+(other sections are left alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+SIZES = (512, 1024, 2048, 4096)
+
+
+def _frames(size: int, n: int):
+    import numpy as np
+
+    from astrid.ml.normalise import normalise_stack  # noqa: F401 (import cost outside timing)
+
+    rng = np.random.default_rng(size)
+    sci = rng.normal(500.0, 20.0, (size, size)).astype(np.float32)
+    ref = rng.normal(500.0, 10.0, (size, size)).astype(np.float32)
+    diff = sci - ref
+
+    class Obs:
+        pass
+
+    obs = []
+    for i in range(n):  # n views of the same arrays: distinct observations, no extra memory
+        o = Obs()
+        o.science, o.reference, o.difference, o.name, o.wcs = sci, ref, diff, f"bench-{i}", None
+        obs.append(o)
+    return obs
+
+
+def _naive(model_path: str, obs, device: str) -> None:
+    """How the original ticket did it: reload per observation, full frame, fp32, batch of one."""
+    import numpy as np
+    import torch
+
+    from astrid.ml.normalise import normalise_stack
+    from astrid.ml.weights import load_model
+
+    for o in obs:
+        model, _ = load_model(model_path)
+        model = model.to(device)
+        x = normalise_stack(o.science, o.reference, o.difference)
+        h, w = x.shape[1:]
+        m = model.multiple
+        x = np.pad(x, ((0, 0), (0, -h % m), (0, -w % m)), mode="reflect")
+        with torch.no_grad():
+            p = torch.sigmoid(model(torch.from_numpy(x)[None].to(device)))[0, 0, :h, :w].cpu().numpy()
+        del model, p
+
+
+def _worker(spec: dict) -> dict:
+    import psutil
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    device = spec["device"]
+    obs = _frames(spec["size"], spec["n"])
+    before = psutil.Process().memory_info().rss
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(spec["repeats"]):
+        t0 = time.perf_counter()
+        if spec["mode"] == "engine":
+            from astrid.ml.engine import get_engine
+
+            engine = get_engine(spec["model"], device=device, batch_size=spec["batch_size"])
+            for o in obs:
+                engine.probability(o)
+        else:
+            _naive(spec["model"], obs, device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    out = {
+        **spec,
+        "seconds": min(times),
+        "peak_rss_mb": peak / 2**20,
+        "inference_rss_mb": max(0, peak - before) / 2**20,
+    }
+    if device == "cuda":
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _run(spec: dict) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "plugins")}
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark worker failed for {spec}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fmt_row(r: dict) -> str:
+    mpix = r["size"] ** 2 * r["n"] / 1e6
+    cells = [
+        f"{r['size']}²",
+        str(r["n"]),
+        r["mode"],
+        f"{r['seconds']:.2f}",
+        f"{mpix / r['seconds']:.2f}",
+        f"{r['n'] / r['seconds']:.3f}",
+        f"{r['peak_rss_mb']:.0f}",
+        f"{r['inference_rss_mb']:.0f}",
+    ]
+    if "cuda_peak_mb" in r:
+        cells.append(f"{r['cuda_peak_mb']:.0f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
+    import torch
+
+    cuda = any("cuda_peak_mb" in r for r in results)
+    by = {(r["mode"], r["size"], r["n"]): r for r in results}
+    lines = ["## Inference", ""]
+    dev = results[0]["device"]
+    hw = (
+        torch.cuda.get_device_name(0)
+        if dev == "cuda"
+        else f"{platform.processor() or platform.machine()}, {args.threads} torch threads"
+    )
+    lines += [
+        f"Measured {time.strftime('%Y-%m-%d')} on {dev} ({hw}), torch {torch.__version__}, model "
+        f"`{Path(args.model).relative_to(ROOT) if Path(args.model).is_relative_to(ROOT) else args.model}`; "
+        f"benchmark wall time {wall:.0f} s.",
+        "",
+        "```",
+        f"PYTHONPATH=plugins .venv/bin/python bench/inference.py --device {args.device} --threads {args.threads}"
+        + (" --write" if args.write else ""),
+        "```",
+        "",
+        "*engine*: model loaded once per process, 512² tiles (1024² on CUDA) with 52 px context margins, "
+        f"batch {args.batch_size}, inference_mode, channels_last (+ autocast on CUDA). *naive*: model re-loaded from "
+        "disk for every observation, whole frame in one fp32 forward pass, batch of one. Peak RSS is the child "
+        "process's high-water mark including the input frames (3 float32 arrays); 'inference RSS' is the "
+        "growth over the RSS before inference started.",
+        "",
+    ]
+    ratio_rows = []
+    for n in (1, args.many):
+        e, v = by.get(("engine", 2048, n)), by.get(("naive", 2048, n))
+        if e and v:
+            ratio_rows.append(
+                f"| 2048² × {n} | {v['seconds'] / e['seconds']:.2f}× | {v['inference_rss_mb'] / max(e['inference_rss_mb'], 1):.1f}× "
+                f"| {e['inference_rss_mb']:.0f} MB vs {v['inference_rss_mb']:.0f} MB |"
+                + (f" {v['cuda_peak_mb'] / max(e['cuda_peak_mb'], 1):.1f}× |" if cuda else "")
+            )
+    if ratio_rows:
+        lines += [
+            "**Engine vs naive** (speed-up = naive time / engine time; memory ratio on inference RSS):",
+            "",
+            "| workload | speed-up | memory ratio | inference RSS engine vs naive |"
+            + (" CUDA peak ratio |" if cuda else ""),
+            "|---|---:|---:|---|" + ("---:|" if cuda else ""),
+            *ratio_rows,
+            "",
+        ]
+    head = "| frame | obs | mode | seconds | Mpix/s | obs/s | peak RSS MB | inference RSS MB |"
+    sep = "|---|---:|---|---:|---:|---:|---:|---:|"
+    if cuda:
+        head += " CUDA peak MB |"
+        sep += "---:|"
+    lines += ["**Scaling** (one observation per run; best of the repeats):", "", head, sep]
+    lines += [_fmt_row(r) for r in sorted(results, key=lambda r: (r["n"] > 1, r["size"], r["mode"]))]
+    growth = []
+    for mode in ("engine", "naive"):
+        a, b = by.get((mode, 512, 1)), by.get((mode, 4096, 1))
+        if a and b:
+            growth.append(
+                f"{mode}: 512² → 4096² (64× the pixels) took {b['seconds'] / a['seconds']:.0f}× the time and "
+                f"{b['inference_rss_mb'] / max(a['inference_rss_mb'], 1):.1f}× the inference memory"
+            )
+    if growth:
+        lines += ["", "Growth: " + "; ".join(growth) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str, path: Path = DOC) -> None:
+    """Replace (or append) the ``## Inference`` section of ``path``; other sections untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    pattern = re.compile(r"^## Inference\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(doc):
+        doc = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", doc, count=1)
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text
+    path.write_text(doc.rstrip("\n") + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    parser.add_argument("--model", default=str(ROOT / "include" / "models" / "astrid-unet"))
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--many", type=int, default=10, help="observations in the multi-observation run (default 10)"
+    )
+    parser.add_argument(
+        "--sizes", default=",".join(map(str, SIZES)), help="frame sides for the scaling table"
+    )
+    parser.add_argument(
+        "--write", action="store_true", help="update the Inference section of docs/benchmarks.md"
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+    started = time.perf_counter()
+    base = {
+        "device": args.device,
+        "model": args.model,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+    }
+    plan = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        repeats = 3 if size <= 1024 else 1
+        for mode in ("engine", "naive"):
+            plan.append({**base, "mode": mode, "size": size, "n": 1, "repeats": repeats})
+    for mode in ("engine", "naive"):
+        plan.append({**base, "mode": mode, "size": 2048, "n": args.many, "repeats": 1})
+    results = []
+    for spec in plan:
+        print(f"running {spec['mode']} {spec['size']}² × {spec['n']} ...", file=sys.stderr, flush=True)
+        r = _run(spec)
+        print(f"  {r['seconds']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+        results.append(r)
+    text = markdown(results, args, time.perf_counter() - started)
+    print(text)
+    if args.write:
+        write_section(text)
+        print(f"updated {DOC}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

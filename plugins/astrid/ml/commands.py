@@ -1,0 +1,232 @@
+"""``astrid train``, ``astrid evaluate`` and ``astrid detect`` (registered by ``astrid.cli``).
+
+``astrid detect`` is a contract used by external tools::
+
+    astrid detect --science S.fits --reference R.fits [--difference D.fits] [--threshold 0.5]
+                  [--model PATH] [--device auto] --output catalog.csv
+
+writes a CSV whose header is exactly ``x,y,ra,dec,score,flux`` (one row per detection, 0-based
+pixel coordinates, ``ra``/``dec`` in degrees and empty without a WCS). Bad inputs exit non-zero
+with one clear line on stderr and leave no output file: the catalog is written to a temporary
+file next to ``--output`` and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _default_model() -> Path:
+    from astrid.paths import shipped_model_path
+
+    return shipped_model_path()
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return n
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``evaluate`` and ``detect`` to the ``astrid`` command line."""
+    _add_train(subparsers)
+    _add_evaluate(subparsers)
+    _add_detect(subparsers)
+
+
+# -- train ---------------------------------------------------------------------------------------
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from astrid.ml.train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train",
+        help="train the U-Net on the synthetic survey and write safetensors weights + model card",
+        description="Deterministic for a given --seed (and --threads). Training observations use seeds "
+        ">= 1,000,000, so any evaluation seed below that is held out.",
+    )
+    p.add_argument(
+        "--output", required=True, help="model directory to write (model.safetensors + model_card.json)"
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--epochs", type=_positive_int, default=d.epochs, help=f"epochs (default {d.epochs})")
+    p.add_argument(
+        "--observations",
+        type=_positive_int,
+        default=d.observations,
+        help=f"training observations to generate (default {d.observations})",
+    )
+    p.add_argument(
+        "--size", type=_positive_int, default=d.size, help=f"training frame side (default {d.size})"
+    )
+    p.add_argument("--patch", type=_positive_int, default=d.patch, help=f"patch side (default {d.patch})")
+    p.add_argument(
+        "--patches-per-epoch",
+        type=_positive_int,
+        default=d.patches_per_epoch,
+        help=f"patches per epoch (default {d.patches_per_epoch})",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help=f"default {d.batch_size}")
+    p.add_argument(
+        "--base-channels", type=_positive_int, default=d.base_channels, help=f"default {d.base_channels}"
+    )
+    p.add_argument("--depth", type=_positive_int, default=d.depth, help=f"default {d.depth}")
+    p.add_argument(
+        "--calibration-observations",
+        type=int,
+        default=d.calibration_observations,
+        help="held-out observations used to place the operating point at probability 0.5 "
+        f"(0 = no calibration; default {d.calibration_observations})",
+    )
+    p.add_argument(
+        "--threads", type=_positive_int, default=d.threads, help=f"torch CPU threads (default {d.threads})"
+    )
+    p.add_argument("--version", default=None, help="model version for the card (default: from the date)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from astrid.ml.train import TrainConfig, train
+
+    config = TrainConfig(
+        seed=args.seed,
+        epochs=args.epochs,
+        observations=args.observations,
+        size=args.size,
+        patch=args.patch,
+        patches_per_epoch=args.patches_per_epoch,
+        batch_size=args.batch_size,
+        base_channels=args.base_channels,
+        depth=args.depth,
+        calibration_observations=args.calibration_observations,
+        threads=args.threads,
+    )
+    command = "astrid " + " ".join(sys.argv[1:]) if sys.argv and "train" in sys.argv else None
+    result = train(config, args.output, version=args.version, command=command, progress=True)
+    print(f"wrote {result.weights} ({result.card.parameters} parameters) in {result.seconds:.0f} s")
+    return 0
+
+
+# -- evaluate ------------------------------------------------------------------------------------
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score the U-Net and the matched-filter baseline on held-out synthetic observations",
+    )
+    p.add_argument(
+        "--model", default=None, help="model directory or .safetensors (default: the shipped model)"
+    )
+    p.add_argument("--seed", type=int, default=1000, help="first held-out seed (default 1000)")
+    p.add_argument(
+        "--observations", type=_positive_int, default=20, help="held-out observations (default 20)"
+    )
+    p.add_argument("--size", type=_positive_int, default=1024, help="frame side (default 1024)")
+    p.add_argument("--threshold", type=float, default=None, help="U-Net threshold (default: the card's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument(
+        "--varied",
+        action="store_true",
+        help="draw generator knobs per observation like training does (default: survey defaults)",
+    )
+    p.add_argument(
+        "--output", default=None, help="markdown file to update with the results table (e.g. docs/model.md)"
+    )
+    p.add_argument("--no-card", action="store_true", help="do not write metrics into the model card / PNG")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from astrid.ml.evaluate import run_evaluation
+
+    model = Path(args.model) if args.model else _default_model()
+    command = "astrid " + " ".join(sys.argv[1:]) if sys.argv and "evaluate" in sys.argv else None
+    outcome = run_evaluation(
+        model,
+        seed=args.seed,
+        observations=args.observations,
+        size=args.size,
+        threshold=args.threshold,
+        device=args.device,
+        batch_size=args.batch_size,
+        varied=args.varied,
+        markdown=args.output,
+        update_card=not args.no_card,
+        command=command,
+        progress=True,
+    )
+    print(outcome.markdown)
+    return 0
+
+
+# -- detect --------------------------------------------------------------------------------------
+def _add_detect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("detect", help="detect transients in one observation and write a CSV catalog")
+    p.add_argument("--science", required=True, help="science FITS image")
+    p.add_argument("--reference", required=True, help="reference FITS image (same shape)")
+    p.add_argument("--difference", default=None, help="difference FITS image (default: science - reference)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="probability threshold (default: the model card's recommendation, 0.5 for the shipped model)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model directory or .safetensors (default: $ASTRID_MODEL_PATH or include/models/astrid-unet)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda (default auto; cuda falls back to cpu)"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="tiles per forward pass (default 8)")
+    p.add_argument("--output", required=True, help="CSV catalog to write (x,y,ra,dec,score,flux)")
+    p.set_defaults(func=_run_detect)
+
+
+def write_catalog_atomic(path: str | os.PathLike, detections: list) -> Path:
+    """Write detections as the contract CSV via a temp file + rename (no partial file, ever)."""
+    from astrid.pipeline import detections_csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = detections_csv([d.to_dict() for d in detections])
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    from astrid.imaging.fits import load_triplet
+    from astrid.ml.engine import get_engine
+
+    started = time.perf_counter()
+    triplet = load_triplet(args.science, args.reference, args.difference)
+    for problem in getattr(triplet, "problems", None) or []:
+        print(f"astrid detect: warning: {problem}", file=sys.stderr)
+    engine = get_engine(args.model or _default_model(), device=args.device, batch_size=args.batch_size)
+    detections = engine.detect(triplet, args.threshold)
+    write_catalog_atomic(args.output, detections)
+    h, w = triplet.difference.shape
+    print(
+        f"{len(detections)} detections in {w}x{h} px with {engine.version} on {engine.device} "
+        f"({time.perf_counter() - started:.1f} s) -> {args.output}",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,469 @@
+"""Score detectors against injected-transient truth: recall per SNR bin, false detections per
+megapixel, precision, F1.
+
+Matching (:func:`match_detections`): detections are taken in descending score order and each
+claims the nearest not-yet-claimed truth transient within ``radius`` pixels (default 3). A
+detection that claims nothing — including a second detection of an already-claimed transient —
+is a false detection. Recall counts claimed transients; precision counts claiming detections.
+
+``score_detections`` is the reusable core (the validation DAG calls it with detections read back
+from the catalog); ``evaluate`` runs detectors over observations first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+SNR_BINS: tuple[tuple[float, float], ...] = (
+    (0.0, 3.0),
+    (3.0, 4.5),
+    (4.5, 7.0),
+    (7.0, 10.0),
+    (10.0, 20.0),
+    (20.0, math.inf),
+)
+MATCH_RADIUS = 3.0
+# The quality floors the shipped model must meet (also asserted by tests/unit/test_ml_shipped_model.py).
+FLOORS = {"recall_snr_ge_7": 0.95, "recall_snr_4.5_7": 0.80, "false_per_mpix_max": 1.0}
+
+
+def _xy(item: Any) -> tuple[float, float]:
+    if isinstance(item, Mapping):
+        return float(item["x"]), float(item["y"])
+    return float(item.x), float(item.y)
+
+
+def _get(item: Any, key: str, default: Any = None) -> Any:
+    return item.get(key, default) if isinstance(item, Mapping) else getattr(item, key, default)
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """``truth_matched[i]``: transient i was found; ``detection_true[j]``: detection j is real."""
+
+    truth_matched: list[bool]
+    detection_true: list[bool]
+
+    @property
+    def true_positives(self) -> int:
+        return sum(self.detection_true)
+
+    @property
+    def false_positives(self) -> int:
+        return len(self.detection_true) - self.true_positives
+
+
+def match_detections(
+    detections: Sequence[Any], truth: Sequence[Any], radius: float = MATCH_RADIUS
+) -> MatchResult:
+    """Greedy one-to-one matching of detections (by descending ``score``) to truth within ``radius``.
+
+    Both sequences hold objects or dicts with ``x``/``y`` (0-based pixels); detections may carry
+    ``score`` (missing → 0).
+    """
+    truth_matched = [False] * len(truth)
+    detection_true = [False] * len(detections)
+    if not detections or not truth:
+        return MatchResult(truth_matched, detection_true)
+    tree = cKDTree(np.array([_xy(t) for t in truth], dtype=np.float64))
+    order = sorted(range(len(detections)), key=lambda j: -float(_get(detections[j], "score", 0.0) or 0.0))
+    for j in order:
+        x, y = _xy(detections[j])
+        candidates = tree.query_ball_point((x, y), r=radius)
+        best, best_d = None, math.inf
+        for i in candidates:
+            if truth_matched[i]:
+                continue
+            tx, ty = _xy(truth[i])
+            d = math.hypot(tx - x, ty - y)
+            if d < best_d:
+                best, best_d = i, d
+        if best is not None:
+            truth_matched[best] = True
+            detection_true[j] = True
+    return MatchResult(truth_matched, detection_true)
+
+
+def _bin_label(lo: float, hi: float) -> str:
+    def fmt(v: float) -> str:
+        return f"{v:g}"
+
+    if lo <= 0:
+        return f"<{fmt(hi)}"
+    if math.isinf(hi):
+        return f"≥{fmt(lo)}"
+    return f"{fmt(lo)}–{fmt(hi)}"
+
+
+@dataclass
+class EvaluationReport:
+    """Scores of one detector on one set of labelled observations."""
+
+    detector: str
+    observations: int = 0
+    megapixels: float = 0.0
+    truth: int = 0
+    detections: int = 0
+    true_positives: int = 0
+    false_positives: int = 0
+    recall_by_snr: list[dict[str, Any]] = field(default_factory=list)
+    threshold: float | None = None
+    radius: float = MATCH_RADIUS
+
+    @property
+    def recovered(self) -> int:
+        return sum(b["recovered"] for b in self.recall_by_snr)
+
+    @property
+    def recall(self) -> float:
+        return self.recovered / self.truth if self.truth else 0.0
+
+    @property
+    def precision(self) -> float:
+        return self.true_positives / self.detections if self.detections else 0.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r > 0 else 0.0
+
+    @property
+    def false_per_mpix(self) -> float:
+        return self.false_positives / self.megapixels if self.megapixels else 0.0
+
+    def recall_between(self, lo: float, hi: float = math.inf) -> float:
+        """Recall over all transients with ``lo <= snr < hi`` (sum of the covered bins)."""
+        n = sum(b["n"] for b in self.recall_by_snr if b["lo"] >= lo and b["hi"] <= hi)
+        k = sum(b["recovered"] for b in self.recall_by_snr if b["lo"] >= lo and b["hi"] <= hi)
+        return k / n if n else float("nan")
+
+    def meets_floors(self) -> dict[str, bool]:
+        return {
+            "recall_snr_ge_7": self.recall_between(7.0) >= FLOORS["recall_snr_ge_7"],
+            "recall_snr_4.5_7": self.recall_between(4.5, 7.0) >= FLOORS["recall_snr_4.5_7"],
+            "false_per_mpix": self.false_per_mpix <= FLOORS["false_per_mpix_max"],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["recall_by_snr"] = [
+            {**b, "hi": None if math.isinf(b["hi"]) else b["hi"]} for b in self.recall_by_snr
+        ]
+        d.update(
+            recall=round(self.recall, 4),
+            precision=round(self.precision, 4),
+            f1=round(self.f1, 4),
+            false_per_mpix=round(self.false_per_mpix, 4),
+            recall_snr_ge_7=round(self.recall_between(7.0), 4),
+            recall_snr_4_5_to_7=round(self.recall_between(4.5, 7.0), 4),
+            megapixels=round(self.megapixels, 4),
+        )
+        return d
+
+    def to_markdown(self) -> str:
+        return comparison_markdown([self])
+
+
+def comparison_markdown(reports: Sequence[EvaluationReport]) -> str:
+    """One markdown table with a column per detector (recall per SNR bin, then the summary rows)."""
+    if not reports:
+        return ""
+    head = "| | " + " | ".join(r.detector for r in reports) + " |\n"
+    head += "|---|" + "---:|" * len(reports) + "\n"
+    rows = []
+    for i, b in enumerate(reports[0].recall_by_snr):
+        cells = []
+        for r in reports:
+            rb = r.recall_by_snr[i]
+            cells.append(f"{rb['recall']:.3f} ({rb['recovered']}/{rb['n']})" if rb["n"] else "–")
+        rows.append(f"| recall, SNR {b['label']} | " + " | ".join(cells) + " |")
+    summary = [
+        ("recall, SNR ≥ 7", lambda r: f"{r.recall_between(7.0):.3f}"),
+        ("recall, SNR 4.5–7", lambda r: f"{r.recall_between(4.5, 7.0):.3f}"),
+        ("recall, all injected", lambda r: f"{r.recall:.3f}"),
+        ("false detections / Mpix", lambda r: f"{r.false_per_mpix:.3f} ({r.false_positives})"),
+        ("precision", lambda r: f"{r.precision:.3f}"),
+        ("F1", lambda r: f"{r.f1:.3f}"),
+        ("threshold", lambda r: "–" if r.threshold is None else f"{r.threshold:g}"),
+    ]
+    rows += [f"| {name} | " + " | ".join(fn(r) for r in reports) + " |" for name, fn in summary]
+    return head + "\n".join(rows) + "\n"
+
+
+def score_detections(
+    pairs: Iterable[tuple[Sequence[Any], Sequence[Any], int]],
+    *,
+    detector: str = "detector",
+    radius: float = MATCH_RADIUS,
+    bins: Sequence[tuple[float, float]] = SNR_BINS,
+    threshold: float | None = None,
+) -> EvaluationReport:
+    """Score ``(detections, truth, n_pixels)`` triples (one per observation) into a report."""
+    report = EvaluationReport(detector=detector, threshold=threshold, radius=radius)
+    counts = [[0, 0] for _ in bins]
+    for detections, truth, n_pixels in pairs:
+        result = match_detections(detections, truth, radius)
+        report.observations += 1
+        report.megapixels += n_pixels / 1e6
+        report.truth += len(truth)
+        report.detections += len(detections)
+        report.true_positives += result.true_positives
+        report.false_positives += result.false_positives
+        for t, found in zip(truth, result.truth_matched, strict=True):
+            snr = float(_get(t, "snr", 0.0))
+            for k, (lo, hi) in enumerate(bins):
+                if lo <= snr < hi or (k == 0 and snr < lo):
+                    counts[k][0] += 1
+                    counts[k][1] += int(found)
+                    break
+    report.recall_by_snr = [
+        {
+            "label": _bin_label(lo, hi),
+            "lo": lo,
+            "hi": hi,
+            "n": n,
+            "recovered": k,
+            "recall": (k / n if n else float("nan")),
+        }
+        for (lo, hi), (n, k) in zip(bins, counts, strict=True)
+    ]
+    return report
+
+
+def _name(detector: Any) -> str:
+    return str(getattr(detector, "version", None) or type(detector).__name__)
+
+
+def evaluate_many(
+    detectors: Mapping[str, Any],
+    observations: Iterable[Any],
+    *,
+    thresholds: Mapping[str, float | None] | None = None,
+    radius: float = MATCH_RADIUS,
+    progress: Any = None,
+) -> dict[str, EvaluationReport]:
+    """Run every detector on every observation (each observation generated/loaded once).
+
+    Observations need ``.truth`` plus whatever the detectors read (``science``, ``reference``,
+    ``difference``, ``wcs``). ``thresholds[name]`` is passed to ``detect``; ``None`` uses the
+    detector's own default. ``progress`` is an optional callable wrapping the iterable (tqdm).
+    """
+    thresholds = dict(thresholds or {})
+    pairs: dict[str, list] = {name: [] for name in detectors}
+    iterator = progress(observations) if progress else observations
+    for obs in iterator:
+        for name, det in detectors.items():
+            t = thresholds.get(name)
+            found = det.detect(obs) if t is None else det.detect(obs, t)
+            pairs[name].append((found, list(obs.truth), int(np.asarray(obs.difference).size)))
+    return {
+        name: score_detections(
+            pairs[name],
+            detector=name,
+            radius=radius,
+            threshold=_threshold_of(detectors[name], thresholds.get(name)),
+        )
+        for name in detectors
+    }
+
+
+def _threshold_of(detector: Any, given: float | None) -> float | None:
+    if given is not None:
+        return float(given)
+    for attr in ("threshold", "threshold_sigma"):
+        value = getattr(detector, attr, None)
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
+def evaluate(
+    detector: Any,
+    observations: Iterable[Any],
+    *,
+    threshold: float | None = None,
+    radius: float = MATCH_RADIUS,
+) -> EvaluationReport:
+    """Score one detector (anything with ``.detect(obs[, threshold])``) on labelled observations."""
+    name = _name(detector)
+    return evaluate_many({name: detector}, observations, thresholds={name: threshold}, radius=radius)[name]
+
+
+def plot_recall(reports: Sequence[EvaluationReport], path: Any, title: str = "Recall vs SNR") -> Any:
+    """Recall per SNR bin for each report, as a PNG (matplotlib Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for r, marker in zip(reports, "osd^v", strict=False):
+        bins = [b for b in r.recall_by_snr if b["n"]]
+        xs = [min(b["hi"], 30.0) if b["lo"] <= 0 else (b["lo"] + min(b["hi"], 30.0)) / 2 for b in bins]
+        xs = [b["hi"] / 2 if b["lo"] <= 0 else x for b, x in zip(bins, xs, strict=True)]
+        ax.plot(xs, [b["recall"] for b in bins], marker=marker, label=f"{r.detector} (F1 {r.f1:.2f})")
+    for lo in (4.5, 7.0):
+        ax.axvline(lo, color="0.8", lw=0.8, ls="--")
+    ax.axhline(0.95, color="tab:red", lw=0.6, ls=":")
+    ax.axhline(0.80, color="tab:orange", lw=0.6, ls=":")
+    ax.set_xlabel("injected SNR (bin centre; last bin ≥ 20 plotted at 25)")
+    ax.set_ylabel("recall (match ≤ 3 px)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# -- the `astrid evaluate` workflow ------------------------------------------------------------------
+MD_START = "<!-- astrid-evaluate:start -->"
+MD_END = "<!-- astrid-evaluate:end -->"
+
+
+@dataclass
+class EvaluationOutcome:
+    reports: dict[str, EvaluationReport]
+    markdown: str
+    plot: Any = None
+    card: Any = None
+
+
+def held_out_seeds(seed: int, observations: int) -> range:
+    return range(seed, seed + observations)
+
+
+def check_held_out(seeds: range, card: Any) -> None:
+    """Refuse evaluation seeds that overlap the model's training or calibration seeds."""
+    from astrid.errors import ConfigError
+
+    used = []
+    data = getattr(card, "data", {}) or {}
+    training = getattr(card, "training", {}) or {}
+    if data.get("train_seeds"):
+        used.append(("training", data["train_seeds"]))
+    cal = (training.get("calibration") or {}).get("seeds")
+    if cal:
+        used.append(("calibration", cal))
+    for what, (lo, hi) in used:
+        if seeds.start <= hi and lo <= seeds.stop - 1:
+            raise ConfigError(
+                f"evaluation seeds {seeds.start}..{seeds.stop - 1} overlap the model's {what} seeds {lo}..{hi}; "
+                "pick seeds outside them (any seed below 1,000,000 is held out)"
+            )
+
+
+def run_evaluation(
+    model_path: Any,
+    *,
+    seed: int = 1000,
+    observations: int = 20,
+    size: int = 1024,
+    threshold: float | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    varied: bool = False,
+    markdown: Any = None,
+    update_card: bool = True,
+    command: str | None = None,
+    progress: bool = False,
+) -> EvaluationOutcome:
+    """Evaluate the model at ``model_path`` and the matched-filter baseline on held-out seeds.
+
+    Writes ``recall_vs_snr.png`` beside the model and the metrics into its card (the weights and
+    their sha256 are untouched) unless ``update_card`` is false; with ``markdown`` (a path) the
+    results replace the block between ``MD_START``/``MD_END`` markers there (appended if absent).
+    """
+    from pathlib import Path
+
+    from astrid.imaging.synthetic import make_observation
+    from astrid.ml.baseline import MatchedFilterDetector
+    from astrid.ml.engine import get_engine
+    from astrid.ml.weights import resolve_model_paths, write_card
+
+    engine = get_engine(model_path, device=device, batch_size=batch_size)
+    seeds = held_out_seeds(seed, observations)
+    check_held_out(seeds, engine.card)
+
+    def observations_iter():
+        knob_rng = np.random.default_rng([seed, 7]) if varied else None
+        for s in seeds:
+            knobs = {}
+            if knob_rng is not None:
+                from astrid.ml.train import training_knobs
+
+                knobs = training_knobs(knob_rng, size)
+            yield make_observation(s, size=size, **knobs)
+
+    wrap = None
+    if progress:
+        from tqdm import tqdm
+
+        def wrap(it):
+            return tqdm(it, total=observations, desc="evaluating", unit="obs")
+
+    unet_name = engine.version
+    reports = evaluate_many(
+        {unet_name: engine, "matched filter (5σ)": MatchedFilterDetector()},
+        observations_iter(),
+        thresholds={unet_name: threshold},
+        progress=wrap,
+    )
+    ordered = list(reports.values())
+    setting = "training-style varied knobs" if varied else "survey-default knobs"
+    header = (
+        f"Held-out synthetic set: seeds {seeds.start}–{seeds.stop - 1} ({observations} observations of "
+        f"{size}×{size} px, {setting}; {ordered[0].truth} injected transients, "
+        f"{ordered[0].megapixels:.1f} Mpix), match radius {ordered[0].radius:g} px, device {engine.device}."
+    )
+    cmd = command or (
+        f"astrid evaluate --model {model_path} --seed {seed} --observations {observations} --size {size}"
+        + (" --varied" if varied else "")
+    )
+    md = f"{header}\n\n```\n{cmd}\n```\n\n{comparison_markdown(ordered)}"
+    floors = reports[unet_name].meets_floors()
+    md += "\nFloors (U-Net): " + ", ".join(f"{k} {'✅' if v else '❌'}" for k, v in floors.items()) + "\n"
+    outcome = EvaluationOutcome(reports=reports, markdown=md)
+    weights, _ = resolve_model_paths(model_path)
+    if update_card and engine.card is not None:
+        png = Path(weights).parent / "recall_vs_snr.png"
+        outcome.plot = plot_recall(
+            ordered, png, title=f"Recall vs SNR — {setting}, seeds {seeds.start}–{seeds.stop - 1}"
+        )
+        key = "held_out_varied" if varied else "held_out"
+        card = engine.card
+        card.metrics[key] = {
+            "seeds": [seeds.start, seeds.stop - 1],
+            "size": size,
+            "command": cmd,
+            "unet": reports[unet_name].to_dict(),
+            "baseline_matched_filter": reports["matched filter (5σ)"].to_dict(),
+            "floors_met": floors,
+        }
+        write_card(card, Path(weights).parent)
+        outcome.card = card
+    if markdown:
+        _update_markdown(Path(markdown), md, key="varied" if varied else "default")
+    return outcome
+
+
+def _update_markdown(path: Any, body: str, key: str = "default") -> None:
+    start, end = f"{MD_START[:-4]}:{key} -->", f"{MD_END[:-4]}:{key} -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else "# AstrID U-Net model\n"
+    if start in text and end in text:
+        pre, rest = text.split(start, 1)
+        _, post = rest.split(end, 1)
+        text = pre + block + post
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

@@ -1,0 +1,551 @@
+"""Train the U-Net on the synthetic survey: deterministic, CPU-friendly, calibrated at 0.5.
+
+Recipe (every number is in :class:`TrainConfig` and recorded in the model card):
+
+1. **Data.** ``observations`` frames of ``size``² px from :func:`astrid.imaging.synthetic.make_observation`
+   with seeds ``1_000_000 + 10_000 * seed + i`` (evaluation seeds below 1,000,000 are never used
+   for training). Every generator knob is drawn per seed by the generator itself (PSF shape and
+   seeing, sky, gain, read noise, star density, galaxies, artifact rates, misregistration,
+   PSF mismatch, ...); on top of that :func:`training_knobs` widens some ranges beyond the survey
+   defaults (more crowded fields, larger misregistration/PSF mismatch, more cosmic rays, trails
+   and faders, more transients per frame, fainter transients) so the model does not learn one
+   generator's exact settings.
+2. **Inputs.** :func:`astrid.ml.normalise.normalise_stack` on the whole frame (as inference does).
+3. **Targets.** A disk of radius ``target_radius`` px around every transient with
+   SNR ≥ ``min_target_snr``; the ring out to ``ignore_radius`` around every transient, and the
+   whole neighbourhood of fainter ones, is "don't care" (weight 0), so the loss neither rewards
+   nor punishes sub-threshold or slightly offset responses.
+4. **Patches.** ``patch``² crops, re-drawn every epoch: ``positive_fraction`` centred (with
+   jitter) on transients, ``hard_negative_fraction`` on hard negatives (strongest residuals of
+   the difference image away from transients — subtraction dipoles, cosmic rays, hot pixels,
+   bad columns, trails, faders — and the brightest stars of the science image), the rest
+   uniform; ``edge_fraction`` straddle the frame edges (residuals of sources partly outside the
+   frame). After the epochs in ``mine_after`` the model's own false positives on the training
+   frames are mined and oversampled as hard negatives. Random flips/transposes (the 8
+   symmetries of the square).
+5. **Loss.** Pixel-weighted binary cross-entropy + soft Dice (batch-level), AdamW, one-cycle LR.
+6. **Operating point.** On ``calibration_observations`` more frames (seeds
+   ``2_000_000 + 10_000 * seed + i``, disjoint from training and evaluation) the full engine
+   runs, and the lowest probability threshold whose false-detection rate is at most
+   ``calibration_false_per_mpix`` is found; the output bias is then shifted by its logit so that
+   **0.5 is the calibrated operating point** (the threshold everyone uses by default).
+
+Deterministic for a fixed seed and thread count: ``torch.manual_seed``, one ``numpy`` Generator,
+``torch.use_deterministic_algorithms(True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TRAIN_SEED_BASE = 1_000_000
+CALIBRATION_SEED_BASE = 2_000_000
+SEEDS_PER_RUN = 10_000
+
+
+def train_seeds(seed: int, n: int) -> range:
+    """Generator seeds of the training observations of run ``seed``."""
+    start = TRAIN_SEED_BASE + SEEDS_PER_RUN * seed
+    return range(start, start + n)
+
+
+def calibration_seeds(seed: int, n: int) -> range:
+    start = CALIBRATION_SEED_BASE + SEEDS_PER_RUN * seed
+    return range(start, start + n)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1
+    epochs: int = 24
+    observations: int = 240
+    size: int = 512
+    patch: int = 96
+    patches_per_epoch: int = 1536
+    batch_size: int = 32
+    base_channels: int = 16
+    depth: int = 3
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    target_radius: float = 2.5
+    ignore_radius: float = 4.0
+    min_target_snr: float = 3.0
+    dice_weight: float = 0.5
+    positive_fraction: float = 0.35
+    hard_negative_fraction: float = 0.45
+    edge_fraction: float = 0.05
+    mine_after: tuple[int, ...] = (
+        6,
+        11,
+        16,
+        20,
+    )  # epochs after which the model's own false positives are mined
+    mine_threshold: float = 0.3
+    calibration_observations: int = 12
+    calibration_size: int = 1024
+    calibration_false_per_mpix: float = 0.5
+    threads: int = 2
+    knobs: dict[str, Any] = field(default_factory=dict)  # fixed generator knobs for every frame (tests)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def training_knobs(rng: np.random.Generator, size: int) -> dict[str, Any]:
+    """Extra variation on top of the generator's own per-seed draws (``None`` = generator default).
+
+    Each override applies to a random subset of frames, so the survey-default distribution is
+    still well represented.
+    """
+    area = size * size / (1024.0 * 1024.0)
+    k: dict[str, Any] = {
+        "n_transients": int(max(3, round(rng.uniform(30, 110) * area))),  # more positives per frame
+        "snr_range": (2.0, 60.0) if rng.random() < 0.3 else None,  # some sub-threshold examples
+        "crowded": True if rng.random() < 0.35 else None,
+        "misregistration": float(rng.uniform(0.2, 0.6)) if rng.random() < 0.25 else None,
+        "psf_mismatch": float(rng.uniform(0.04, 0.10)) if rng.random() < 0.25 else None,
+        "cosmic_ray_rate": float(rng.uniform(40, 120)) if rng.random() < 0.25 else None,
+        "satellite_trails": int(rng.integers(1, 3)) if rng.random() < 0.15 else None,
+        "fader_rate": float(rng.uniform(4, 12)) if rng.random() < 0.25 else None,
+        "n_bad_columns": int(rng.integers(1, 4)) if rng.random() < 0.2 else None,
+        "psf_ellipticity": float(rng.uniform(0.1, 0.25)) if rng.random() < 0.15 else None,
+    }
+    return {name: value for name, value in k.items() if value is not None}
+
+
+@dataclass
+class _Frame:
+    x: np.ndarray  # (3, H, W) float16 normalised stack
+    target: np.ndarray  # (H, W) uint8
+    weight: np.ndarray  # (H, W) uint8 (0 = don't care)
+    positives: np.ndarray  # (N, 2) (row, col)
+    negatives: np.ndarray  # (M, 2) (row, col)
+    mined: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))  # model's own FPs
+
+
+def _disk_masks(
+    shape: tuple[int, int], truth: list[Any], config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    h, w = shape
+    target = np.zeros(shape, dtype=np.uint8)
+    weight = np.ones(shape, dtype=np.uint8)
+    r_ign = config.ignore_radius
+    for t in truth:
+        r0, r1 = max(0, math.floor(t.y - r_ign)), min(h, math.ceil(t.y + r_ign) + 1)
+        c0, c1 = max(0, math.floor(t.x - r_ign)), min(w, math.ceil(t.x + r_ign) + 1)
+        yy, xx = np.mgrid[r0:r1, c0:c1]
+        r = np.hypot(xx - t.x, yy - t.y)
+        if t.snr >= config.min_target_snr:
+            target[r0:r1, c0:c1] |= (r <= config.target_radius).astype(np.uint8)
+            ring = (r > config.target_radius) & (r <= r_ign)
+        else:
+            ring = r <= r_ign
+        weight[r0:r1, c0:c1][ring] = 0
+    weight[target.astype(bool)] = 1
+    from astrid.ml.engine import DEFAULT_BORDER
+
+    b = DEFAULT_BORDER  # the engine zeroes this rim at inference: nothing to learn there
+    weight[:b], weight[-b:], weight[:, :b], weight[:, -b:] = 0, 0, 0, 0
+    return target, weight
+
+
+def _hard_negatives(x: np.ndarray, truth: list[Any], limit: int = 200) -> np.ndarray:
+    """(row, col) of strong residuals/bright stars at least 8 px from every transient."""
+    from scipy import ndimage
+
+    diff = np.abs(x[0].astype(np.float32))
+    sci = x[1].astype(np.float32)
+    picks = []
+    for img, level in ((diff, 4.0), (sci, 30.0)):
+        peaks = (img == ndimage.maximum_filter(img, size=9)) & (img > level)
+        rows, cols = np.nonzero(peaks)
+        order = np.argsort(-img[rows, cols])[:limit]
+        picks.append(np.stack([rows[order], cols[order]], axis=1))
+    cand = np.concatenate(picks) if picks else np.zeros((0, 2), int)
+    if len(truth) and len(cand):
+        t = np.array([[tr.y, tr.x] for tr in truth])
+        d = np.hypot(cand[:, None, 0] - t[None, :, 0], cand[:, None, 1] - t[None, :, 1]).min(axis=1)
+        cand = cand[d > 8]
+    return cand.astype(np.int32)
+
+
+def make_frame(obs: Any, config: TrainConfig) -> _Frame:
+    """Normalised inputs, target/weight masks and sampling centres of one observation."""
+    from astrid.ml.normalise import normalise_stack
+
+    x = normalise_stack(obs.science, obs.reference, obs.difference)
+    target, weight = _disk_masks(x.shape[1:], obs.truth, config)
+    positives = np.array([[t.y, t.x] for t in obs.truth], dtype=np.float32).reshape(-1, 2)
+    negatives = _hard_negatives(x, obs.truth)
+    return _Frame(x.astype(np.float16), target, weight, positives, negatives)
+
+
+def _crop(a: np.ndarray, r0: int, c0: int, p: int) -> np.ndarray:
+    """``a[..., r0:r0+p, c0:c0+p]`` with reflection outside the frame."""
+    h, w = a.shape[-2:]
+    if r0 >= 0 and r0 + p <= h and c0 >= 0 and c0 + p <= w:
+        return a[..., r0 : r0 + p, c0 : c0 + p]
+    from astrid.ml.engine import _reflect
+
+    rows = _reflect(np.arange(r0, r0 + p), h)
+    cols = _reflect(np.arange(c0, c0 + p), w)
+    return a[..., rows[:, None], cols[None, :]]
+
+
+def sample_batches(
+    frames: list[_Frame], config: TrainConfig, rng: np.random.Generator, n: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (x, target, weight) batches totalling ``n`` patches."""
+    p = config.patch
+    done = 0
+    while done < n:
+        b = min(config.batch_size, n - done)
+        xs = np.empty((b, 3, p, p), np.float32)
+        ts = np.empty((b, 1, p, p), np.float32)
+        ws = np.empty((b, 1, p, p), np.float32)
+        for i in range(b):
+            f = frames[int(rng.integers(len(frames)))]
+            h, w = f.target.shape
+            u = rng.random()
+            if u < config.positive_fraction and len(f.positives):
+                cy, cx = f.positives[int(rng.integers(len(f.positives)))]
+                cy, cx = cy + rng.uniform(-0.35, 0.35) * p, cx + rng.uniform(-0.35, 0.35) * p
+            elif u < config.positive_fraction + config.hard_negative_fraction and (
+                len(f.negatives) or len(f.mined)
+            ):
+                use_mined = len(f.mined) and (not len(f.negatives) or rng.random() < 0.7)
+                pool = f.mined if use_mined else f.negatives
+                cy, cx = pool[int(rng.integers(len(pool)))]
+                cy, cx = cy + rng.uniform(-0.35, 0.35) * p, cx + rng.uniform(-0.35, 0.35) * p
+            elif u < config.positive_fraction + config.hard_negative_fraction + config.edge_fraction:
+                # frame edges: subtraction residuals of partly-outside sources (no transient is that close)
+                along = rng.uniform(0, max(h, w))
+                side = int(rng.integers(4))
+                cy, cx = [(0, along), (h - 1, along), (along, 0), (along, w - 1)][side]
+                cy, cx = cy + rng.uniform(-0.25, 0.25) * p, cx + rng.uniform(-0.25, 0.25) * p
+            else:
+                cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            r0, c0 = round(cy) - p // 2, round(cx) - p // 2
+            x = _crop(f.x, r0, c0, p).astype(np.float32)
+            t = _crop(f.target, r0, c0, p).astype(np.float32)
+            wt = _crop(f.weight, r0, c0, p).astype(np.float32)
+            k = int(rng.integers(8))  # dihedral augmentation
+            if k & 1:
+                x, t, wt = x[..., ::-1], t[..., ::-1], wt[..., ::-1]
+            if k & 2:
+                x, t, wt = x[..., ::-1, :], t[..., ::-1, :], wt[..., ::-1, :]
+            if k & 4:
+                x, t, wt = x.swapaxes(-1, -2), t.swapaxes(-1, -2), wt.swapaxes(-1, -2)
+            xs[i], ts[i, 0], ws[i, 0] = x, t, wt
+        done += b
+        yield xs, ts, ws
+
+
+def mine_false_positives(model: Any, frames: list[_Frame], threshold: float, limit: int = 300) -> int:
+    """Run the model over every training frame; store its false positives as hard negatives.
+
+    A false positive is a component above ``threshold`` whose peak is more than ``ignore_radius``
+    + 2 px from every transient. Returns how many were found in total.
+    """
+    import torch
+    from scipy import ndimage
+
+    model.eval()
+    found = 0
+    with torch.inference_mode():
+        for f in frames:
+            x = torch.from_numpy(f.x.astype(np.float32))[None].contiguous(memory_format=torch.channels_last)
+            h, w = f.target.shape
+            m = model.multiple
+            if h % m or w % m:
+                x = torch.nn.functional.pad(x, (0, -w % m, 0, -h % m), mode="reflect")
+            prob = torch.sigmoid(model(x))[0, 0, :h, :w].numpy()
+            labels, n = ndimage.label(prob > threshold, structure=np.ones((3, 3), bool))
+            if n == 0:
+                f.mined = np.zeros((0, 2), np.int32)
+                continue
+            idx = np.arange(1, n + 1)
+            peaks = np.array(ndimage.maximum_position(prob, labels, idx), dtype=np.float64).reshape(-1, 2)
+            scores = np.asarray(ndimage.maximum(prob, labels, idx))
+            inside = (peaks[:, 0] >= 8) & (peaks[:, 0] < h - 8) & (peaks[:, 1] >= 8) & (peaks[:, 1] < w - 8)
+            peaks, scores = peaks[inside], scores[inside]
+            if len(f.positives):
+                d = np.hypot(
+                    peaks[:, None, 0] - f.positives[None, :, 0], peaks[:, None, 1] - f.positives[None, :, 1]
+                )
+                keep = d.min(axis=1) > 6.0
+                peaks, scores = peaks[keep], scores[keep]
+            order = np.argsort(-scores)[:limit]
+            f.mined = peaks[order].astype(np.int32)
+            found += len(f.mined)
+    model.train()
+    return found
+
+
+@dataclass
+class TrainResult:
+    weights: Path
+    card: Any
+    seconds: float
+    history: list[dict[str, float]]
+
+
+def _loss_fn(config: TrainConfig) -> Callable:
+    import torch
+    import torch.nn.functional as F
+
+    def loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(
+            logits, target, weight=weight, reduction="sum"
+        ) / weight.sum().clamp(min=1)
+        prob = torch.sigmoid(logits) * weight
+        inter = (prob * target).sum()
+        dice = 1 - (2 * inter + 1) / (prob.sum() + (target * weight).sum() + 1)
+        return bce + config.dice_weight * dice
+
+    return loss
+
+
+def generate_observations(
+    seeds: range,
+    size: int,
+    knob_rng: np.random.Generator | None,
+    fixed: dict[str, Any],
+    progress: bool,
+    desc: str,
+) -> Iterator[Any]:
+    from astrid.imaging.synthetic import make_observation
+
+    iterator: Any = seeds
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(seeds, desc=desc, unit="obs")
+    for s in iterator:
+        knobs = training_knobs(knob_rng, size) if knob_rng is not None else {}
+        knobs.update(fixed)
+        yield make_observation(s, size=size, **knobs)
+
+
+def calibrate_threshold(
+    engine: Any, observations: list[Any], max_false_per_mpix: float, grid: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Lowest threshold whose false-detection rate on ``observations`` is ≤ ``max_false_per_mpix``.
+
+    Returns the threshold and, for the record, recall/false rate at a few thresholds.
+    """
+    from astrid.ml.detect import extract_detections
+    from astrid.ml.evaluate import score_detections
+
+    maps = [(engine.probability(o), o) for o in observations]
+    rows: dict[float, dict[str, Any]] = {}
+
+    def at(t: float) -> dict[str, Any]:
+        t = round(float(t), 4)
+        if t not in rows:
+            pairs = [(extract_detections(p, o.difference, t), o.truth, o.difference.size) for p, o in maps]
+            r = score_detections(pairs, threshold=t)
+            rows[t] = {
+                "threshold": t,
+                "false_per_mpix": round(r.false_per_mpix, 4),
+                "recall_snr_ge_7": round(r.recall_between(7.0), 4),
+                "recall_snr_4.5_7": round(r.recall_between(4.5, 7.0), 4),
+                "f1": round(r.f1, 4),
+            }
+        return rows[t]
+
+    # thresholds evenly spaced in logit (0.047 ... 0.999), then refined between the last failing
+    # and the first passing one
+    coarse = 1 / (1 + np.exp(-np.linspace(-3.0, 7.0, 21))) if grid is None else np.asarray(grid, dtype=float)
+    chosen = None
+    previous = None
+    for t in coarse:
+        if at(t)["false_per_mpix"] <= max_false_per_mpix:
+            chosen = float(t)
+            break
+        previous = float(t)
+    if chosen is None:
+        chosen = float(coarse[-1])
+    elif previous is not None and grid is None:
+        lo, hi = math.log(previous / (1 - previous)), math.log(chosen / (1 - chosen))
+        for z in np.linspace(lo, hi, 6)[1:-1]:
+            t = 1 / (1 + math.exp(-z))
+            if at(t)["false_per_mpix"] <= max_false_per_mpix:
+                chosen = t
+                break
+    return {"threshold": round(chosen, 4), "chosen": at(chosen), "table": [rows[k] for k in sorted(rows)]}
+
+
+def train(
+    config: TrainConfig,
+    output: str | Path,
+    *,
+    version: str | None = None,
+    command: str | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train, calibrate and write ``model.safetensors`` + ``model_card.json`` into ``output``."""
+    import torch
+
+    from astrid.ml.engine import DEFAULT_BORDER, InferenceEngine
+    from astrid.ml.normalise import describe
+    from astrid.ml.unet import UNet, count_parameters
+    from astrid.ml.weights import ModelCard, save_model
+
+    started = time.perf_counter()
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    rng = np.random.default_rng(config.seed)
+    knob_rng = np.random.default_rng([config.seed, 1])
+
+    seeds = train_seeds(config.seed, config.observations)
+    frames = [
+        make_frame(o, config)
+        for o in generate_observations(
+            seeds, config.size, knob_rng, config.knobs, progress, "generating training observations"
+        )
+    ]
+    n_pos = sum(len(f.positives) for f in frames)
+    log.info("training data: %d frames of %d² px, %d transients", len(frames), config.size, n_pos)
+
+    model = UNet(in_channels=3, base_channels=config.base_channels, depth=config.depth)
+    model = model.to(memory_format=torch.channels_last)  # ~3x faster CPU convolutions
+    steps_per_epoch = math.ceil(config.patches_per_epoch / config.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.lr, total_steps=steps_per_epoch * config.epochs, pct_start=0.15
+    )
+    loss_fn = _loss_fn(config)
+    history: list[dict[str, float]] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps_per_epoch * config.epochs, desc="training", unit="step")
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        t0, total, count = time.perf_counter(), 0.0, 0
+        for xs, ts, ws in sample_batches(frames, config, rng, config.patches_per_epoch):
+            logits = model(torch.from_numpy(xs).contiguous(memory_format=torch.channels_last))
+            loss = loss_fn(logits, torch.from_numpy(ts), torch.from_numpy(ws))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(xs)
+            count += len(xs)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{total / count:.4f}")
+        row = {"epoch": epoch, "loss": round(total / count, 5), "seconds": round(time.perf_counter() - t0, 1)}
+        if epoch in config.mine_after and epoch < config.epochs:
+            row["mined_false_positives"] = mine_false_positives(model, frames, config.mine_threshold)
+            log.info(
+                "epoch %d: mined %d false positives as hard negatives", epoch, row["mined_false_positives"]
+            )
+        history.append(row)
+        log.info("epoch %d/%d loss %.4f (%.0f s)", epoch, config.epochs, row["loss"], row["seconds"])
+    if bar is not None:
+        bar.close()
+    model.eval()
+    train_seconds = time.perf_counter() - started
+
+    calibration: dict[str, Any] = {"threshold": 0.5, "note": "not calibrated (calibration_observations=0)"}
+    if config.calibration_observations > 0:
+        cal_obs = list(
+            generate_observations(
+                calibration_seeds(config.seed, config.calibration_observations),
+                config.calibration_size,
+                None,
+                config.knobs,
+                progress,
+                "calibration observations",
+            )
+        )
+        engine = InferenceEngine(model, device="cpu", batch_size=4)
+        calibration = calibrate_threshold(engine, cal_obs, config.calibration_false_per_mpix)
+        t = calibration["threshold"]
+        shift = math.log(t / (1 - t))
+        with torch.no_grad():
+            model.head.bias -= shift
+        calibration.update(
+            logit_shift=round(shift, 5),
+            seeds=[
+                calibration_seeds(config.seed, 1).start,
+                calibration_seeds(config.seed, config.calibration_observations).stop - 1,
+            ],
+            size=config.calibration_size,
+            target_false_per_mpix=config.calibration_false_per_mpix,
+            note=f"output bias shifted by -logit({t}) so that probability 0.5 is this operating point",
+        )
+        log.info("calibrated operating point: raw threshold %.2f -> 0.5", t)
+
+    version = version or time.strftime("%Y.%m.%d")
+    card = ModelCard(
+        name="astrid-unet",
+        version=version,
+        architecture=model.config(),
+        parameters=count_parameters(model),
+        training={
+            "recipe": config.to_dict(),
+            "seed": config.seed,
+            "epochs_history": history,
+            "train_seconds": round(train_seconds, 1),
+            "total_seconds": round(time.perf_counter() - started, 1),
+            "torch": torch.__version__,
+            "threads": config.threads,
+            "optimizer": f"AdamW(lr={config.lr}, weight_decay={config.weight_decay}), OneCycleLR",
+            "loss": f"weighted BCE + {config.dice_weight} × soft Dice",
+            "hard_negative_mining": f"model false positives (p > {config.mine_threshold}) on the training frames "
+            f"after epochs {list(config.mine_after)} are oversampled as hard negatives",
+            "calibration": calibration,
+        },
+        data={
+            "generator": "astrid.imaging.synthetic.make_observation",
+            "generator_version": _generator_version(),
+            "train_seeds": [seeds.start, seeds.stop - 1],
+            "frame_size": config.size,
+            "transients": n_pos,
+            "knob_overrides": "training_knobs() in astrid/ml/train.py (per frame, on top of the generator's own draws)",
+            "fixed_knobs": config.knobs,
+            "held_out": "seeds < 1,000,000 are never used for training or calibration",
+        },
+        command=command or _command(config, output),
+        thresholds={"default": 0.5, "recommended": 0.5, "raw_calibrated": calibration["threshold"]},
+        normalisation={**describe(), "inference_edge_border_px": DEFAULT_BORDER},
+    )
+    weights = save_model(model, card, output)
+    from astrid.ml.weights import read_card
+
+    return TrainResult(
+        weights=weights, card=read_card(output), seconds=time.perf_counter() - started, history=history
+    )
+
+
+def _generator_version() -> int | None:
+    try:
+        from astrid.imaging.synthetic import GENERATOR_VERSION
+
+        return int(GENERATOR_VERSION)
+    except (ImportError, AttributeError):  # pragma: no cover
+        return None
+
+
+def _command(config: TrainConfig, output: str | Path) -> str:
+    return (
+        f"astrid train --output {output} --seed {config.seed} --epochs {config.epochs} "
+        f"--observations {config.observations} --size {config.size} --patch {config.patch} "
+        f"--patches-per-epoch {config.patches_per_epoch} --batch-size {config.batch_size} "
+        f"--threads {config.threads}"
+    )

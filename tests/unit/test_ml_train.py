@@ -1,0 +1,83 @@
+"""Training is deterministic from its seed and writes a loadable, complete model card.
+
+A deliberately tiny run (2 frames of 128², 2 epochs of 32 patches, base-4 depth-2 net): it checks
+the machinery, not the quality (that is test_ml_shipped_model.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from astrid.ml.normalise import normalise_stack, robust_stats, stack_stats
+from astrid.ml.train import TrainConfig, make_frame, sample_batches, train, train_seeds
+from astrid.ml.weights import load_model
+
+torch.set_num_threads(1)
+
+TINY = TrainConfig(
+    seed=3,
+    epochs=2,
+    observations=2,
+    size=128,
+    patch=48,
+    patches_per_epoch=32,
+    batch_size=16,
+    base_channels=4,
+    depth=2,
+    mine_after=(1,),
+    calibration_observations=1,
+    calibration_size=128,
+    knobs={"n_transients": 4},
+    threads=1,
+)
+
+
+def test_training_is_deterministic_and_card_complete(tmp_path):
+    a = train(TINY, tmp_path / "a", version="t")
+    b = train(TINY, tmp_path / "b", version="t")
+    assert a.card.sha256 == b.card.sha256  # bit-identical weights from the same seed
+    _, card = load_model(tmp_path / "a")
+    assert card.training["seed"] == 3 and card.training["recipe"]["epochs"] == 2
+    assert card.data["train_seeds"] == [train_seeds(3, 2).start, train_seeds(3, 2).stop - 1]
+    assert card.data["train_seeds"][0] >= 1_000_000
+    assert card.command.startswith("astrid train --output")
+    assert card.thresholds["default"] == 0.5 and "raw_calibrated" in card.thresholds
+    assert card.normalisation["module"] == "astrid.ml.normalise"
+    assert len(card.training["epochs_history"]) == 2
+    c = TrainConfig(**{**TINY.to_dict(), "seed": 4})
+    assert train(c, tmp_path / "c", version="t").card.sha256 != a.card.sha256
+
+
+def test_patches_have_targets_at_transients():
+    from astrid.imaging.synthetic import make_observation
+
+    obs = make_observation(train_seeds(3, 1).start, size=128, n_transients=4, snr_range=(10.0, 20.0))
+    frame = make_frame(obs, TINY)
+    assert frame.target.sum() > 0 and frame.x.shape == (3, 128, 128)
+    for t in obs.truth:
+        assert frame.target[round(t.y), round(t.x)] == 1
+    cfg = TrainConfig(**{**TINY.to_dict(), "positive_fraction": 1.0, "hard_negative_fraction": 0.0})
+    xs, ts, ws = next(sample_batches([frame], cfg, np.random.default_rng(0), 8))
+    assert xs.shape == (8, 3, 48, 48) and ts.shape == ws.shape == (8, 1, 48, 48)
+    assert (ts.reshape(8, -1).max(axis=1) == 1).all()  # every positive patch contains its target
+
+
+def test_normalisation_is_robust_and_per_pixel():
+    rng = np.random.default_rng(0)
+    img = rng.normal(1000.0, 30.0, (256, 256))
+    img[100:110, 100:110] += 1e5  # a saturated star must not move the statistics
+    s = robust_stats(img)
+    assert abs(s.background - 1000) < 1.0 and abs(s.noise - 30) < 1.0
+    sci, ref = img.astype(np.float32), rng.normal(500.0, 10.0, (256, 256)).astype(np.float32)
+    diff = (sci - 1000 - (ref - 500)).astype(np.float32)
+    stats = stack_stats(sci, ref, diff)
+    full = normalise_stack(sci, ref, diff, stats)
+    tile = normalise_stack(sci[40:140, 60:200], ref[40:140, 60:200], diff[40:140, 60:200], stats)
+    np.testing.assert_array_equal(full[:, 40:140, 60:200], tile)  # tiles see the frame's inputs
+    assert abs(np.median(full[0])) < 0.05 and 0.9 < np.std(full[0][:50, :50]) < 1.1  # difference in σ
+    # the star's photon noise enters the difference's per-pixel σ
+    assert stats.gain is not None
+    sigma = np.sqrt(stats.difference.noise**2 + (sci[105, 105] - stats.science.background) / stats.gain)
+    expected = 20 * np.arcsinh((diff[105, 105] - stats.difference.background) / sigma / 20)
+    assert full[0][105, 105] == np.float32(expected) or abs(full[0][105, 105] - expected) < 1e-3
