@@ -78,13 +78,19 @@ def truth_recall(catalog: Any, storage: Any, radius: float = 3.0) -> tuple[int, 
 
 
 def main() -> int:
+    # Task logs go to files under AIRFLOW_HOME/logs; the terminal shows the summary.
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    import warnings
+
+    warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("airflow", "alembic", "mlflow", "great_expectations", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     size = int(os.environ.get("ASTRID_DEMO_SIZE", "2048"))
-    count = int(os.environ.get("ASTRID_DEMO_OBSERVATIONS", "14"))
-    labelled = int(os.environ.get("ASTRID_DEMO_LABELLED", "6"))
+    count = int(os.environ.get("ASTRID_DEMO_OBSERVATIONS", "16"))
+    labelled = int(os.environ.get("ASTRID_DEMO_LABELLED", "4"))
 
     from astrid.airflow.hooks import CatalogHook, ObservationStorageHook
     from astrid.survey import seed_survey

@@ -65,7 +65,11 @@ class InferenceReportOperator(BaseOperator):
         from astrid.pipeline import RunSummary, emit_run_gauges
 
         summaries = self.summaries
-        parts = [summaries] if isinstance(summaries, dict) else [s for s in (summaries or []) if s]
+        if isinstance(summaries, dict):
+            parts = [summaries]
+        else:  # mapped: index by length (iterating a lazy XCom sequence probes one past the end)
+            parts = [summaries[i] for i in range(len(summaries or []))]
+            parts = [p for p in parts if p]
         summary = RunSummary.merge(parts).to_xcom()
         summary["rejected_count"] = _rejected(self.claimed, summary)
         config = load_config()
