@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make up`: airflow standalone (api-server + scheduler/LocalExecutor + dag-processor + triggerer)
+# on this project, SQLite under .airflow/. Prints the UI URL and the admin password.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$PWD/.airflow}"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__DAGS_FOLDER="$PWD/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$PWD/plugins"
+export PYTHONPATH="$PWD/plugins${PYTHONPATH:+:$PYTHONPATH}"
+PORT="${AIRFLOW__API__PORT:-8080}"
+export AIRFLOW__API__PORT="$PORT"
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://localhost:$PORT/execution/"
+airflow db migrate >/dev/null
+airflow pools set gpu 2 "U-Net tasks (GPU slots)" >/dev/null
+(
+  for _ in $(seq 1 120); do
+    if [ -f "$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated" ] && \
+       curl -fsS "http://localhost:$PORT/api/v2/monitor/health" >/dev/null 2>&1; then
+      echo
+      echo "AstrID Airflow UI: http://localhost:$PORT  user: admin  password: $(python3 -c \
+        "import json,sys; print(json.load(open(sys.argv[1]))['admin'])" \
+        "$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated")"
+      echo "Seed observations with: .venv/bin/astrid seed --count 10 --size 1024"
+      break
+    fi
+    sleep 2
+  done
+) &
+exec airflow standalone
