@@ -12,12 +12,13 @@ export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
 export PYTHONPATH := $(CURDIR)/plugins:$(PYTHONPATH)
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup up lint format bench mwaa-bundle clean help
+.PHONY: demo test setup up seed lint format bench mwaa-bundle clean help
 
 help:
 	@echo "make demo   - seed a synthetic night and run the three DAGs once (SQLite, local files)"
 	@echo "make test   - the whole test suite (what CI runs)"
 	@echo "make up     - airflow standalone on localhost:8080 with this project"
+	@echo "make seed   - register COUNT (10) synthetic observations in the embedded catalog"
 	@echo "make bench  - benchmarks -> docs/benchmarks.md"
 
 setup: $(STAMP)
@@ -43,6 +44,9 @@ test: $(STAMP)
 
 up: $(STAMP) $(AIRFLOW_HOME)/airflow.db
 	bash scripts/standalone.sh
+
+seed: $(STAMP)
+	$(BIN)/astrid seed --count $${COUNT:-10} --labelled $${LABELLED:-0} --size $${SIZE:-1024} --seed $${SEED:-$$RANDOM}
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -22,7 +22,7 @@ airflow pools set gpu 2 "U-Net tasks (GPU slots)" >/dev/null
       echo "AstrID Airflow UI: http://localhost:$PORT  user: admin  password: $(python3 -c \
         "import json,sys; print(json.load(open(sys.argv[1]))['admin'])" \
         "$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated")"
-      echo "Seed observations with: .venv/bin/astrid seed --count 10 --size 1024"
+      echo "Seed observations with: make seed (in another terminal)"
       break
     fi
     sleep 2
