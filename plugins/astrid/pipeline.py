@@ -139,7 +139,7 @@ def quality_gate(
 
     metrics = metrics or NullMetrics()
     gate = gate or QualityGate.shared()
-    accepted_candidates: list[tuple[Claim, dict]] = []
+    accepted_candidates: list[tuple[Claim, dict, list[str]]] = []
     rejections: list[dict[str, Any]] = []
     for claim in claims:
         try:
@@ -147,14 +147,16 @@ def quality_gate(
         except ObservationError as exc:
             rejections.append(_reject(catalog, claim, run, str(exc)))
             continue
-        accepted_candidates.append((claim, observation_profile(triplet)))
-    results = gate.validate([profile for _, profile in accepted_candidates]) if accepted_candidates else []
+        accepted_candidates.append((claim, observation_profile(triplet), list(getattr(triplet, "problems", []))))
+    results = gate.validate([profile for _, profile, _ in accepted_candidates]) if accepted_candidates else []
     accepted = []
-    for (claim, _), result in zip(accepted_candidates, results, strict=True):
+    for (claim, _, problems), result in zip(accepted_candidates, results, strict=True):
         if result.passed:
             accepted.append(claim)
         else:
-            rejections.append(_reject(catalog, claim, run, "; ".join(result.failures)))
+            # the file problems found while reading (e.g. *why* there is no WCS) explain the failed checks
+            reason = "; ".join([*result.failures, *problems])
+            rejections.append(_reject(catalog, claim, run, reason))
     if rejections:
         metrics.incr(metric_name("astrid.observations.rejected", run.dag_id), len(rejections))
     log_event("quality_gate", run_id=run.run_id, dag_id=run.dag_id, accepted=[c.observation_id for c in accepted],

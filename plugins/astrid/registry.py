@@ -49,6 +49,31 @@ class ModelRegistry:
         local_store = tracking_uri.startswith(("sqlite:", "file:", "/"))
         self.artifact_root = artifact_root or (default_mlflow_artifacts() if local_store else None)
         self.cache = astrid_home() / "model-cache"
+        if tracking_uri.startswith(("http://", "https://")):
+            self._check_reachable()
+
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI without any user:password, for messages and logs."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.tracking_uri)
+        if "@" not in parts.netloc:
+            return self.tracking_uri
+        return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+    def _check_reachable(self, timeout: float = 10.0) -> None:
+        """Fail fast when an HTTP tracking server does not answer at all: MLflow's client retries
+        each request for about four minutes, so a task would hang past its execution timeout."""
+        import requests
+
+        try:
+            requests.get(f"{self.tracking_uri.rstrip('/')}/health", timeout=timeout)
+        except requests.RequestException as exc:
+            raise ModelError(
+                f"MLflow registry at {self.display_uri} is unreachable ({type(exc).__name__}): check the "
+                "mlflow_default connection (or MLFLOW_TRACKING_URI) and that the server is up; the task retries"
+            ) from exc
 
     # -- tracking -------------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -103,10 +128,20 @@ class ModelRegistry:
         return str(mv.version)
 
     def alias_version(self, alias: str) -> str | None:
+        """The version the alias points at; ``None`` only when the model or alias does not exist.
+
+        Any other error (registry down, auth) raises :class:`ModelError`: taking it for "no
+        champion" would make :meth:`ensure_champion` replace the serving champion.
+        """
+        from mlflow.exceptions import MlflowException
+
         try:
             return str(self.client.get_model_version_by_alias(MODEL_NAME, alias).version)
-        except Exception:
-            return None
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc):
+                return None
+            raise ModelError(f"cannot read alias {alias!r} of {MODEL_NAME} from the registry at "
+                             f"{self.display_uri}: {exc}") from exc
 
     def set_alias(self, alias: str, version: str) -> None:
         if alias == CHAMPION:
@@ -148,7 +183,7 @@ class ModelRegistry:
             mv = self.client.get_model_version(MODEL_NAME, version)
         except Exception as exc:
             raise ModelError(f"model version {version!r} of {MODEL_NAME} not found in the registry at "
-                             f"{self.tracking_uri}: list versions in the MLflow UI and pass one that exists") from exc
+                             f"{self.display_uri}: list versions in the MLflow UI and pass one that exists") from exc
         target = self.cache / f"v{version}"
         if not (target / "model_card.json").exists():
             self._download(mv.source, target)
