@@ -184,10 +184,29 @@ class ModelRegistry:
         except Exception as exc:
             raise ModelError(f"model version {version!r} of {MODEL_NAME} not found in the registry at "
                              f"{self.display_uri}: list versions in the MLflow UI and pass one that exists") from exc
-        target = self.cache / f"v{version}"
+        # keyed by registry (tracking URI) and by the version's source, so another registry's or a
+        # re-registered "v3" never reuses stale files
+        import hashlib
+
+        key = hashlib.sha256(f"{self.tracking_uri}|{mv.source}".encode()).hexdigest()[:12]
+        target = self.cache / f"v{version}-{key}"
         if not (target / "model_card.json").exists():
             self._download(mv.source, target)
+        self._verify_or_refetch(mv.source, target)
         return ResolvedModel(path=target, version=str(version), reference=reference)
+
+    def _verify_or_refetch(self, source: str, target: Path) -> None:
+        """A corrupt cache entry (disk error, killed copy) is replaced once, not failed on forever."""
+        import shutil
+
+        from astrid.ml.weights import load_model
+
+        try:
+            load_model(target)
+        except ModelError:
+            shutil.rmtree(target, ignore_errors=True)
+            self._download(source, target)
+            load_model(target)  # a corrupt *registered* model still fails, clearly
 
     def _download(self, source: str, target: Path) -> None:
         """Download into a private directory, then rename: concurrent mapped tasks never see half a model."""

@@ -78,5 +78,12 @@ def seed_survey(
     # Labelled observations are the validation set: registered but kept out of the inference queue.
     ids = catalog.register([r for r in records if not r.labelled])
     ids += catalog.register([r for r in records if r.labelled], status="ingested")
-    log_event("survey.seeded", count=count, labelled=labelled, size=size, seed=seed, catalog=catalog_url)
-    return SeedResult(observation_ids=ids, catalog_url=catalog_url, storage_uri=str(storage.path))
+    log_event("survey.seeded", count=count, labelled=labelled, size=size, seed=seed, catalog=_redacted(catalog_url))
+    return SeedResult(observation_ids=ids, catalog_url=_redacted(catalog_url), storage_uri=str(storage.path))
+
+
+def _redacted(url: str) -> str:
+    """The URL with its password masked: seeding output ends up in terminals and CI logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
