@@ -89,6 +89,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         f"(0 = no calibration; default {d.calibration_observations})",
     )
     p.add_argument(
+        "--mine-after",
+        default=",".join(map(str, d.mine_after)),
+        help="epochs after which the model's false positives are mined as hard negatives "
+        f"(comma-separated; default {','.join(map(str, d.mine_after))}; empty = never)",
+    )
+    p.add_argument(
         "--threads", type=_positive_int, default=d.threads, help=f"torch CPU threads (default {d.threads})"
     )
     p.add_argument("--version", default=None, help="model version for the card (default: from the date)")
@@ -110,6 +116,7 @@ def _run_train(args: argparse.Namespace) -> int:
         depth=args.depth,
         calibration_observations=args.calibration_observations,
         threads=args.threads,
+        mine_after=tuple(int(v) for v in args.mine_after.split(",") if v.strip()),
     )
     command = "astrid " + " ".join(sys.argv[1:]) if sys.argv and "train" in sys.argv else None
     result = train(config, args.output, version=args.version, command=command, progress=True)

@@ -67,12 +67,12 @@ def calibration_seeds(seed: int, n: int) -> range:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1
-    epochs: int = 24
+    epochs: int = 30
     observations: int = 240
     size: int = 512
-    patch: int = 96
-    patches_per_epoch: int = 1536
-    batch_size: int = 32
+    patch: int = 64
+    patches_per_epoch: int = 3072
+    batch_size: int = 48
     base_channels: int = 16
     depth: int = 3
     lr: float = 3e-3
@@ -80,20 +80,16 @@ class TrainConfig:
     target_radius: float = 2.5
     ignore_radius: float = 4.0
     min_target_snr: float = 3.0
-    dice_weight: float = 0.5
+    dice_weight: float = 0.25
     positive_fraction: float = 0.35
     hard_negative_fraction: float = 0.45
     edge_fraction: float = 0.05
-    mine_after: tuple[int, ...] = (
-        6,
-        11,
-        16,
-        20,
-    )  # epochs after which the model's own false positives are mined
+    # epochs after which the model's own false positives are mined as hard negatives
+    mine_after: tuple[int, ...] = (4, 8, 12, 16, 20, 24)
     mine_threshold: float = 0.3
-    calibration_observations: int = 12
+    calibration_observations: int = 20
     calibration_size: int = 1024
-    calibration_false_per_mpix: float = 0.5
+    calibration_false_per_mpix: float = 0.8
     threads: int = 2
     knobs: dict[str, Any] = field(default_factory=dict)  # fixed generator knobs for every frame (tests)
 
@@ -111,7 +107,7 @@ def training_knobs(rng: np.random.Generator, size: int) -> dict[str, Any]:
     k: dict[str, Any] = {
         "n_transients": int(max(3, round(rng.uniform(30, 110) * area))),  # more positives per frame
         "snr_range": (2.0, 60.0) if rng.random() < 0.3 else None,  # some sub-threshold examples
-        "crowded": True if rng.random() < 0.35 else None,
+        "crowded": True if rng.random() < 0.25 else None,
         "misregistration": float(rng.uniform(0.2, 0.6)) if rng.random() < 0.25 else None,
         "psf_mismatch": float(rng.uniform(0.04, 0.10)) if rng.random() < 0.25 else None,
         "cosmic_ray_rate": float(rng.uniform(40, 120)) if rng.random() < 0.25 else None,
@@ -159,14 +155,19 @@ def _disk_masks(
     return target, weight
 
 
-def _hard_negatives(x: np.ndarray, truth: list[Any], limit: int = 200) -> np.ndarray:
-    """(row, col) of strong residuals/bright stars at least 8 px from every transient."""
+def _hard_negatives(x: np.ndarray, truth: list[Any]) -> np.ndarray:
+    """(row, col) of residuals and bright stars at least 8 px from every transient.
+
+    Every local maximum of |difference| above 3.5σ (cosmic rays, hot pixels, bad columns,
+    trails, subtraction dipoles, faders, noise peaks — up to 1000, strongest first) and the 200
+    brightest stars of the science image.
+    """
     from scipy import ndimage
 
     diff = np.abs(x[0].astype(np.float32))
     sci = x[1].astype(np.float32)
     picks = []
-    for img, level in ((diff, 4.0), (sci, 30.0)):
+    for img, level, limit in ((diff, 3.5, 1000), (sci, 30.0, 200)):
         peaks = (img == ndimage.maximum_filter(img, size=9)) & (img > level)
         rows, cols = np.nonzero(peaks)
         order = np.argsort(-img[rows, cols])[:limit]
@@ -547,5 +548,6 @@ def _command(config: TrainConfig, output: str | Path) -> str:
         f"astrid train --output {output} --seed {config.seed} --epochs {config.epochs} "
         f"--observations {config.observations} --size {config.size} --patch {config.patch} "
         f"--patches-per-epoch {config.patches_per_epoch} --batch-size {config.batch_size} "
-        f"--threads {config.threads}"
+        f"--mine-after {','.join(map(str, config.mine_after))} "
+        f"--calibration-observations {config.calibration_observations} --threads {config.threads}"
     )
