@@ -21,3 +21,24 @@ def test_maintenance_dag_prunes_old_logs(airflow_db, tmp_path, monkeypatch):
     assert task_output(dag_run, "prune_task_logs")["files_removed"] >= 1
     assert not old.exists()
     assert task_output(dag_run, "db_clean")  # the cut-off timestamp it cleaned before
+
+
+def test_preflight_over_limit_skips_the_whole_run_and_claims_nothing(airflow_db, tmp_path, monkeypatch):
+    """A 1 % memory limit is always exceeded: the run is skipped, nothing is claimed."""
+    from astrid.catalog import Catalog
+    from astrid.survey import seed_survey
+
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    monkeypatch.setenv("ASTRID_CATALOG_URL", url)
+    monkeypatch.setenv("ASTRID_STORAGE_ROOT", (tmp_path / "storage").as_uri())
+    monkeypatch.setenv("ASTRID_INFERENCE_MAX_MEMORY_PERCENT", "1")
+    from astrid.airflow import hooks
+
+    hooks._CATALOGS.clear()
+    seed_survey(1, size=128, seed=77000, catalog_url=url, storage_root=(tmp_path / "storage").as_uri())
+    dag_run, _ = run_dag("astrid_realtime_inference", {"max_observations": 1})
+    states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+    assert states["preflight"] == "skipped"
+    assert states["claim"] == "skipped" and states["infer"] == "skipped"
+    assert Catalog(url).status_counts()["preprocessed"] == 1
+    hooks._CATALOGS.clear()
