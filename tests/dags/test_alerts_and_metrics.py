@@ -68,6 +68,36 @@ class UdpSink:
         self.sock.close()
 
 
+class WebhookSink:
+    """A real HTTP server on 127.0.0.1 standing in for Slack's incoming-webhook endpoint."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        bodies = self.bodies = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def connection_env(self) -> dict[str, str]:
+        url = f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/XXXX"
+        return {"AIRFLOW_CONN_SLACK_WEBHOOK_DEFAULT": json.dumps({"conn_type": "slackwebhook", "password": url})}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
 def email_text(message) -> str:
     """Subject plus every decoded text part (the SMTP hook sends base64 multipart)."""
     parts = [message["Subject"] or ""]
@@ -101,10 +131,17 @@ def run_scenario(tmp_path: Path, scenario: dict, env: dict[str, str]) -> list[st
 
 
 def test_failed_task_emails_the_error_and_a_link_to_the_run(tmp_path, sink):
-    states = run_scenario(tmp_path, {
-        "seed": {"count": 1, "size": 256, "seed": 61000},
-        "runs": [{"max_observations": 1, "model_version": "999"}],  # no such registry version
-    }, sink.connection_env())
+    webhook = WebhookSink()
+    try:
+        states = run_scenario(tmp_path, {
+            "seed": {"count": 1, "size": 256, "seed": 61000},
+            "runs": [{"max_observations": 1, "model_version": "999"}],  # no such registry version
+        }, {**sink.connection_env(), **webhook.connection_env()})
+    finally:
+        webhook.stop()
+    # the webhook (Slack incoming-webhook format) got the same alert
+    assert len(webhook.bodies) == 1, webhook.bodies
+    assert "Task failed: astrid_realtime_inference.infer" in webhook.bodies[0]["text"]
     assert states == ["failed"]
     email = sink.wait_for(lambda m: "Task failed: astrid_realtime_inference.infer" in (m["Subject"] or ""), timeout=30)
     body = email_text(email)
