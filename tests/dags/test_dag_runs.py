@@ -54,9 +54,9 @@ def catalog(env):
 
 @pytest.fixture(scope="module")
 def storage(env):
-    from astrid.storage import StorageRoot
-
     import os
+
+    from astrid.storage import StorageRoot
 
     return StorageRoot.from_uri(os.environ["ASTRID_STORAGE_ROOT"])
 
