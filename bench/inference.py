@@ -2,8 +2,11 @@
 
     PYTHONPATH=plugins .venv/bin/python bench/inference.py [--device cpu|cuda] [--write]
 
-* **engine**: ``get_engine()`` once per process (model loaded once), overlapping tiles streamed
-  in batches, ``inference_mode``, ``channels_last``, autocast on CUDA.
+* **engine**: ``get_engine()`` once per process (model loaded once, BatchNorm folded into the
+  convolutions), overlapping tiles spread evenly over the frame and streamed in batches,
+  ``inference_mode``, ``channels_last``, autocast (bf16 on CUDA and on CPUs with native bf16).
+* **engine fp32**: the same engine forced to fp32 (``precision="fp32"``), to show what the
+  precision is worth on its own.
 * **naive**: for *every* observation the model is loaded from disk again, the whole frame is
   normalised and pushed through the network in one fp32 forward pass (batch of one), under
   ``torch.no_grad``.
@@ -66,7 +69,7 @@ def _naive(model_path: str, obs, device: str) -> None:
     for o in obs:
         model, _ = load_model(model_path)
         model = model.to(device)
-        x = normalise_stack(o.science, o.reference, o.difference)
+        x = normalise_stack(o.science, o.reference, o.difference, channels=model.in_channels)
         h, w = x.shape[1:]
         m = model.multiple
         x = np.pad(x, ((0, 0), (0, -h % m), (0, -w % m)), mode="reflect")
@@ -88,10 +91,15 @@ def _worker(spec: dict) -> dict:
     times = []
     for _ in range(spec["repeats"]):
         t0 = time.perf_counter()
-        if spec["mode"] == "engine":
-            from astrid.ml.engine import get_engine
+        if spec["mode"] in ("engine", "engine fp32"):
+            from astrid.ml.engine import InferenceEngine, get_engine
 
-            engine = get_engine(spec["model"], device=device, batch_size=spec["batch_size"])
+            if spec["mode"] == "engine":
+                engine = get_engine(spec["model"], device=device, batch_size=spec["batch_size"])
+            else:
+                engine = InferenceEngine.from_path(
+                    spec["model"], device=device, batch_size=spec["batch_size"], precision="fp32"
+                )
             for o in obs:
                 engine.probability(o)
         else:
@@ -164,8 +172,9 @@ def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
         + (" --write" if args.write else ""),
         "```",
         "",
-        "*engine*: model loaded once per process, 512² tiles (1024² on CUDA) with 52 px context margins, "
-        f"batch {args.batch_size}, inference_mode, channels_last (+ autocast on CUDA). *naive*: model re-loaded from "
+        "*engine*: model loaded once per process with BatchNorm folded, tiles of at most 640² (1024² on CUDA) "
+        f"spread evenly with 52 px context margins, batch {args.batch_size}, inference_mode, channels_last, "
+        f"autocast to {_precision_label(dev)}. *engine fp32*: the same, fp32. *naive*: model re-loaded from "
         "disk for every observation, whole frame in one fp32 forward pass, batch of one. Peak RSS is the child "
         "process's high-water mark including the input frames (3 float32 arrays); 'inference RSS' is the "
         "growth over the RSS before inference started.",
@@ -174,9 +183,11 @@ def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
     ratio_rows = []
     for n in (1, args.many):
         e, v = by.get(("engine", 2048, n)), by.get(("naive", 2048, n))
+        f = by.get(("engine fp32", 2048, n))
         if e and v:
             ratio_rows.append(
-                f"| 2048² × {n} | {v['seconds'] / e['seconds']:.2f}× | {v['inference_rss_mb'] / max(e['inference_rss_mb'], 1):.1f}× "
+                f"| 2048² × {n} | {v['seconds'] / e['seconds']:.2f}× "
+                f"| {(v['seconds'] / f['seconds']) if f else float('nan'):.2f}× | {v['inference_rss_mb'] / max(e['inference_rss_mb'], 1):.1f}× "
                 f"| {e['inference_rss_mb']:.0f} MB vs {v['inference_rss_mb']:.0f} MB |"
                 + (f" {v['cuda_peak_mb'] / max(e['cuda_peak_mb'], 1):.1f}× |" if cuda else "")
             )
@@ -184,9 +195,9 @@ def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
         lines += [
             "**Engine vs naive** (speed-up = naive time / engine time; memory ratio on inference RSS):",
             "",
-            "| workload | speed-up | memory ratio | inference RSS engine vs naive |"
+            "| workload | speed-up | speed-up of engine fp32 | memory ratio | inference RSS engine vs naive |"
             + (" CUDA peak ratio |" if cuda else ""),
-            "|---|---:|---:|---|" + ("---:|" if cuda else ""),
+            "|---|---:|---:|---:|---|" + ("---:|" if cuda else ""),
             *ratio_rows,
             "",
         ]
@@ -208,6 +219,14 @@ def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
     if growth:
         lines += ["", "Growth: " + "; ".join(growth) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _precision_label(device: str) -> str:
+    from astrid.ml.engine import cpu_supports_bf16
+
+    if device == "cuda" or cpu_supports_bf16():
+        return "bf16 (native on this device)"
+    return "nothing (no native bf16 on this CPU: fp32)"
 
 
 def write_section(text: str, path: Path = DOC) -> None:
@@ -256,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         repeats = 3 if size <= 1024 else 1
         for mode in ("engine", "naive"):
             plan.append({**base, "mode": mode, "size": size, "n": 1, "repeats": repeats})
-    for mode in ("engine", "naive"):
+    plan.append({**base, "mode": "engine fp32", "size": 2048, "n": 1, "repeats": 1})
+    for mode in ("engine", "engine fp32", "naive"):
         plan.append({**base, "mode": mode, "size": 2048, "n": args.many, "repeats": 1})
     results = []
     for spec in plan:

@@ -494,9 +494,9 @@ class _OutOfMemoryAbove(torch.nn.Module):
 
 def test_out_of_memory_halves_the_batch_and_only_an_untileable_observation_fails(tmp_path):
     """Three observations in one pipeline run over a memory budget of 250 000 pixels per forward:
-    a 256² frame (one 360² tile) fits; a 300×800 frame (two 408×512 tiles, batch 2) runs out of
+    a 256² frame (one 360² tile) fits; a 300×800 frame (two 408×504 tiles, batch 2) runs out of
     memory, the engine halves the batch to 1 and finishes it with the same detections as an
-    unconstrained engine; a 640² frame (512² tiles) cannot run even one tile, so *that*
+    unconstrained engine; an 800² frame (504² tiles) cannot run even one tile, so *that*
     observation is ``failed`` with the OOM error kept, and the run goes on."""
     from astrid.catalog import Catalog
     from astrid.imaging.fits import write_image
@@ -516,7 +516,7 @@ def test_out_of_memory_halves_the_batch_and_only_an_untileable_observation_fails
         path = obs_dir / f"oom-wide_{role[:3]}.fits"
         write_image(path, getattr(wide_src, role)[250:550, :], wide_src.header)
         wide[f"{role}_uri"] = path.as_uri()
-    large = write_observation(make_observation(9402, size=640), obs_dir, "oom-large")
+    large = write_observation(make_observation(9402, size=800), obs_dir, "oom-large")
     catalog = Catalog(f"sqlite:///{tmp_path}/catalog.db")
     catalog.migrate()
     ids = catalog.register(
@@ -531,9 +531,10 @@ def test_out_of_memory_halves_the_batch_and_only_an_untileable_observation_fails
 
     model, card = load_model(shipped_model_path())
     constrained = _OutOfMemoryAbove(model, budget=250_000)
+    # the engine runs its own fused copy of the model: the calls are recorded on that copy
     engine = InferenceEngine(constrained, card, device="cpu", batch_size=8)
-    assert engine._tile_shape(SIZE, SIZE) == (360, 360) and engine._tile_shape(300, 800) == (408, 512)
-    assert engine._tile_shape(640, 640) == (512, 512)  # 262 144 px > budget
+    assert engine._tile_shape(SIZE, SIZE) == (360, 360) and engine._tile_shape(300, 800) == (408, 504)
+    assert engine._tile_shape(800, 800) == (504, 504)  # 254 016 px > budget
     summary = run_inference(
         claims,
         catalog=catalog,
@@ -549,19 +550,19 @@ def test_out_of_memory_halves_the_batch_and_only_an_untileable_observation_fails
     assert rows["oom-large"]["status"] == "failed" and rows["oom-large"]["attempts"] == 1
     assert (
         "out of memory" in rows["oom-large"]["last_error"]
-        and "single 512x512 tile" in rows["oom-large"]["last_error"]
+        and "single 504x504 tile" in rows["oom-large"]["last_error"]
     )
     assert "oom-large" in rows["oom-large"]["last_error"]
     assert (summary.processed_count, summary.failed_count) == (2, 1)
     assert summary.errors[0]["observation"] == "oom-large"
     # the wide frame: batch of 2 refused, then 1 + 1 ran; the batch size stays halved afterwards
-    assert [c[:3] for c in constrained.calls[:4]] == [
+    assert [c[:3] for c in engine.model.calls[:4]] == [
         (1, 360, 360),
-        (2, 408, 512),
-        (1, 408, 512),
-        (1, 408, 512),
+        (2, 408, 504),
+        (1, 408, 504),
+        (1, 408, 504),
     ]
-    assert [c[3] for c in constrained.calls[:4]] == [True, False, True, True]
+    assert [c[3] for c in engine.model.calls[:4]] == [True, False, True, True]
     assert engine.batch_size == 1
     # halving changed nothing: the same detections as an engine with memory to spare
     from astrid.pipeline import load_claim

@@ -43,8 +43,8 @@ def _triplet(h: int, w: int, seed: int = 0) -> SimpleNamespace:
 def test_tiled_equals_full_frame_on_non_multiple_size():
     model = _model()
     triplet = _triplet(300, 260)
-    full = InferenceEngine(model, device="cpu", tile=512, overlap=48).probability(triplet)  # one tile
-    tiled_engine = InferenceEngine(model, device="cpu", tile=128, overlap=48, batch_size=3)
+    full = InferenceEngine(model, device="cpu", tile=512, overlap=48, precision="fp32").probability(triplet)
+    tiled_engine = InferenceEngine(model, device="cpu", tile=128, overlap=48, batch_size=3, precision="fp32")
     tiled = tiled_engine.probability(triplet)
     assert tiled.shape == (300, 260) and tiled.dtype == np.float32
     assert np.abs(tiled - full).max() < 1e-5
@@ -53,14 +53,33 @@ def test_tiled_equals_full_frame_on_non_multiple_size():
 
 def test_default_overlap_covers_receptive_field():
     engine = InferenceEngine(_model(depth=3), device="cpu")
-    assert engine.margin >= 51 and engine.tile == 512
+    assert engine.margin >= 51 and engine.tile == 640
+
+
+def test_tiles_spread_evenly_over_the_frame():
+    engine = InferenceEngine(_model(depth=3), device="cpu")  # tile 640, overlap 104
+    assert engine._tile_shape(2048, 2048) == (616, 616)  # four 512-px cores, not five
+    assert engine._tile_shape(100, 3000) == (208, 608)  # one short core; six 504-px cores
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    """CPU bf16 (the default where oneDNN has native bf16) changes probabilities by little."""
+    model = _model()
+    triplet = _triplet(300, 260)
+    fp32 = InferenceEngine(model, device="cpu", tile=128, overlap=48, precision="fp32").probability(triplet)
+    bf16_engine = InferenceEngine(model, device="cpu", tile=128, overlap=48, precision="bf16")
+    assert bf16_engine.precision == torch.bfloat16
+    assert np.abs(bf16_engine.probability(triplet) - fp32).max() < 0.03
+    assert InferenceEngine(model, device="cpu", precision="fp32").precision is None
+    with pytest.raises(ValueError, match="unknown precision"):
+        InferenceEngine(model, device="cpu", precision="int4")
 
 
 def test_frame_smaller_than_tile():
     model = _model()
     triplet = _triplet(37, 50)
-    p = InferenceEngine(model, device="cpu", tile=128, overlap=48).probability(triplet)
-    q = InferenceEngine(model, device="cpu", tile=256, overlap=48).probability(triplet)
+    p = InferenceEngine(model, device="cpu", tile=128, overlap=48, precision="fp32").probability(triplet)
+    q = InferenceEngine(model, device="cpu", tile=256, overlap=48, precision="fp32").probability(triplet)
     assert p.shape == (37, 50)
     assert np.abs(p - q).max() < 1e-5
 
@@ -80,7 +99,8 @@ def test_cuda_request_without_cuda_falls_back_to_cpu(monkeypatch):
         assert resolve_device("cuda") == torch.device("cpu")
     with pytest.warns(RuntimeWarning):
         engine = InferenceEngine(_model(), device="cuda", tile=128, overlap=48)
-    assert engine.device.type == "cpu" and engine.precision is None
+    assert engine.device.type == "cpu"
+    assert engine.precision == (torch.bfloat16 if engine_mod.cpu_supports_bf16() else None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert resolve_device("auto") == torch.device("cpu")
@@ -108,9 +128,12 @@ class _OOMAbove(torch.nn.Module):
 def test_oom_halves_batch_and_continues(error):
     model = _model()
     triplet = _triplet(300, 260)
-    expected = InferenceEngine(model, device="cpu", tile=128, overlap=48, batch_size=8).probability(triplet)
+    expected = InferenceEngine(
+        model, device="cpu", tile=128, overlap=48, batch_size=8, precision="fp32"
+    ).probability(triplet)
     flaky = _OOMAbove(model, limit=2, error=error)
-    engine = InferenceEngine(flaky, device="cpu", tile=128, overlap=48, batch_size=8)
+    engine = InferenceEngine(flaky, device="cpu", tile=128, overlap=48, batch_size=8, precision="fp32")
+    flaky = engine.model  # the engine runs its own (BatchNorm-folded) copy
     got = engine.probability(triplet)
     assert engine.batch_size == 2
     assert flaky.calls[:3] == [8, 4, 2]
@@ -157,3 +180,37 @@ def test_default_path_uses_env(monkeypatch, tmp_path):
     engine_mod.get_engine.cache_clear()
     assert get_engine(device="cpu").version == "env@2"
     engine_mod.get_engine.cache_clear()
+
+
+def test_batchnorm_folding_keeps_the_function_and_the_callers_model():
+    from astrid.ml.unet import fuse_for_inference
+
+    model = _model()
+    x = torch.randn(2, 3, 64, 64)
+    fused = fuse_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # caller's copy intact
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_tiled_equals_full_frame_for_a_five_channel_model():
+    """The matched channel is not per pixel: bands get a halo so tiles still see the frame's values."""
+    torch.manual_seed(1)
+    model = UNet(in_channels=5, base_channels=4, depth=2).eval()
+    from astrid.imaging.synthetic import make_observation
+    from astrid.ml import normalise
+
+    obs = make_observation(4, size=200)
+    full = InferenceEngine(model, device="cpu", tile=256, overlap=48, precision="fp32").probability(obs)
+    tiler = InferenceEngine(model, device="cpu", tile=96, overlap=48, precision="fp32")
+    assert np.abs(tiler.probability(obs) - full).max() < 1e-5
+    # the inputs themselves: every tile equals the same window of the whole normalised frame
+    stats = normalise.stack_stats(obs.science, obs.reference, obs.difference)
+    frame = normalise.normalise_stack(obs.science, obs.reference, obs.difference, stats, channels=5)
+    m = tiler.margin
+    padded = np.pad(frame, ((0, 0), (m, m + 96), (m, m + 96)), mode="reflect")
+    channels = (obs.difference, obs.science, obs.reference)
+    for r0, c0, tile in tiler._tiles(channels, stats):
+        window = padded[:, r0 : r0 + tile.shape[1], c0 : c0 + tile.shape[2]]
+        np.testing.assert_allclose(tile, window, atol=1e-4)

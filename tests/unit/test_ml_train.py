@@ -7,6 +7,7 @@ the machinery, not the quality (that is test_ml_shipped_model.py).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from astrid.ml.normalise import normalise_stack, robust_stats, stack_stats
@@ -52,12 +53,12 @@ def test_patches_have_targets_at_transients():
 
     obs = make_observation(train_seeds(3, 1).start, size=128, n_transients=4, snr_range=(10.0, 20.0))
     frame = make_frame(obs, TINY)
-    assert frame.target.sum() > 0 and frame.x.shape == (3, 128, 128)
+    assert frame.target.sum() > 0 and frame.x.shape == (5, 128, 128)
     for t in obs.truth:
         assert frame.target[round(t.y), round(t.x)] == 1
     cfg = TrainConfig(**{**TINY.to_dict(), "positive_fraction": 1.0, "hard_negative_fraction": 0.0})
     xs, ts, ws = next(sample_batches([frame], cfg, np.random.default_rng(0), 8))
-    assert xs.shape == (8, 3, 48, 48) and ts.shape == ws.shape == (8, 1, 48, 48)
+    assert xs.shape == (8, 5, 48, 48) and ts.shape == ws.shape == (8, 1, 48, 48)
     assert (ts.reshape(8, -1).max(axis=1) == 1).all()  # every positive patch contains its target
 
 
@@ -79,3 +80,28 @@ def test_normalisation_is_robust_and_per_pixel():
     sigma = np.sqrt(stats.difference.noise**2 + (sci[105, 105] - stats.science.background) / stats.gain)
     expected = 20 * np.arcsinh((diff[105, 105] - stats.difference.background) / sigma / 20)
     assert full[0][105, 105] == np.float32(expected) or abs(full[0][105, 105] - expected) < 1e-3
+
+
+def test_residual_channel_measures_the_frames_subtraction_quality():
+    """ε tracks a known flux-scale error; clean subtractions give ~0; cosmic rays are not stars."""
+    from astrid.imaging.synthetic import make_observation
+
+    def eps(**knobs):
+        o = make_observation(
+            train_seeds(3, 1).start,
+            size=512,
+            misregistration=0.0,
+            psf_mismatch=0.0,
+            star_density=6000.0,
+            **knobs,
+        )
+        return stack_stats(o.science, o.reference, o.difference).residual, o
+
+    clean, _ = eps(flux_scale_error=0.0, cosmic_ray_rate=400.0)
+    scaled, o = eps(flux_scale_error=0.05, cosmic_ray_rate=400.0)
+    assert clean < 0.01 and 0.045 < scaled < 0.055  # a pure 5 % scale error reads as ε = 0.05
+    x = normalise_stack(o.science, o.reference, o.difference, channels=4)
+    assert x.shape == (4, 512, 512) and x[3].max() > 1.0 and x[3].min() >= 0.0
+    np.testing.assert_array_equal(x[:3], normalise_stack(o.science, o.reference, o.difference))
+    with pytest.raises(ValueError, match="3 to 5 input channels"):
+        normalise_stack(o.science, o.reference, o.difference, channels=6)

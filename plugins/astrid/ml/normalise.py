@@ -21,6 +21,30 @@ channel goes through ``soft * asinh(x / soft)``: linear for |x| below ``soft`` n
 detection regime), logarithmic above (bright stars, saturated cores, cosmic rays), which keeps
 activations bounded without clipping information away. Non-finite pixels become 0 (= sky).
 
+A fourth channel, **residual**, tells the network how well this frame was subtracted. Every
+difference image leaves residuals on bright sources (PSF-model mismatch, misregistration, flux
+scale errors) whose size is a property of the *frame*, not of one star: a 2 % residual on a bright
+star looks exactly like a faint transient on that star, and only the other stars of the frame say
+which it is. The frame's residual level ``ε`` is measured from the data (the same idea as the
+source and astrometric noise terms of ZOGY's corrected score, Zackay, Ofek & Gal-Yam 2016): over
+the brightest unsaturated stars of the reference image, the 5×5-pixel residual power of the
+difference beyond its expected noise, relative to the star's own power,
+``ρ² = max(Σd² − ΣV, 0) / Σs²`` (a pure flux-scale error e gives ρ = e);
+``ε = sqrt(median ρ²)``. The channel is then
+``ε · max(science − sky, 0) / noise``: the residual, in the difference's noise units, that an
+ordinary star leaves at that pixel in this frame. A model card's ``architecture.in_channels``
+says whether a model takes it (4) or not (3).
+
+A fifth channel, **matched**, is the difference's per-pixel significance correlated with the
+frame's PSF — a Gaussian of the seeing *measured* on the science image's stars
+(:func:`astrid.ml.baseline.measure_seeing`) — and rescaled to unit noise: for a point source on
+flat sky its peak is the source's optimal SNR. This is the classical detection statistic; a small
+U-Net can learn to approximate it, but a broad PSF (FWHM 6 px) needs a large, exact kernel that
+costs the network capacity better spent on telling residuals and artefacts from transients. It is
+the one channel that is not per pixel: its value depends on pixels up to :data:`MATCHED_RADIUS_SIGMA`
+PSF σ away, which the engine supplies as an extra halo around each band (see
+:func:`matched_halo`), so tiles still equal the full frame.
+
 Statistics are computed once per *frame* (from at most ``max_samples`` pixels on a regular
 grid, deterministic); everything after that is per pixel, so a tile normalised with its frame's
 statistics equals the same tile cut from the normalised frame — tiled and full-frame inference
@@ -29,14 +53,25 @@ see identical inputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 MAD_TO_SIGMA = 1.482602218505602  # 1 / Phi^-1(3/4): MAD of a unit Gaussian
-CHANNELS = ("difference", "science", "reference")
+CHANNELS = ("difference", "science", "reference", "residual", "matched")
 SOFT = 20.0  # noise units where asinh compression starts (a scale in σ, not a data constant)
 MIN_SKY_SNR = 5.0
+RESIDUAL_MIN_PEAK = 30.0  # stars used to measure ε peak above this many science-noise units
+RESIDUAL_MAX_STARS = 400  # the brightest this many (enough for a stable median, cheap to sum)
+RESIDUAL_MIN_STARS = 8  # fewer than this: ε cannot be measured; taken as 0 (no residual known)
+MATCHED_RADIUS_SIGMA = 4.0  # the matched filter's Gaussian is truncated at this many σ
+SEEING_CROP = 1024  # the seeing is measured on the central crop of at most this side (speed)
+DEFAULT_SEEING_FWHM = 3.0  # px, used (and logged) only when no star can be measured
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
 @dataclass(frozen=True)
@@ -55,10 +90,12 @@ class FrameStats:
     science: ChannelStats
     reference: ChannelStats
     gain: float | None  # ADU -> Poisson counts; None when the sky level does not allow an estimate
+    residual: float = 0.0  # ε: subtraction residual per unit of star brightness, measured on this frame
+    seeing_fwhm: float = DEFAULT_SEEING_FWHM  # px, measured on the science image's stars
 
 
 def robust_stats(
-    image: np.ndarray, *, clip: float = 3.0, iterations: int = 5, max_samples: int = 1 << 20
+    image: np.ndarray, *, clip: float = 3.0, iterations: int = 5, max_samples: int = 1 << 18
 ) -> ChannelStats:
     """Sigma-clipped median background and MAD noise of ``image`` (non-finite pixels ignored).
 
@@ -103,7 +140,91 @@ def effective_gain(
 def stack_stats(science: np.ndarray, reference: np.ndarray, difference: np.ndarray) -> FrameStats:
     """Robust statistics of a whole frame (what every tile of it is normalised with)."""
     sci, diff = robust_stats(science), robust_stats(difference)
-    return FrameStats(diff, sci, robust_stats(reference), effective_gain(sci, diff))
+    stats = FrameStats(diff, sci, robust_stats(reference), effective_gain(sci, diff))
+    return replace(
+        stats,
+        residual=subtraction_residual(science, difference, stats, reference),
+        seeing_fwhm=frame_seeing(science),
+    )
+
+
+def frame_seeing(science: np.ndarray) -> float:
+    """Seeing FWHM (px) measured on the central ``SEEING_CROP``² of the science image."""
+    from astrid.ml.baseline import measure_seeing  # baseline imports this module
+
+    h, w = np.shape(science)
+    r0, c0 = max(0, (h - SEEING_CROP) // 2), max(0, (w - SEEING_CROP) // 2)
+    fwhm = measure_seeing(np.asarray(science)[r0 : r0 + SEEING_CROP, c0 : c0 + SEEING_CROP])
+    if fwhm is None:
+        log.info("could not measure the seeing; the matched channel uses FWHM %.1f px", DEFAULT_SEEING_FWHM)
+        return DEFAULT_SEEING_FWHM
+    return fwhm
+
+
+def matched_halo(stats: FrameStats) -> int:
+    """Pixels of context the matched channel needs on each side (its kernel's radius)."""
+    return math.ceil(MATCHED_RADIUS_SIGMA * stats.seeing_fwhm / FWHM_PER_SIGMA)
+
+
+def _variance(science: np.ndarray, stats: FrameStats) -> np.ndarray:
+    """Per-pixel variance of the difference: its sky noise ⊕ the science's photon noise."""
+    var = np.full(science.shape, np.float32(stats.difference.noise**2), dtype=np.float32)
+    if stats.gain is not None:
+        var += _source(science, stats) / np.float32(stats.gain)
+    return var
+
+
+def _source(science: np.ndarray, stats: FrameStats) -> np.ndarray:
+    """``max(science − sky, 0)`` as float32, non-finite pixels as 0."""
+    source = np.asarray(science, dtype=np.float32) - np.float32(stats.science.background)
+    source[~np.isfinite(source)] = 0.0
+    return np.maximum(source, 0.0, out=source)
+
+
+def subtraction_residual(
+    science: np.ndarray, difference: np.ndarray, stats: FrameStats, reference: np.ndarray | None = None
+) -> float:
+    """ε: the frame's subtraction residual per unit of star brightness, from its brightest stars.
+
+    Stars are found in the *reference* (cosmic rays, hot pixels and transients are only in the
+    science, and would otherwise pass for stars with 100 % residual): local maxima (5×5) above
+    ``RESIDUAL_MIN_PEAK`` reference-noise units and below half the reference's maximum
+    (saturated cores and bleeds excluded), at most ``RESIDUAL_MAX_STARS`` of the brightest. A
+    transient on one of them or a fading star inflates its ρ, which the median ignores. Without
+    a reference, or with fewer than ``RESIDUAL_MIN_STARS`` stars, returns 0.
+    """
+    from scipy import ndimage
+
+    if reference is None:
+        return 0.0
+    ref = np.asarray(reference, dtype=np.float32) - np.float32(stats.reference.background)
+    ref = np.where(np.isfinite(ref), ref, np.float32(0.0))
+    h, w = ref.shape
+    bright = (ref > RESIDUAL_MIN_PEAK * stats.reference.noise) & (ref < 0.5 * float(ref.max()))
+    if bright.sum() < RESIDUAL_MIN_STARS:
+        return 0.0
+    peaks = bright & (ref == ndimage.maximum_filter(ref, size=5))
+    rows, cols = np.nonzero(peaks)
+    inside = (rows >= 2) & (cols >= 2) & (rows < h - 2) & (cols < w - 2)
+    rows, cols = rows[inside], cols[inside]
+    if len(rows) < RESIDUAL_MIN_STARS:
+        return 0.0
+    order = np.argsort(-ref[rows, cols])[:RESIDUAL_MAX_STARS]
+    sci = np.asarray(science, dtype=np.float32)
+    d = np.asarray(difference, dtype=np.float32)
+    rho2 = []
+    for r, c in zip(rows[order], cols[order], strict=True):
+        box = (slice(r - 2, r + 3), slice(c - 2, c + 3))
+        source = _source(sci[box], stats)
+        scene_power = float((source * source).sum())
+        if not scene_power > 0:
+            continue
+        dd = d[box] - np.float32(stats.difference.background)
+        power = float(np.nansum(dd * dd)) - float(_variance(sci[box], stats).sum())
+        rho2.append(max(power, 0.0) / scene_power)
+    if len(rho2) < RESIDUAL_MIN_STARS:
+        return 0.0
+    return float(np.sqrt(np.median(rho2)))
 
 
 def _compress(x: np.ndarray, soft: float) -> np.ndarray:
@@ -123,13 +244,36 @@ def apply_difference(
 ) -> np.ndarray:
     """The difference in units of its per-pixel noise (sky noise ⊕ science photon noise), compressed."""
     d = np.asarray(difference, dtype=np.float32) - np.float32(stats.difference.background)
-    var = np.full(d.shape, np.float32(stats.difference.noise**2), dtype=np.float32)
-    if stats.gain is not None:
-        source = np.asarray(science, dtype=np.float32) - np.float32(stats.science.background)
-        source[~np.isfinite(source)] = 0.0
-        np.maximum(source, 0.0, out=source)
-        var += source / np.float32(stats.gain)
-    return _compress(d / np.sqrt(var), soft)
+    return _compress(d / np.sqrt(_variance(science, stats)), soft)
+
+
+def apply_matched(
+    difference: np.ndarray, science: np.ndarray, stats: FrameStats, soft: float = SOFT
+) -> np.ndarray:
+    """Per-pixel significance correlated with the frame's Gaussian PSF, in units of its noise.
+
+    Edges are mirrored (numpy "reflect", scipy "mirror"), as the engine pads tiles, so a band cut
+    with a ``matched_halo`` of real or mirrored pixels gives the full frame's values.
+    """
+    from scipy import ndimage
+
+    d = np.asarray(difference, dtype=np.float32) - np.float32(stats.difference.background)
+    z = d / np.sqrt(_variance(science, stats))
+    z[~np.isfinite(z)] = 0.0
+    sigma = stats.seeing_fwhm / FWHM_PER_SIGMA
+    radius = matched_halo(stats)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    g /= np.sqrt((g**2).sum())  # separable: the 2-D kernel's squares sum to 1 -> unit noise
+    filtered = ndimage.correlate1d(z, g.astype(np.float32), axis=0, mode="mirror")
+    filtered = ndimage.correlate1d(filtered, g.astype(np.float32), axis=1, mode="mirror")
+    return _compress(filtered, soft)
+
+
+def apply_residual(science: np.ndarray, stats: FrameStats, soft: float = SOFT) -> np.ndarray:
+    """Expected subtraction residual of the scene at each pixel, in the difference's noise units."""
+    expected = np.float32(stats.residual) * _source(science, stats)
+    return _compress(expected / np.sqrt(_variance(science, stats)), soft)
 
 
 def normalise_stack(
@@ -137,21 +281,30 @@ def normalise_stack(
     reference: np.ndarray,
     difference: np.ndarray,
     stats: FrameStats | None = None,
+    channels: int = 3,
 ) -> np.ndarray:
-    """(3, H, W) float32 network input (difference, science, reference) for an image or a tile.
+    """(channels, H, W) float32 network input for an image or a tile.
 
-    ``stats`` are the *frame's* statistics (computed from these arrays when omitted). Every
-    operation is per pixel, so normalising a tile with its frame's stats equals cutting the tile
-    out of the normalised frame: that is how the engine avoids materialising this for big frames.
+    The first ``channels`` of :data:`CHANNELS`: difference, science, reference, then residual
+    (4) and matched (5). The matched channel needs ``matched_halo(stats)`` pixels of context
+    beyond the region that will be used. ``stats`` are the *frame's* statistics (computed from these arrays
+    when omitted). Every operation is per pixel, so normalising a tile with its frame's stats
+    equals cutting the tile out of the normalised frame: that is how the engine avoids
+    materialising this for big frames.
     """
+    if channels not in (3, 4, 5):
+        raise ValueError(f"models take 3 to 5 input channels ({', '.join(CHANNELS)}), not {channels}")
     stats = stats or stack_stats(science, reference, difference)
-    return np.stack(
-        [
-            apply_difference(difference, science, stats),
-            apply(science, stats.science),
-            apply(reference, stats.reference),
-        ]
-    )
+    planes = [
+        apply_difference(difference, science, stats),
+        apply(science, stats.science),
+        apply(reference, stats.reference),
+    ]
+    if channels >= 4:
+        planes.append(apply_residual(science, stats))
+    if channels >= 5:
+        planes.append(apply_matched(difference, science, stats))
+    return np.stack(planes)
 
 
 def describe() -> dict[str, str]:
@@ -164,5 +317,11 @@ def describe() -> dict[str, str]:
         "difference": "(d - median_d) / sqrt(MAD_d² + max(science - sky, 0) / g), g = sky_sci / MAD_d² "
         f"(photon term omitted when sky < {MIN_SKY_SNR:g}·MAD_sci)",
         "science/reference": "(x - median) / MAD",
+        "residual": "ε · max(science - sky, 0) / per-pixel difference noise; ε = sqrt(median over the "
+        f"≤{RESIDUAL_MAX_STARS} brightest unsaturated reference stars (> {RESIDUAL_MIN_PEAK:g}σ) of the 5×5 "
+        "excess residual power / star power) (4- and 5-channel models)",
+        "matched": "per-pixel difference significance correlated with a Gaussian of the seeing measured "
+        f"on the science stars (truncated at {MATCHED_RADIUS_SIGMA:g}σ, unit-noise normalised) "
+        "(5-channel models)",
         "compression": f"{SOFT:g}·asinh(x/{SOFT:g}) in noise units; non-finite -> 0",
     }

@@ -75,6 +75,7 @@ class TrainConfig:
     batch_size: int = 48
     base_channels: int = 16
     depth: int = 3
+    in_channels: int = 5  # difference, science, reference + residual + matched (astrid.ml.normalise)
     lr: float = 3e-3
     weight_decay: float = 1e-4
     target_radius: float = 2.5
@@ -121,7 +122,7 @@ def training_knobs(rng: np.random.Generator, size: int) -> dict[str, Any]:
 
 @dataclass
 class _Frame:
-    x: np.ndarray  # (3, H, W) float16 normalised stack
+    x: np.ndarray  # (C, H, W) float16 normalised stack
     target: np.ndarray  # (H, W) uint8
     weight: np.ndarray  # (H, W) uint8 (0 = don't care)
     positives: np.ndarray  # (N, 2) (row, col)
@@ -184,7 +185,7 @@ def make_frame(obs: Any, config: TrainConfig) -> _Frame:
     """Normalised inputs, target/weight masks and sampling centres of one observation."""
     from astrid.ml.normalise import normalise_stack
 
-    x = normalise_stack(obs.science, obs.reference, obs.difference)
+    x = normalise_stack(obs.science, obs.reference, obs.difference, channels=config.in_channels)
     target, weight = _disk_masks(x.shape[1:], obs.truth, config)
     positives = np.array([[t.y, t.x] for t in obs.truth], dtype=np.float32).reshape(-1, 2)
     negatives = _hard_negatives(x, obs.truth)
@@ -211,7 +212,7 @@ def sample_batches(
     done = 0
     while done < n:
         b = min(config.batch_size, n - done)
-        xs = np.empty((b, 3, p, p), np.float32)
+        xs = np.empty((b, frames[0].x.shape[0], p, p), np.float32)
         ts = np.empty((b, 1, p, p), np.float32)
         ws = np.empty((b, 1, p, p), np.float32)
         for i in range(b):
@@ -420,7 +421,7 @@ def train(
     n_pos = sum(len(f.positives) for f in frames)
     log.info("training data: %d frames of %d² px, %d transients", len(frames), config.size, n_pos)
 
-    model = UNet(in_channels=3, base_channels=config.base_channels, depth=config.depth)
+    model = UNet(in_channels=config.in_channels, base_channels=config.base_channels, depth=config.depth)
     model = model.to(memory_format=torch.channels_last)  # ~3x faster CPU convolutions
     steps_per_epoch = math.ceil(config.patches_per_epoch / config.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -474,7 +475,7 @@ def train(
                 "calibration observations",
             )
         )
-        engine = InferenceEngine(model, device="cpu", batch_size=4)
+        engine = InferenceEngine(model, device="cpu", batch_size=4, precision="fp32")  # deterministic
         calibration = calibrate_threshold(engine, cal_obs, config.calibration_false_per_mpix)
         t = calibration["threshold"]
         shift = math.log(t / (1 - t))

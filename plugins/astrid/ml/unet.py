@@ -8,6 +8,8 @@ affine in ``eval()`` mode, so a pixel's output depends only on its receptive fie
 
 from __future__ import annotations
 
+import copy
+import itertools
 from typing import Any
 
 import torch
@@ -69,7 +71,7 @@ class UNet(nn.Module):
             "in_channels": self.in_channels,
             "base_channels": self.base_channels,
             "depth": self.depth,
-            "inputs": ["difference", "science", "reference"],
+            "inputs": ["difference", "science", "reference", "residual", "matched"][: self.in_channels],
             "output": "logit (sigmoid -> per-pixel transient probability)",
         }
 
@@ -100,6 +102,29 @@ def build_model(architecture: dict[str, Any]) -> UNet:
         base_channels=int(architecture["base_channels"]),
         depth=int(architecture["depth"]),
     )
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """An eval-mode copy with every Conv2d → BatchNorm2d pair folded into one convolution.
+
+    In ``eval()`` BatchNorm is a fixed per-channel affine, so it can be folded into the
+    preceding convolution's weights and bias: the same function, one pass over memory less per
+    layer (about 15 % of CPU inference time). The caller's module (e.g. one being trained) is
+    left untouched; modules without such pairs come back as an eval-mode copy.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(model).eval()
+    for module in fused.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for a, b in itertools.pairwise(names):
+            conv, bn = module._modules[a], module._modules[b]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                module._modules[a] = fuse_conv_bn_eval(conv, bn)
+                module._modules[b] = nn.Identity()
+    return fused
 
 
 def count_parameters(model: nn.Module) -> int:

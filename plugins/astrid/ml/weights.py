@@ -94,7 +94,9 @@ def save_model(model: torch.nn.Module, card: ModelCard, directory: str | os.Path
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    blob = st_save(state, metadata={"name": card.name, "version": card.version})
+    # One metadata key: safetensors writes a multi-key metadata map in hash order, which would
+    # make the file's bytes (and the sha256 in the card) differ between identical trainings.
+    blob = st_save(state, metadata={"model": f"{card.name}@{card.version}"})
     weights = directory / WEIGHTS_FILE
     _atomic_write(weights, blob)
     final = replace(
