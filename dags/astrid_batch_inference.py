@@ -29,8 +29,13 @@ with DAG(
     "astrid_batch_inference",
     max_active_runs=1,
     on_failure_callback=RecordFailedRun("batch"),
-    **dag_kwargs("batch", config, doc_md=DOC, tags=["batch", "inference"],
-                 params=inference_params(config.batch_max_observations, config)),
+    **dag_kwargs(
+        "batch",
+        config,
+        doc_md=DOC,
+        tags=["batch", "inference"],
+        params=inference_params(config.batch_max_observations, config),
+    ),
 ) as dag:
     preflight = PreflightOperator(task_id="preflight")
     claim = ClaimObservationsOperator(
@@ -49,6 +54,8 @@ with DAG(
         pool=config.gpu_pool,
         queue=config.gpu_queue,
     ).expand(observations=gate.output)
-    report = InferenceReportOperator(task_id="report", summaries=infer.output, claimed=claim.output, kind="batch")
+    report = InferenceReportOperator(
+        task_id="report", summaries=infer.output, claimed=claim.output, kind="batch"
+    )
     preflight >> claim
     infer >> report

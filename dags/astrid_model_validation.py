@@ -36,16 +36,33 @@ with DAG(
     "astrid_model_validation",
     max_active_runs=1,
     on_failure_callback=RecordFailedRun("validation"),
-    **dag_kwargs("validation", config, doc_md=DOC, tags=["validation", "mlops"], params={
-        "dataset_size": Param(config.validation_dataset_size, type="integer", minimum=1, maximum=1000,
-                              title="Labelled observations"),
-        "confidence_threshold": Param(config.confidence_threshold, type="number", minimum=0, maximum=1,
-                                      title="Confidence threshold"),
-    }),
+    **dag_kwargs(
+        "validation",
+        config,
+        doc_md=DOC,
+        tags=["validation", "mlops"],
+        params={
+            "dataset_size": Param(
+                config.validation_dataset_size,
+                type="integer",
+                minimum=1,
+                maximum=1000,
+                title="Labelled observations",
+            ),
+            "confidence_threshold": Param(
+                config.confidence_threshold, type="number", minimum=0, maximum=1, title="Confidence threshold"
+            ),
+        },
+    ),
 ) as dag:
-    observations = SelectValidationSetOperator(task_id="select_validation_set", size="{{ params.dataset_size }}")
-    scores = ScoreModelsOperator(task_id="score_models", observations=observations.output,
-                                 confidence_threshold="{{ params.confidence_threshold }}")
+    observations = SelectValidationSetOperator(
+        task_id="select_validation_set", size="{{ params.dataset_size }}"
+    )
+    scores = ScoreModelsOperator(
+        task_id="score_models",
+        observations=observations.output,
+        confidence_threshold="{{ params.confidence_threshold }}",
+    )
     decide = ValidationDecisionOperator(task_id="decide", scores=scores.output)
     decide >> [
         MoveChampionOperator(task_id="promote", action="promote", outlets=[SERVING_MODEL]),

@@ -27,8 +27,13 @@ with DAG(
     "astrid_realtime_inference",
     max_active_runs=1,
     on_failure_callback=RecordFailedRun("realtime"),
-    **dag_kwargs("realtime", config, doc_md=DOC, tags=["realtime", "inference"],
-                 params=inference_params(config.realtime_max_observations, config)),
+    **dag_kwargs(
+        "realtime",
+        config,
+        doc_md=DOC,
+        tags=["realtime", "inference"],
+        params=inference_params(config.realtime_max_observations, config),
+    ),
 ) as dag:
     preflight = PreflightOperator(task_id="preflight")
     claim = ClaimObservationsOperator(
@@ -45,5 +50,7 @@ with DAG(
         pool=config.gpu_pool,
         queue=config.gpu_queue,
     )
-    report = InferenceReportOperator(task_id="report", summaries=infer.output, claimed=claim.output, kind="realtime")
+    report = InferenceReportOperator(
+        task_id="report", summaries=infer.output, claimed=claim.output, kind="realtime"
+    )
     preflight >> claim >> gate >> infer >> report

@@ -41,6 +41,10 @@ def airflow_home() -> Path:
 def airflow_db(airflow_home: Path) -> Path:
     """Airflow's metadata DB (SQLite) migrated once for the session."""
     if not (airflow_home / "airflow.db").exists():
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True,
-                       env=os.environ.copy())
+        subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            check=True,
+            capture_output=True,
+            env=os.environ.copy(),
+        )
     return airflow_home

@@ -38,7 +38,9 @@ def _run_seed(args: argparse.Namespace) -> int:
         storage_root=args.storage,
         progress=True,
     )
-    print(f"registered {len(result.observation_ids)} observations ({args.labelled} labelled) in {result.catalog_url}")
+    print(
+        f"registered {len(result.observation_ids)} observations ({args.labelled} labelled) in {result.catalog_url}"
+    )
     return 0
 
 
@@ -72,10 +74,15 @@ def _run_status(args: argparse.Namespace) -> int:
     counts = catalog.status_counts()
     print("observations: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     stuck = catalog.stuck_claims()
-    print(f"claims past their lease: {len(stuck)}" + (f" (ids {[s['id'] for s in stuck][:20]})" if stuck else ""))
+    print(
+        f"claims past their lease: {len(stuck)}"
+        + (f" (ids {[s['id'] for s in stuck][:20]})" if stuck else "")
+    )
     for run in catalog.runs()[: args.runs]:
-        print(f"{run['dag_id']:28s} {run['run_id'][:40]:40s} {run['status']!s:8s} processed={run['processed']} "
-              f"failed={run['failed']} rejected={run['rejected']} detections={run['detections']}")
+        print(
+            f"{run['dag_id']:28s} {run['run_id'][:40]:40s} {run['status']!s:8s} processed={run['processed']} "
+            f"failed={run['failed']} rejected={run['rejected']} detections={run['detections']}"
+        )
     return 0
 
 

@@ -30,43 +30,119 @@ def _env(name: str, doc: str, **kwargs: Any) -> Any:
 class InferenceSchedulingConfig:
     """Everything the three DAGs, the operators and the alerts read from configuration."""
 
-    realtime_schedule: str = _env("ASTRID_INFERENCE_SCHEDULE_REALTIME", "cron for realtime inference", default="*/15 * * * *")
-    realtime_enabled: bool = _env("ASTRID_INFERENCE_REALTIME_ENABLED", "false: DAG exists, no schedule", default=True)
-    realtime_max_observations: int = _env("ASTRID_INFERENCE_MAX_OBSERVATIONS", "observations claimed per realtime run", default=10)
-    batch_schedule: str = _env("ASTRID_INFERENCE_SCHEDULE_BATCH", "cron for the nightly batch", default="0 2 * * *")
-    batch_enabled: bool = _env("ASTRID_INFERENCE_BATCH_ENABLED", "false: DAG exists, no schedule", default=True)
-    batch_max_observations: int = _env("ASTRID_INFERENCE_BATCH_MAX_OBSERVATIONS", "observations claimed per batch run", default=100)
-    batch_chunk_size: int = _env("ASTRID_INFERENCE_BATCH_CHUNK_SIZE", "observations per mapped batch task", default=10)
-    validation_schedule: str = _env("ASTRID_INFERENCE_SCHEDULE_VALIDATION", "cron for weekly model validation", default="0 4 * * 0")
-    validation_enabled: bool = _env("ASTRID_INFERENCE_VALIDATION_ENABLED", "false: DAG exists, no schedule", default=True)
-    validation_dataset_size: int = _env("ASTRID_INFERENCE_VALIDATION_DATASET_SIZE", "labelled observations per validation", default=50)
+    realtime_schedule: str = _env(
+        "ASTRID_INFERENCE_SCHEDULE_REALTIME", "cron for realtime inference", default="*/15 * * * *"
+    )
+    realtime_enabled: bool = _env(
+        "ASTRID_INFERENCE_REALTIME_ENABLED", "false: DAG exists, no schedule", default=True
+    )
+    realtime_max_observations: int = _env(
+        "ASTRID_INFERENCE_MAX_OBSERVATIONS", "observations claimed per realtime run", default=10
+    )
+    batch_schedule: str = _env(
+        "ASTRID_INFERENCE_SCHEDULE_BATCH", "cron for the nightly batch", default="0 2 * * *"
+    )
+    batch_enabled: bool = _env(
+        "ASTRID_INFERENCE_BATCH_ENABLED", "false: DAG exists, no schedule", default=True
+    )
+    batch_max_observations: int = _env(
+        "ASTRID_INFERENCE_BATCH_MAX_OBSERVATIONS", "observations claimed per batch run", default=100
+    )
+    batch_chunk_size: int = _env(
+        "ASTRID_INFERENCE_BATCH_CHUNK_SIZE", "observations per mapped batch task", default=10
+    )
+    validation_schedule: str = _env(
+        "ASTRID_INFERENCE_SCHEDULE_VALIDATION", "cron for weekly model validation", default="0 4 * * 0"
+    )
+    validation_enabled: bool = _env(
+        "ASTRID_INFERENCE_VALIDATION_ENABLED", "false: DAG exists, no schedule", default=True
+    )
+    validation_dataset_size: int = _env(
+        "ASTRID_INFERENCE_VALIDATION_DATASET_SIZE", "labelled observations per validation", default=50
+    )
     timezone: str = _env("ASTRID_INFERENCE_TIMEZONE", "IANA timezone of the schedules", default="UTC")
-    log_level: str = _env("ASTRID_INFERENCE_LOG_LEVEL", "DEBUG, INFO, WARNING, ERROR or CRITICAL", default="INFO")
-    log_retention_days: int = _env("ASTRID_INFERENCE_LOG_RETENTION_DAYS", "days of task logs and metadata kept", default=30)
-    log_rotation_mb: int = _env("ASTRID_INFERENCE_LOG_ROTATION_MB", "size at which local log files rotate", default=100)
-    monitoring_enabled: bool = _env("ASTRID_INFERENCE_MONITORING_ENABLED", "emit astrid.* StatsD metrics", default=True)
-    alert_on_failure: bool = _env("ASTRID_INFERENCE_ALERT_ON_FAILURE", "email/webhook when a task fails for good", default=True)
-    performance_tracking: bool = _env("ASTRID_INFERENCE_PERFORMANCE_TRACKING", "log runs and metrics to MLflow", default=True)
-    model_uri: str = _env("ASTRID_INFERENCE_MODEL_URI", "models:/astrid-unet@champion, a version or a path", default="models:/astrid-unet@champion")
-    confidence_threshold: float = _env("ASTRID_INFERENCE_CONFIDENCE_THRESHOLD", "probability cut for a detection (0-1)", default=0.5)
+    log_level: str = _env(
+        "ASTRID_INFERENCE_LOG_LEVEL", "DEBUG, INFO, WARNING, ERROR or CRITICAL", default="INFO"
+    )
+    log_retention_days: int = _env(
+        "ASTRID_INFERENCE_LOG_RETENTION_DAYS", "days of task logs and metadata kept", default=30
+    )
+    log_rotation_mb: int = _env(
+        "ASTRID_INFERENCE_LOG_ROTATION_MB", "size at which local log files rotate", default=100
+    )
+    monitoring_enabled: bool = _env(
+        "ASTRID_INFERENCE_MONITORING_ENABLED", "emit astrid.* StatsD metrics", default=True
+    )
+    alert_on_failure: bool = _env(
+        "ASTRID_INFERENCE_ALERT_ON_FAILURE", "email/webhook when a task fails for good", default=True
+    )
+    performance_tracking: bool = _env(
+        "ASTRID_INFERENCE_PERFORMANCE_TRACKING", "log runs and metrics to MLflow", default=True
+    )
+    model_uri: str = _env(
+        "ASTRID_INFERENCE_MODEL_URI",
+        "models:/astrid-unet@champion, a version or a path",
+        default="models:/astrid-unet@champion",
+    )
+    confidence_threshold: float = _env(
+        "ASTRID_INFERENCE_CONFIDENCE_THRESHOLD", "probability cut for a detection (0-1)", default=0.5
+    )
     inference_batch_size: int = _env("ASTRID_INFERENCE_BATCH_SIZE", "tiles per forward pass", default=8)
     device: str = _env("ASTRID_INFERENCE_DEVICE", "auto, cpu or cuda", default="auto")
-    gpu_pool: str = _env("ASTRID_INFERENCE_GPU_POOL", "Airflow pool capping concurrent U-Net tasks", default="gpu")
-    gpu_queue: str = _env("ASTRID_INFERENCE_GPU_QUEUE", "executor queue of U-Net tasks (default on MWAA)", default="gpu")
-    lease_minutes: int = _env("ASTRID_INFERENCE_LEASE_MINUTES", "claim lease; expired claims are claimable again", default=30)
-    max_attempts: int = _env("ASTRID_INFERENCE_MAX_ATTEMPTS", "failures before an observation is left failed", default=3)
-    max_image_side: int = _env("ASTRID_INFERENCE_MAX_IMAGE_SIDE", "largest accepted frame side in pixels", default=8192)
-    realtime_deadline_minutes: float = _env("ASTRID_INFERENCE_REALTIME_DEADLINE_MINUTES", "SLA: realtime run late after (fractions allowed)", default=10.0)
-    batch_deadline_minutes: float = _env("ASTRID_INFERENCE_BATCH_DEADLINE_MINUTES", "SLA: batch run late after", default=120.0)
-    validation_deadline_minutes: float = _env("ASTRID_INFERENCE_VALIDATION_DEADLINE_MINUTES", "SLA: validation late after", default=180.0)
-    alert_email: str = _env("ASTRID_INFERENCE_ALERT_EMAIL", "recipients of alert emails (comma separated)", default="astrid-oncall@example.org")
-    alert_cooldown_minutes: int = _env("ASTRID_INFERENCE_ALERT_COOLDOWN_MINUTES", "same alert suppressed for", default=60)
-    min_success_rate: float = _env("ASTRID_INFERENCE_MIN_SUCCESS_RATE", "degradation alert below this run success rate", default=0.9)
-    zero_detection_runs: int = _env("ASTRID_INFERENCE_ZERO_DETECTION_RUNS", "alert after this many realtime runs with none", default=4)
-    min_validation_f1: float = _env("ASTRID_INFERENCE_MIN_VALIDATION_F1", "champion below this F1 is rolled back", default=0.8)
-    max_memory_percent: float = _env("ASTRID_INFERENCE_MAX_MEMORY_PERCENT", "pre-flight: skip run above this host memory use", default=95.0)
-    max_load_per_cpu: float = _env("ASTRID_INFERENCE_MAX_LOAD_PER_CPU", "pre-flight: skip run above this 1-min load per CPU", default=8.0)
-    max_gpu_memory_percent: float = _env("ASTRID_INFERENCE_MAX_GPU_MEMORY_PERCENT", "pre-flight: skip run above this GPU memory use", default=95.0)
+    gpu_pool: str = _env(
+        "ASTRID_INFERENCE_GPU_POOL", "Airflow pool capping concurrent U-Net tasks", default="gpu"
+    )
+    gpu_queue: str = _env(
+        "ASTRID_INFERENCE_GPU_QUEUE", "executor queue of U-Net tasks (default on MWAA)", default="gpu"
+    )
+    lease_minutes: int = _env(
+        "ASTRID_INFERENCE_LEASE_MINUTES", "claim lease; expired claims are claimable again", default=30
+    )
+    max_attempts: int = _env(
+        "ASTRID_INFERENCE_MAX_ATTEMPTS", "failures before an observation is left failed", default=3
+    )
+    max_image_side: int = _env(
+        "ASTRID_INFERENCE_MAX_IMAGE_SIDE", "largest accepted frame side in pixels", default=8192
+    )
+    realtime_deadline_minutes: float = _env(
+        "ASTRID_INFERENCE_REALTIME_DEADLINE_MINUTES",
+        "SLA: realtime run late after (fractions allowed)",
+        default=10.0,
+    )
+    batch_deadline_minutes: float = _env(
+        "ASTRID_INFERENCE_BATCH_DEADLINE_MINUTES", "SLA: batch run late after", default=120.0
+    )
+    validation_deadline_minutes: float = _env(
+        "ASTRID_INFERENCE_VALIDATION_DEADLINE_MINUTES", "SLA: validation late after", default=180.0
+    )
+    alert_email: str = _env(
+        "ASTRID_INFERENCE_ALERT_EMAIL",
+        "recipients of alert emails (comma separated)",
+        default="astrid-oncall@example.org",
+    )
+    alert_cooldown_minutes: int = _env(
+        "ASTRID_INFERENCE_ALERT_COOLDOWN_MINUTES", "same alert suppressed for", default=60
+    )
+    min_success_rate: float = _env(
+        "ASTRID_INFERENCE_MIN_SUCCESS_RATE", "degradation alert below this run success rate", default=0.9
+    )
+    zero_detection_runs: int = _env(
+        "ASTRID_INFERENCE_ZERO_DETECTION_RUNS", "alert after this many realtime runs with none", default=4
+    )
+    min_validation_f1: float = _env(
+        "ASTRID_INFERENCE_MIN_VALIDATION_F1", "champion below this F1 is rolled back", default=0.8
+    )
+    max_memory_percent: float = _env(
+        "ASTRID_INFERENCE_MAX_MEMORY_PERCENT", "pre-flight: skip run above this host memory use", default=95.0
+    )
+    max_load_per_cpu: float = _env(
+        "ASTRID_INFERENCE_MAX_LOAD_PER_CPU", "pre-flight: skip run above this 1-min load per CPU", default=8.0
+    )
+    max_gpu_memory_percent: float = _env(
+        "ASTRID_INFERENCE_MAX_GPU_MEMORY_PERCENT",
+        "pre-flight: skip run above this GPU memory use",
+        default=95.0,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -136,7 +212,9 @@ def _check_timezone(env: str, value: str) -> None:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory: IsADirectoryError
-        raise ConfigError(f"{env}={value!r} is not a known IANA timezone (e.g. 'UTC', 'America/Santiago')") from None
+        raise ConfigError(
+            f"{env}={value!r} is not a known IANA timezone (e.g. 'UTC', 'America/Santiago')"
+        ) from None
 
 
 def _positive(env: str, value: float) -> None:
@@ -200,7 +278,9 @@ def configuration_markdown() -> str:
         "| variable | default | meaning |",
         "|---|---|---|",
     ]
-    lines += [f"| `{env}` | `{default}` | {doc} |" for env, default, doc in InferenceSchedulingConfig.env_table()]
+    lines += [
+        f"| `{env}` | `{default}` | {doc} |" for env, default, doc in InferenceSchedulingConfig.env_table()
+    ]
     lines += [
         "",
         "Connections (Airflow): `astrid_catalog` (extra `sqlalchemy_url`, or a postgres connection),",

@@ -26,7 +26,9 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-def log_event(event: str, *, level: int = logging.INFO, exc: BaseException | None = None, **fields: Any) -> dict:
+def log_event(
+    event: str, *, level: int = logging.INFO, exc: BaseException | None = None, **fields: Any
+) -> dict:
     """Log ``event`` with ``fields`` as one JSON line; returns the record (handy in tests)."""
     record: dict[str, Any] = {"event": event, "ts": datetime.now(UTC).isoformat(timespec="milliseconds")}
     record.update({k: v for k, v in fields.items() if v is not None})

@@ -19,7 +19,9 @@ class PruneReport:
     dirs_removed: int
 
 
-def prune_logs(root: Path, older_than_days: float, *, now: float | None = None, dry_run: bool = False) -> PruneReport:
+def prune_logs(
+    root: Path, older_than_days: float, *, now: float | None = None, dry_run: bool = False
+) -> PruneReport:
     """Delete files under ``root`` last modified more than ``older_than_days`` ago, then empty dirs."""
     now = time.time() if now is None else now
     cutoff = now - older_than_days * 86400

@@ -147,7 +147,9 @@ def quality_gate(
         except ObservationError as exc:
             rejections.append(_reject(catalog, claim, run, str(exc)))
             continue
-        accepted_candidates.append((claim, observation_profile(triplet), list(getattr(triplet, "problems", []))))
+        accepted_candidates.append(
+            (claim, observation_profile(triplet), list(getattr(triplet, "problems", [])))
+        )
     results = gate.validate([profile for _, profile, _ in accepted_candidates]) if accepted_candidates else []
     accepted = []
     for (claim, _, problems), result in zip(accepted_candidates, results, strict=True):
@@ -159,15 +161,27 @@ def quality_gate(
             rejections.append(_reject(catalog, claim, run, reason))
     if rejections:
         metrics.incr(metric_name("astrid.observations.rejected", run.dag_id), len(rejections))
-    log_event("quality_gate", run_id=run.run_id, dag_id=run.dag_id, accepted=[c.observation_id for c in accepted],
-              rejected=[r["observation_id"] for r in rejections])
+    log_event(
+        "quality_gate",
+        run_id=run.run_id,
+        dag_id=run.dag_id,
+        accepted=[c.observation_id for c in accepted],
+        rejected=[r["observation_id"] for r in rejections],
+    )
     return accepted, rejections
 
 
 def _reject(catalog: Catalog, claim: Claim, run: RunInfo, reason: str) -> dict[str, Any]:
     catalog.reject(claim.observation_id, run.run_id, reason)
-    log_event("observation.rejected", level=30, run_id=run.run_id, dag_id=run.dag_id,
-              observation_id=claim.observation_id, observation=claim.name, reason=reason)
+    log_event(
+        "observation.rejected",
+        level=30,
+        run_id=run.run_id,
+        dag_id=run.dag_id,
+        observation_id=claim.observation_id,
+        observation=claim.name,
+        reason=reason,
+    )
     return {"observation_id": claim.observation_id, "observation": claim.name, "reason": reason}
 
 
@@ -195,8 +209,14 @@ def run_inference(
     summary = RunSummary(model_version=detector.version)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    with timed("inference_run", run_id=run.run_id, dag_id=run.dag_id, task_id=run.task_id,
-               observation_ids=[c.observation_id for c in claims], model_version=detector.version) as report:
+    with timed(
+        "inference_run",
+        run_id=run.run_id,
+        dag_id=run.dag_id,
+        task_id=run.task_id,
+        observation_ids=[c.observation_id for c in claims],
+        model_version=detector.version,
+    ) as report:
         for claim in claims:
             t0 = time.perf_counter()
             try:
@@ -208,8 +228,14 @@ def run_inference(
                 catalog.fail(claim.observation_id, run.run_id, str(exc))
                 summary.failed_count += 1
                 summary.errors.append(_error(claim, exc))
-                log_event("observation.failed", run_id=run.run_id, dag_id=run.dag_id, exc=exc,
-                          observation_id=claim.observation_id, observation=claim.name)
+                log_event(
+                    "observation.failed",
+                    run_id=run.run_id,
+                    dag_id=run.dag_id,
+                    exc=exc,
+                    observation_id=claim.observation_id,
+                    observation=claim.name,
+                )
                 continue
             seconds = time.perf_counter() - t0
             summary.processed_count += 1
@@ -217,21 +243,32 @@ def run_inference(
             summary.megapixels += triplet.difference.size / 1e6
             summary.observation_ids.append(claim.observation_id)
             metrics.timing(metric_name("astrid.inference.latency", run.dag_id), seconds * 1000)
-            rows.extend({"observation_id": claim.observation_id, "observation": claim.name, **d.to_dict()}
-                        for d in detections)
+            rows.extend(
+                {"observation_id": claim.observation_id, "observation": claim.name, **d.to_dict()}
+                for d in detections
+            )
             if artifacts is not None:
                 _write_thumbnail(artifacts / f"{claim.name}_probability.png", probability)
             if on_observation:
                 on_observation(claim, detections)
-            log_event("observation.inferred", run_id=run.run_id, dag_id=run.dag_id,
-                      observation_id=claim.observation_id, observation=claim.name,
-                      detections=len(detections), duration_s=round(seconds, 3))
+            log_event(
+                "observation.inferred",
+                run_id=run.run_id,
+                dag_id=run.dag_id,
+                observation_id=claim.observation_id,
+                observation=claim.name,
+                detections=len(detections),
+                duration_s=round(seconds, 3),
+            )
         summary.processing_time = round(time.perf_counter() - started, 3)
         summary.success_rate = _success_rate(summary.processed_count, summary.failed_count)
         if artifacts is not None and claims:
             summary.catalog_uri = _write_catalog(artifacts / "detections.csv", rows)
-        report.update(processed=summary.processed_count, failed=summary.failed_count,
-                      detections=summary.detections_found)
+        report.update(
+            processed=summary.processed_count,
+            failed=summary.failed_count,
+            detections=summary.detections_found,
+        )
     _emit_run_metrics(metrics, run.dag_id, summary)
     return summary
 
@@ -241,7 +278,9 @@ def _emit_run_metrics(metrics: Metrics, dag_id: str, s: RunSummary) -> None:
     metrics.incr(metric_name("astrid.observations.processed", dag_id), s.processed_count)
     metrics.incr(metric_name("astrid.observations.failed", dag_id), s.failed_count)
     metrics.incr(metric_name("astrid.detections", dag_id), s.detections_found)
-    metrics.gauge(metric_name("astrid.memory.rss_mb", dag_id), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    metrics.gauge(
+        metric_name("astrid.memory.rss_mb", dag_id), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     gpu_mb = _gpu_peak_mb()
     if gpu_mb is not None:
         metrics.gauge(metric_name("astrid.memory.gpu_mb", dag_id), gpu_mb)
@@ -261,8 +300,10 @@ def emit_run_gauges(metrics: Metrics, dag_id: str, summary: dict[str, Any]) -> N
     metrics.gauge(metric_name("astrid.run.success_rate", dag_id), summary["success_rate"])
     metrics.gauge(metric_name("astrid.run.detections", dag_id), summary["detections_found"])
     if summary["processing_time"] > 0:
-        metrics.gauge(metric_name("astrid.throughput_mpix", dag_id),
-                      round(summary["megapixels"] / summary["processing_time"], 3))
+        metrics.gauge(
+            metric_name("astrid.throughput_mpix", dag_id),
+            round(summary["megapixels"] / summary["processing_time"], 3),
+        )
 
 
 def detections_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] = CATALOG_COLUMNS) -> str:

@@ -35,17 +35,28 @@ def gpu_memory_percent() -> float | None:
     return 100.0 * (1 - free / total)
 
 
-def check(config: InferenceSchedulingConfig, *, memory_percent: float | None = None,
-          load_per_cpu: float | None = None, gpu_percent: float | None = None) -> PreflightReport:
+def check(
+    config: InferenceSchedulingConfig,
+    *,
+    memory_percent: float | None = None,
+    load_per_cpu: float | None = None,
+    gpu_percent: float | None = None,
+) -> PreflightReport:
     """Measure (or take the given readings, for tests) and compare against the configured limits."""
     memory_percent = psutil.virtual_memory().percent if memory_percent is None else memory_percent
     load_per_cpu = os.getloadavg()[0] / (os.cpu_count() or 1) if load_per_cpu is None else load_per_cpu
     gpu_percent = gpu_memory_percent() if gpu_percent is None else gpu_percent
     reasons = []
     if memory_percent > config.max_memory_percent:
-        reasons.append(f"host memory {memory_percent:.0f}% > ASTRID_INFERENCE_MAX_MEMORY_PERCENT={config.max_memory_percent:.0f}%")
+        reasons.append(
+            f"host memory {memory_percent:.0f}% > ASTRID_INFERENCE_MAX_MEMORY_PERCENT={config.max_memory_percent:.0f}%"
+        )
     if load_per_cpu > config.max_load_per_cpu:
-        reasons.append(f"load per CPU {load_per_cpu:.2f} > ASTRID_INFERENCE_MAX_LOAD_PER_CPU={config.max_load_per_cpu:.2f}")
+        reasons.append(
+            f"load per CPU {load_per_cpu:.2f} > ASTRID_INFERENCE_MAX_LOAD_PER_CPU={config.max_load_per_cpu:.2f}"
+        )
     if gpu_percent is not None and gpu_percent > config.max_gpu_memory_percent:
-        reasons.append(f"GPU memory {gpu_percent:.0f}% > ASTRID_INFERENCE_MAX_GPU_MEMORY_PERCENT={config.max_gpu_memory_percent:.0f}%")
+        reasons.append(
+            f"GPU memory {gpu_percent:.0f}% > ASTRID_INFERENCE_MAX_GPU_MEMORY_PERCENT={config.max_gpu_memory_percent:.0f}%"
+        )
     return PreflightReport(not reasons, memory_percent, load_per_cpu, gpu_percent, reasons)

@@ -81,7 +81,9 @@ class ModelRegistry:
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=self.artifact_root and f"{self.artifact_root}/{name}")
+            return self.client.create_experiment(
+                name, artifact_location=self.artifact_root and f"{self.artifact_root}/{name}"
+            )
         except Exception:  # created concurrently by another task
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -96,7 +98,9 @@ class ModelRegistry:
             raise
         self.client.set_terminated(run.info.run_id, status="FINISHED")
 
-    def log(self, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None) -> None:
+    def log(
+        self, run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None
+    ) -> None:
         for key, value in (params or {}).items():
             self.client.log_param(run_id, key, value)
         for key, value in (metrics or {}).items():
@@ -105,7 +109,11 @@ class ModelRegistry:
 
     def run_url(self, run_id: str) -> str:
         run = self.client.get_run(run_id)
-        base = self.tracking_uri if self.tracking_uri.startswith("http") else os.environ.get("ASTRID_MLFLOW_UI_URL", "http://localhost:5000")
+        base = (
+            self.tracking_uri
+            if self.tracking_uri.startswith("http")
+            else os.environ.get("ASTRID_MLFLOW_UI_URL", "http://localhost:5000")
+        )
         return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
     # -- registry -------------------------------------------------------------------------
@@ -122,7 +130,9 @@ class ModelRegistry:
         with self.run(VALIDATION_EXPERIMENT, f"register-{Path(model_dir).name}") as run:
             self.client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
             source = f"{run.info.artifact_uri}/model"
-        mv = self.client.create_model_version(MODEL_NAME, source=source, run_id=run.info.run_id, description=description)
+        mv = self.client.create_model_version(
+            MODEL_NAME, source=source, run_id=run.info.run_id, description=description
+        )
         if alias:
             self.set_alias(alias, mv.version)
         return str(mv.version)
@@ -140,8 +150,9 @@ class ModelRegistry:
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc):
                 return None
-            raise ModelError(f"cannot read alias {alias!r} of {MODEL_NAME} from the registry at "
-                             f"{self.display_uri}: {exc}") from exc
+            raise ModelError(
+                f"cannot read alias {alias!r} of {MODEL_NAME} from the registry at {self.display_uri}: {exc}"
+            ) from exc
 
     def set_alias(self, alias: str, version: str) -> None:
         if alias == CHAMPION:
@@ -150,7 +161,9 @@ class ModelRegistry:
                 return
             if current is not None:
                 history = [*self.champion_history(), current]
-                self.client.set_registered_model_tag(MODEL_NAME, "champion_history", json.dumps(history[-20:]))
+                self.client.set_registered_model_tag(
+                    MODEL_NAME, "champion_history", json.dumps(history[-20:])
+                )
         self.client.set_registered_model_alias(MODEL_NAME, alias, str(version))
 
     def delete_alias(self, alias: str) -> None:
@@ -166,15 +179,19 @@ class ModelRegistry:
 
     def ensure_champion(self, shipped: Path) -> str:
         """Bootstrap: an empty registry gets the shipped model as version 1, champion."""
-        return self.alias_version(CHAMPION) or self.register(shipped, alias=CHAMPION, description="shipped model")
+        return self.alias_version(CHAMPION) or self.register(
+            shipped, alias=CHAMPION, description="shipped model"
+        )
 
     def resolve(self, reference: str) -> ResolvedModel:
         """``models:/astrid-unet@alias``, ``models:/astrid-unet/3``, a bare version ``3``, or a path."""
         if not reference.startswith("models:/") and not reference.isdigit():
             path = Path(reference)
             if not path.exists():
-                raise ModelError(f"model path {reference!r} does not exist: pass a registry reference "
-                                 "(models:/astrid-unet@champion), a version number, or an existing directory")
+                raise ModelError(
+                    f"model path {reference!r} does not exist: pass a registry reference "
+                    "(models:/astrid-unet@champion), a version number, or an existing directory"
+                )
             from astrid.ml.weights import load_model
 
             return ResolvedModel(path=path, version=load_model(path)[1].version, reference=reference)
@@ -182,8 +199,10 @@ class ModelRegistry:
         try:
             mv = self.client.get_model_version(MODEL_NAME, version)
         except Exception as exc:
-            raise ModelError(f"model version {version!r} of {MODEL_NAME} not found in the registry at "
-                             f"{self.display_uri}: list versions in the MLflow UI and pass one that exists") from exc
+            raise ModelError(
+                f"model version {version!r} of {MODEL_NAME} not found in the registry at "
+                f"{self.display_uri}: list versions in the MLflow UI and pass one that exists"
+            ) from exc
         # keyed by registry (tracking URI) and by the version's source, so another registry's or a
         # re-registered "v3" never reuses stale files
         import hashlib
@@ -218,8 +237,11 @@ class ModelRegistry:
         self.cache.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.cache, prefix=".download-"))
         try:
-            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging),
-                                                           tracking_uri=self.tracking_uri))
+            got = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=str(staging), tracking_uri=self.tracking_uri
+                )
+            )
             try:
                 got.rename(target)
             except OSError:  # another process won the race; its copy is identical
@@ -236,10 +258,14 @@ class ModelRegistry:
                 raise ModelError(f"unknown registered model {name!r} in {reference!r}: expected {MODEL_NAME}")
             version = self.alias_version(alias)
             if version is None:
-                raise ModelError(f"no model version has alias {alias!r} in {reference!r}: "
-                                 "run the validation DAG or set the alias in the MLflow UI")
+                raise ModelError(
+                    f"no model version has alias {alias!r} in {reference!r}: "
+                    "run the validation DAG or set the alias in the MLflow UI"
+                )
             return version
         name, _, version = rest.partition("/")
         if name != MODEL_NAME or not version.isdigit():
-            raise ModelError(f"model reference {reference!r} not understood: use models:/{MODEL_NAME}@champion or models:/{MODEL_NAME}/<version>")
+            raise ModelError(
+                f"model reference {reference!r} not understood: use models:/{MODEL_NAME}@champion or models:/{MODEL_NAME}/<version>"
+            )
         return version

@@ -41,8 +41,10 @@ def seed_survey(
     if count < 0 or labelled < 0 or labelled > count:
         raise ValueError(f"seed: need 0 <= labelled ({labelled}) <= count ({count})")
     catalog_url = catalog_url or default_catalog_url()
-    storage = storage_root if isinstance(storage_root, StorageRoot) else StorageRoot.from_uri(
-        storage_root or default_storage_uri()
+    storage = (
+        storage_root
+        if isinstance(storage_root, StorageRoot)
+        else StorageRoot.from_uri(storage_root or default_storage_uri())
     )
     catalog = Catalog(catalog_url)
     catalog.migrate()
@@ -78,7 +80,9 @@ def seed_survey(
     # Labelled observations are the validation set: registered but kept out of the inference queue.
     ids = catalog.register([r for r in records if not r.labelled])
     ids += catalog.register([r for r in records if r.labelled], status="ingested")
-    log_event("survey.seeded", count=count, labelled=labelled, size=size, seed=seed, catalog=_redacted(catalog_url))
+    log_event(
+        "survey.seeded", count=count, labelled=labelled, size=size, seed=seed, catalog=_redacted(catalog_url)
+    )
     return SeedResult(observation_ids=ids, catalog_url=_redacted(catalog_url), storage_uri=str(storage.path))
 
 

@@ -22,23 +22,42 @@ class Decision:
     target_version: str | None = None
 
 
-def decide(champion: dict[str, Any], challenger: dict[str, Any] | None, *, min_f1: float,
-           history: Sequence[str], margin: float = 0.01) -> Decision:
+def decide(
+    champion: dict[str, Any],
+    challenger: dict[str, Any] | None,
+    *,
+    min_f1: float,
+    history: Sequence[str],
+    margin: float = 0.01,
+) -> Decision:
     """``champion``/``challenger``: {"version", "f1", ...} from :func:`score_model`."""
     if challenger is not None and challenger["f1"] >= min_f1 and challenger["f1"] >= champion["f1"] + margin:
-        return Decision(PROMOTE, f"challenger v{challenger['version']} F1 {challenger['f1']:.3f} beats champion "
-                                 f"v{champion['version']} F1 {champion['f1']:.3f} by >= {margin}", challenger["version"])
+        return Decision(
+            PROMOTE,
+            f"challenger v{challenger['version']} F1 {challenger['f1']:.3f} beats champion "
+            f"v{champion['version']} F1 {champion['f1']:.3f} by >= {margin}",
+            challenger["version"],
+        )
     if champion["f1"] < min_f1:
         previous = next((v for v in reversed(history) if v != champion["version"]), None)
         if previous is not None:
-            return Decision(ROLLBACK, f"champion v{champion['version']} F1 {champion['f1']:.3f} < floor {min_f1}: "
-                                      f"rolling back to v{previous}", previous)
-        return Decision(KEEP, f"champion v{champion['version']} F1 {champion['f1']:.3f} < floor {min_f1} "
-                              "but there is no previous version to roll back to")
+            return Decision(
+                ROLLBACK,
+                f"champion v{champion['version']} F1 {champion['f1']:.3f} < floor {min_f1}: "
+                f"rolling back to v{previous}",
+                previous,
+            )
+        return Decision(
+            KEEP,
+            f"champion v{champion['version']} F1 {champion['f1']:.3f} < floor {min_f1} "
+            "but there is no previous version to roll back to",
+        )
     return Decision(KEEP, f"champion v{champion['version']} F1 {champion['f1']:.3f} holds (floor {min_f1})")
 
 
-def score_model(detector: Any, claims: Sequence[Any], storage: Any, *, threshold: float, max_side: int) -> dict[str, Any]:
+def score_model(
+    detector: Any, claims: Sequence[Any], storage: Any, *, threshold: float, max_side: int
+) -> dict[str, Any]:
     """Run ``detector`` over labelled claims and score against their truth (recall per SNR bin, F1...)."""
     from astrid.imaging.synthetic import read_truth
     from astrid.ml.detect import extract_detections
@@ -48,7 +67,9 @@ def score_model(detector: Any, claims: Sequence[Any], storage: Any, *, threshold
     pairs = []
     for claim in claims:
         triplet = load_claim(claim, storage, max_side)
-        detections = extract_detections(detector.probability(triplet), triplet.difference, threshold, triplet.wcs)
+        detections = extract_detections(
+            detector.probability(triplet), triplet.difference, threshold, triplet.wcs
+        )
         truth = read_truth(storage.resolve(claim.truth_uri))
         pairs.append((detections, truth, triplet.difference.size))
     report = score_detections(pairs)

@@ -92,7 +92,9 @@ class WebhookSink:
 
     def connection_env(self) -> dict[str, str]:
         url = f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/XXXX"
-        return {"AIRFLOW_CONN_SLACK_WEBHOOK_DEFAULT": json.dumps({"conn_type": "slackwebhook", "password": url})}
+        return {
+            "AIRFLOW_CONN_SLACK_WEBHOOK_DEFAULT": json.dumps({"conn_type": "slackwebhook", "password": url})
+        }
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -110,21 +112,27 @@ def email_text(message) -> str:
 def run_scenario(tmp_path: Path, scenario: dict, env: dict[str, str]) -> list[str]:
     home = tmp_path / "airflow"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ASTRID_"))}
-    base.update({
-        "REPO": str(REPO),
-        "SCENARIO": json.dumps(scenario),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "ASTRID_CATALOG_URL": f"sqlite:///{tmp_path}/catalog.db",
-        "ASTRID_STORAGE_ROOT": (tmp_path / "storage").as_uri(),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-        "ASTRID_INFERENCE_ALERT_EMAIL": "oncall@example.org",
-        **env,
-    })
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=base, check=True, capture_output=True)
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=base, capture_output=True, text=True, timeout=900)
+    base.update(
+        {
+            "REPO": str(REPO),
+            "SCENARIO": json.dumps(scenario),
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "ASTRID_CATALOG_URL": f"sqlite:///{tmp_path}/catalog.db",
+            "ASTRID_STORAGE_ROOT": (tmp_path / "storage").as_uri(),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+            "ASTRID_INFERENCE_ALERT_EMAIL": "oncall@example.org",
+            **env,
+        }
+    )
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], env=base, check=True, capture_output=True
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=base, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("STATES="))
     return json.loads(line.removeprefix("STATES="))
@@ -133,17 +141,23 @@ def run_scenario(tmp_path: Path, scenario: dict, env: dict[str, str]) -> list[st
 def test_failed_task_emails_the_error_and_a_link_to_the_run(tmp_path, sink):
     webhook = WebhookSink()
     try:
-        states = run_scenario(tmp_path, {
-            "seed": {"count": 1, "size": 256, "seed": 61000},
-            "runs": [{"max_observations": 1, "model_version": "999"}],  # no such registry version
-        }, {**sink.connection_env(), **webhook.connection_env()})
+        states = run_scenario(
+            tmp_path,
+            {
+                "seed": {"count": 1, "size": 256, "seed": 61000},
+                "runs": [{"max_observations": 1, "model_version": "999"}],  # no such registry version
+            },
+            {**sink.connection_env(), **webhook.connection_env()},
+        )
     finally:
         webhook.stop()
     # the webhook (Slack incoming-webhook format) got the same alert
     assert len(webhook.bodies) == 1, webhook.bodies
     assert "Task failed: astrid_realtime_inference.infer" in webhook.bodies[0]["text"]
     assert states == ["failed"]
-    email = sink.wait_for(lambda m: "Task failed: astrid_realtime_inference.infer" in (m["Subject"] or ""), timeout=30)
+    email = sink.wait_for(
+        lambda m: "Task failed: astrid_realtime_inference.infer" in (m["Subject"] or ""), timeout=30
+    )
     body = email_text(email)
     assert "999" in body and "ModelError" in body
     assert "/dags/astrid_realtime_inference/runs/" in body
@@ -157,12 +171,18 @@ def test_failed_task_emails_the_error_and_a_link_to_the_run(tmp_path, sink):
 
 
 def test_zero_detection_runs_raise_one_degradation_email(tmp_path, sink):
-    states = run_scenario(tmp_path, {
-        "seed": {"count": 3, "size": 256, "seed": 62000, "n_transients": 0},
-        "runs": [{"max_observations": 1}] * 3,
-    }, {**sink.connection_env(), "ASTRID_INFERENCE_ZERO_DETECTION_RUNS": "2"})
+    states = run_scenario(
+        tmp_path,
+        {
+            "seed": {"count": 3, "size": 256, "seed": 62000, "n_transients": 0},
+            "runs": [{"max_observations": 1}] * 3,
+        },
+        {**sink.connection_env(), "ASTRID_INFERENCE_ZERO_DETECTION_RUNS": "2"},
+    )
     assert states == ["success"] * 3
-    email = sink.wait_for(lambda m: "Degradation: astrid_realtime_inference" in (m["Subject"] or ""), timeout=30)
+    email = sink.wait_for(
+        lambda m: "Degradation: astrid_realtime_inference" in (m["Subject"] or ""), timeout=30
+    )
     assert "zero detections in the last 2 realtime runs" in email_text(email)
     # runs 2 and 3 both qualify, but the cool-down suppresses the repeat
     assert sum("Degradation" in (m["Subject"] or "") for m in sink.messages) == 1
@@ -174,20 +194,35 @@ def test_statsd_metrics_arrive_and_map_to_prometheus_names(tmp_path):
 
     udp = UdpSink()
     try:
-        states = run_scenario(tmp_path, {
-            "seed": {"count": 2, "size": 256, "seed": 63000},
-            "runs": [{"max_observations": 2}],
-        }, {"AIRFLOW__METRICS__STATSD_ON": "True", "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
-            "AIRFLOW__METRICS__STATSD_PORT": str(udp.port), "AIRFLOW__METRICS__STATSD_PREFIX": "airflow"})
+        states = run_scenario(
+            tmp_path,
+            {
+                "seed": {"count": 2, "size": 256, "seed": 63000},
+                "runs": [{"max_observations": 2}],
+            },
+            {
+                "AIRFLOW__METRICS__STATSD_ON": "True",
+                "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+                "AIRFLOW__METRICS__STATSD_PORT": str(udp.port),
+                "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
+            },
+        )
     finally:
         udp.stop()
     assert states == ["success"]
     samples = [s for p in udp.packets for s in parse_statsd_packet(p)]
     names = {s.name for s in samples}
     dag = "astrid_realtime_inference"
-    for base in ("astrid.observations.claimed", "astrid.observations.processed", "astrid.detections",
-                 "astrid.inference.latency", "astrid.model.load_time", "astrid.run.success_rate",
-                 "astrid.throughput_mpix", "astrid.memory.rss_mb"):
+    for base in (
+        "astrid.observations.claimed",
+        "astrid.observations.processed",
+        "astrid.detections",
+        "astrid.inference.latency",
+        "astrid.model.load_time",
+        "astrid.run.success_rate",
+        "astrid.throughput_mpix",
+        "astrid.memory.rss_mb",
+    ):
         assert f"airflow.{base}.{dag}" in names, (base, sorted(n for n in names if "astrid" in n))
     processed = [s for s in samples if s.name == f"airflow.astrid.observations.processed.{dag}"]
     assert sum(float(s.value) for s in processed) == 2
@@ -202,5 +237,7 @@ def test_statsd_metrics_arrive_and_map_to_prometheus_names(tmp_path):
         assert mapped[1].get("dag_id") == dag, (sample.name, mapped)
     assert {s.name.removeprefix("airflow.").removesuffix(f".{dag}") for s in ours} <= set(METRICS)
     # Airflow's own metrics for the run came too, and map to labelled series
-    assert any(n.startswith(f"airflow.dagrun.duration.success.{dag}") or n.startswith("airflow.ti.finish")
-               for n in names) or any("ti" in n for n in names)
+    assert any(
+        n.startswith(f"airflow.dagrun.duration.success.{dag}") or n.startswith("airflow.ti.finish")
+        for n in names
+    ) or any("ti" in n for n in names)

@@ -76,7 +76,11 @@ def test_default_schedules(dagbag, dag_id):
 
 
 def test_deadlines_match_config(dagbag):
-    expected = {"astrid_realtime_inference": 10, "astrid_batch_inference": 120, "astrid_model_validation": 180}
+    expected = {
+        "astrid_realtime_inference": 10,
+        "astrid_batch_inference": 120,
+        "astrid_model_validation": 180,
+    }
     for dag_id, minutes in expected.items():
         alerts = dagbag.dags[dag_id].deadline
         alert = alerts[0] if isinstance(alerts, list) else alerts
@@ -134,8 +138,10 @@ def test_env_overrides_schedules(monkeypatch):
     realtime = load("astrid_realtime_inference")
     assert _cron_of(realtime) == "*/5 * * * *"
     assert realtime.params["max_observations"] == 7
-    assert realtime.deadline[0].interval == timedelta(minutes=3) if isinstance(realtime.deadline, list) else (
-        realtime.deadline.interval == timedelta(minutes=3)
+    assert (
+        realtime.deadline[0].interval == timedelta(minutes=3)
+        if isinstance(realtime.deadline, list)
+        else (realtime.deadline.interval == timedelta(minutes=3))
     )
     assert _cron_of(load("astrid_batch_inference")) == "30 3 * * *"
     validation = load("astrid_model_validation")
@@ -162,4 +168,6 @@ def test_mapped_batch_inference_uses_gpu_pool_and_queue(dagbag):
     infer = dag.get_task("infer")
     assert infer.partial_kwargs.get("pool", getattr(infer, "pool", None)) == "gpu"
     assert infer.partial_kwargs.get("queue", getattr(infer, "queue", None)) == "gpu"
-    assert dag.get_task("quality_gate").is_mapped if hasattr(dag.get_task("quality_gate"), "is_mapped") else True
+    assert (
+        dag.get_task("quality_gate").is_mapped if hasattr(dag.get_task("quality_gate"), "is_mapped") else True
+    )

@@ -29,7 +29,9 @@ def env(airflow_db, tmp_path_factory):
     import os
 
     root = tmp_path_factory.mktemp("astrid-e2e")
-    saved = {k: os.environ.get(k) for k in ("ASTRID_CATALOG_URL", "ASTRID_STORAGE_ROOT", "MLFLOW_TRACKING_URI")}
+    saved = {
+        k: os.environ.get(k) for k in ("ASTRID_CATALOG_URL", "ASTRID_STORAGE_ROOT", "MLFLOW_TRACKING_URI")
+    }
     os.environ["ASTRID_CATALOG_URL"] = f"sqlite:///{root}/catalog.db"
     os.environ["ASTRID_STORAGE_ROOT"] = (root / "storage").as_uri()
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
@@ -65,8 +67,9 @@ def storage(env):
 def seeded(env, catalog, storage):
     from astrid.survey import seed_survey
 
-    result = seed_survey(10, labelled=4, size=SIZE, seed=7100, catalog_url=catalog_url(), storage_root=storage,
-                         prefix="e2e")
+    result = seed_survey(
+        10, labelled=4, size=SIZE, seed=7100, catalog_url=catalog_url(), storage_root=storage, prefix="e2e"
+    )
     return result
 
 
@@ -113,7 +116,11 @@ def test_realtime_dag_infers_claimed_observations(seeded, catalog, storage):
     mlrun = registry.client.get_run(infer["mlflow_run_id"])
     assert mlrun.data.tags["airflow.run_id"] == dag_run.run_id
     assert mlrun.data.metrics["processed_count"] == 3
-    assert Path(infer["catalog_uri"].removeprefix("file://")).read_text().startswith("observation_id,observation,x,y,ra,dec")
+    assert (
+        Path(infer["catalog_uri"].removeprefix("file://"))
+        .read_text()
+        .startswith("observation_id,observation,x,y,ra,dec")
+    )
 
 
 def test_batch_dag_fans_out_over_the_rest(seeded, catalog):
@@ -157,24 +164,58 @@ def test_bad_observations_are_rejected_and_the_run_goes_on(seeded, catalog, stor
     from astrid.imaging.fits import write_image
 
     write_image(nan_path, np.full((SIZE, SIZE), np.nan, dtype=np.float32))
-    fresh = dict(survey="SYNTH", instrument="synthetic", filter="r", mjd=61000.0, exptime=30.0,
-                 ra_center=150.0, dec_center=2.0, truth_uri=None, labelled=False)
-    ids = catalog.register([
-        NewObservation(name="e2e-truncated", science_uri=storage.uri_for(broken),
-                       reference_uri=good["reference_uri"], difference_uri=good["difference_uri"], **fresh),
-        NewObservation(name="e2e-nan", science_uri=good["science_uri"], reference_uri=good["reference_uri"],
-                       difference_uri=storage.uri_for(nan_path), **fresh),
-        NewObservation(name="e2e-outside-root", science_uri="file:///etc/passwd",
-                       reference_uri=good["reference_uri"], difference_uri=good["difference_uri"], **fresh),
-        NewObservation(name="e2e-ok", science_uri=good["science_uri"], reference_uri=good["reference_uri"],
-                       difference_uri=good["difference_uri"], **fresh),
-    ])
+    fresh = dict(
+        survey="SYNTH",
+        instrument="synthetic",
+        filter="r",
+        mjd=61000.0,
+        exptime=30.0,
+        ra_center=150.0,
+        dec_center=2.0,
+        truth_uri=None,
+        labelled=False,
+    )
+    ids = catalog.register(
+        [
+            NewObservation(
+                name="e2e-truncated",
+                science_uri=storage.uri_for(broken),
+                reference_uri=good["reference_uri"],
+                difference_uri=good["difference_uri"],
+                **fresh,
+            ),
+            NewObservation(
+                name="e2e-nan",
+                science_uri=good["science_uri"],
+                reference_uri=good["reference_uri"],
+                difference_uri=storage.uri_for(nan_path),
+                **fresh,
+            ),
+            NewObservation(
+                name="e2e-outside-root",
+                science_uri="file:///etc/passwd",
+                reference_uri=good["reference_uri"],
+                difference_uri=good["difference_uri"],
+                **fresh,
+            ),
+            NewObservation(
+                name="e2e-ok",
+                science_uri=good["science_uri"],
+                reference_uri=good["reference_uri"],
+                difference_uri=good["difference_uri"],
+                **fresh,
+            ),
+        ]
+    )
     dag_run, _ = run_dag("astrid_realtime_inference", {"max_observations": 10})
     assert str(dag_run.state) == "success"
     rows = {catalog.get(i)["name"]: catalog.get(i) for i in ids}
     assert rows["e2e-ok"]["status"] == "inferred"
-    for name, needle in (("e2e-truncated", "broken_sci.fits"), ("e2e-nan", "nan_diff.fits"),
-                         ("e2e-outside-root", "/etc/passwd")):
+    for name, needle in (
+        ("e2e-truncated", "broken_sci.fits"),
+        ("e2e-nan", "nan_diff.fits"),
+        ("e2e-outside-root", "/etc/passwd"),
+    ):
         assert rows[name]["status"] == "rejected", name
         assert needle in rows[name]["rejection_reason"], rows[name]["rejection_reason"]
     summary = task_output(dag_run, "report")
@@ -223,7 +264,9 @@ def test_validation_keeps_a_healthy_champion(seeded, registry):
     assert states["keep"] == "success" and states["promote"] == "skipped" and states["rollback"] == "skipped"
 
 
-def test_validation_promotes_a_better_challenger_and_rolls_back_a_degraded_champion(seeded, registry, tmp_path):
+def test_validation_promotes_a_better_challenger_and_rolls_back_a_degraded_champion(
+    seeded, registry, tmp_path
+):
     from astrid.paths import shipped_model_path
 
     healthy = registry.alias_version("champion")

@@ -17,16 +17,18 @@ def smtp_sink():
 @pytest.fixture(scope="session")
 def standalone(smtp_sink):
     """`airflow standalone` with a realtime deadline (6 s) shorter than a run's work, alerts to the sink."""
-    instance = make_standalone({
-        **smtp_sink.connection_env(),
-        "ASTRID_INFERENCE_REALTIME_DEADLINE_MINUTES": "0.1",
-        # manual runs only: unpausing must not also start the latest cron run
-        "ASTRID_INFERENCE_REALTIME_ENABLED": "false",
-        "ASTRID_INFERENCE_BATCH_ENABLED": "false",
-        "ASTRID_INFERENCE_VALIDATION_ENABLED": "false",
-        "ASTRID_INFERENCE_ALERT_COOLDOWN_MINUTES": "60",
-        "ASTRID_INFERENCE_ALERT_EMAIL": "oncall@example.org",
-    })
+    instance = make_standalone(
+        {
+            **smtp_sink.connection_env(),
+            "ASTRID_INFERENCE_REALTIME_DEADLINE_MINUTES": "0.1",
+            # manual runs only: unpausing must not also start the latest cron run
+            "ASTRID_INFERENCE_REALTIME_ENABLED": "false",
+            "ASTRID_INFERENCE_BATCH_ENABLED": "false",
+            "ASTRID_INFERENCE_VALIDATION_ENABLED": "false",
+            "ASTRID_INFERENCE_ALERT_COOLDOWN_MINUTES": "60",
+            "ASTRID_INFERENCE_ALERT_EMAIL": "oncall@example.org",
+        }
+    )
     try:
         instance.start()
     except Exception:

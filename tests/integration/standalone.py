@@ -64,8 +64,14 @@ class SmtpSink:
         self.controller.stop()
 
     def connection_env(self) -> dict[str, str]:
-        conn = {"conn_type": "smtp", "host": "127.0.0.1", "port": self.port, "login": "", "password": "",
-                "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "astrid@localhost"}}
+        conn = {
+            "conn_type": "smtp",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "login": "",
+            "password": "",
+            "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "astrid@localhost"},
+        }
         return {"AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(conn)}
 
 
@@ -83,22 +89,36 @@ class Standalone:
         return f"http://127.0.0.1:{self.port}"
 
     def airflow(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True,
-                              check=check, timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "airflow"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
 
     def start(self, timeout: float = 240) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.airflow("db", "migrate")
         self.airflow("pools", "set", "gpu", "4", "U-Net tasks")
         log = open(self.home / "standalone.log", "w")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(BIN / "airflow"), "standalone"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"airflow standalone exited: {self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/api/v2/monitor/health", timeout=3).ok and self._password_file().exists():
+                if (
+                    requests.get(f"{self.url}/api/v2/monitor/health", timeout=3).ok
+                    and self._password_file().exists()
+                ):
                     break
             except requests.RequestException:
                 pass
@@ -117,7 +137,9 @@ class Standalone:
 
     def token(self) -> str:
         if self._token is None:
-            r = requests.post(f"{self.url}/auth/token", json={"username": "admin", "password": self.password}, timeout=10)
+            r = requests.post(
+                f"{self.url}/auth/token", json={"username": "admin", "password": self.password}, timeout=10
+            )
             r.raise_for_status()
             self._token = r.json()["access_token"]
         return self._token
@@ -137,7 +159,9 @@ class Standalone:
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-        r = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
+        r = self.api(
+            "POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}}
+        )
         r.raise_for_status()
         return r.json()["dag_run_id"]
 
@@ -168,26 +192,28 @@ def make_standalone(extra_env: dict[str, str] | None = None) -> Standalone:
     home = Path(tempfile.mkdtemp(prefix="astrid-standalone-"))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ASTRID_"))}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "PYTHONPATH": str(REPO / "plugins"),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # standalone spawns `airflow` from PATH
-        "GX_ANALYTICS_ENABLED": "False",
-        "ASTRID_CATALOG_URL": f"sqlite:///{home}/astrid-catalog.db",
-        "ASTRID_STORAGE_ROOT": (home / "storage").as_uri(),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "PYTHONPATH": str(REPO / "plugins"),
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # standalone spawns `airflow` from PATH
+            "GX_ANALYTICS_ENABLED": "False",
+            "ASTRID_CATALOG_URL": f"sqlite:///{home}/astrid-catalog.db",
+            "ASTRID_STORAGE_ROOT": (home / "storage").as_uri(),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+        }
+    )
     env.update(extra_env or {})
     return Standalone(home=home, port=port, env=env)
 
@@ -222,8 +248,10 @@ def postgres_metadata_env(url: str) -> dict[str, str]:
 def log_server_env() -> dict[str, str]:
     """Free ports for the task-log servers, so two stacks (or a stack and a developer's) never collide
     on the defaults 8793/8794."""
-    return {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
+    return {
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+    }
 
 
 class RedisDb:
@@ -286,14 +314,27 @@ class ProcessStack(Standalone):
         if self.triggerer:
             parts.append(("triggerer", ["triggerer"], {}))
         for name in self.workers:
-            parts.append((f"worker-{name}", [
-                "celery", "worker", "--celery-hostname", f"{name}@%h", "-q", self.worker_queues,
-                "--concurrency", str(self.worker_concurrency), "--skip-serve-logs",
-            ], {
-                "ASTRID_WORKER_NAME": name,
-                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.integration.standalone.worker_hostname",
-                "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
-            }))
+            parts.append(
+                (
+                    f"worker-{name}",
+                    [
+                        "celery",
+                        "worker",
+                        "--celery-hostname",
+                        f"{name}@%h",
+                        "-q",
+                        self.worker_queues,
+                        "--concurrency",
+                        str(self.worker_concurrency),
+                        "--skip-serve-logs",
+                    ],
+                    {
+                        "ASTRID_WORKER_NAME": name,
+                        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.integration.standalone.worker_hostname",
+                        "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
+                    },
+                )
+            )
         return parts
 
     def start(self, timeout: float = 300) -> None:
@@ -302,14 +343,23 @@ class ProcessStack(Standalone):
         self.airflow("pools", "set", "gpu", "4", "U-Net tasks")
         for name, args, extra in self.components():
             log = open(self.home / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-            self.procs[name] = subprocess.Popen([str(BIN / "airflow"), *args], env={**self.env, **extra},
-                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs[name] = subprocess.Popen(
+                [str(BIN / "airflow"), *args],
+                env={**self.env, **extra},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             dead = [n for n, p in self.procs.items() if p.poll() is not None]
             if dead:
                 raise RuntimeError(f"{dead} exited: {self.log_tail()}")
-            if self._healthy() and self._password_file().exists() and all(self.worker_ready(w) for w in self.workers):
+            if (
+                self._healthy()
+                and self._password_file().exists()
+                and all(self.worker_ready(w) for w in self.workers)
+            ):
                 break
             time.sleep(2)
         else:
@@ -360,11 +410,13 @@ class ProcessStack(Standalone):
 def make_process_stack(extra_env: dict[str, str] | None = None, **options: Any) -> ProcessStack:
     """Like :func:`make_standalone` (same env, same REST helpers) but separate processes; pass
     ``workers=("w1", "w2")`` and CeleryExecutor settings in ``extra_env`` for a Celery stack."""
-    base = make_standalone({
-        "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),  # every process signs/verifies alike
-        **log_server_env(),
-        **(extra_env or {}),
-    })
+    base = make_standalone(
+        {
+            "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),  # every process signs/verifies alike
+            **log_server_env(),
+            **(extra_env or {}),
+        }
+    )
     return ProcessStack(home=base.home, port=base.port, env=base.env, **options)
 
 
@@ -373,7 +425,8 @@ def celery_env(broker_url: str, result_backend_url: str) -> dict[str, str]:
     import sqlalchemy as sa
 
     backend = "db+" + sa.make_url(result_backend_url).set(drivername="postgresql").render_as_string(
-        hide_password=False)
+        hide_password=False
+    )
     return {
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__CELERY__BROKER_URL": broker_url,

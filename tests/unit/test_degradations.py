@@ -9,8 +9,12 @@ from astrid.config import InferenceSchedulingConfig
 
 def _summary(processed: int, failed: int, detections: int) -> dict:
     attempted = processed + failed
-    return {"processed_count": processed, "failed_count": failed, "detections_found": detections,
-            "success_rate": processed / attempted if attempted else 1.0}
+    return {
+        "processed_count": processed,
+        "failed_count": failed,
+        "detections_found": detections,
+        "success_rate": processed / attempted if attempted else 1.0,
+    }
 
 
 def test_low_success_rate_alerts_with_the_counts(tmp_path):
@@ -29,8 +33,14 @@ def test_zero_detections_needs_n_consecutive_realtime_runs_that_processed_someth
     dag = "astrid_realtime_inference"
 
     def record(i: int, processed: int, detections: int) -> None:
-        catalog.record_run(run_id=f"r{i}", dag_id=dag, kind="realtime", processed=processed,
-                           detections=detections, status="success")
+        catalog.record_run(
+            run_id=f"r{i}",
+            dag_id=dag,
+            kind="realtime",
+            processed=processed,
+            detections=detections,
+            status="success",
+        )
 
     record(1, 5, 0)
     record(2, 5, 0)

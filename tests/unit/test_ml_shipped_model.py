@@ -24,7 +24,9 @@ def test_shipped_card_states_measured_quality():
 
 def test_shipped_model_beats_the_baseline_on_held_out_frames():
     observations = [make_observation(1_500_000 + i, size=512) for i in range(3)]
-    reports = evaluate_many({"unet": get_engine(device="cpu"), "baseline": MatchedFilterDetector()}, observations)
+    reports = evaluate_many(
+        {"unet": get_engine(device="cpu"), "baseline": MatchedFilterDetector()}, observations
+    )
     unet, baseline = reports["unet"], reports["baseline"]
     assert unet.f1 >= 0.7, unet.to_markdown()
     assert unet.f1 > baseline.f1 + 0.3, (unet.f1, baseline.f1)

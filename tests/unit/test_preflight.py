@@ -12,12 +12,17 @@ def test_within_limits_runs():
 
 
 def test_each_limit_skips_and_names_the_variable():
-    config = InferenceSchedulingConfig(max_memory_percent=80.0, max_load_per_cpu=2.0, max_gpu_memory_percent=90.0)
+    config = InferenceSchedulingConfig(
+        max_memory_percent=80.0, max_load_per_cpu=2.0, max_gpu_memory_percent=90.0
+    )
     report = check(config, memory_percent=85.0, load_per_cpu=3.5, gpu_percent=97.0)
     assert not report.ok
     text = " ".join(report.reasons)
-    for variable in ("ASTRID_INFERENCE_MAX_MEMORY_PERCENT", "ASTRID_INFERENCE_MAX_LOAD_PER_CPU",
-                     "ASTRID_INFERENCE_MAX_GPU_MEMORY_PERCENT"):
+    for variable in (
+        "ASTRID_INFERENCE_MAX_MEMORY_PERCENT",
+        "ASTRID_INFERENCE_MAX_LOAD_PER_CPU",
+        "ASTRID_INFERENCE_MAX_GPU_MEMORY_PERCENT",
+    ):
         assert variable in text
     assert "85%" in text and "3.50" in text and "97%" in text
 

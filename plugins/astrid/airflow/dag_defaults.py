@@ -48,17 +48,35 @@ def deadline(kind: str, config: InferenceSchedulingConfig) -> DeadlineAlert:
 def inference_params(max_observations: int, config: InferenceSchedulingConfig) -> dict[str, Param]:
     """Typed trigger params: the UI form, `dags trigger --conf` and the REST API are validated alike."""
     return {
-        "max_observations": Param(max_observations, type="integer", minimum=1, maximum=max_observations,
-                                  title="Max observations", description="Observations to claim (1 to the configured maximum)."),
-        "model_version": Param("champion", type="string", pattern=MODEL_PATTERN, title="Model",
-                               description="champion, challenger, a registry version number, or models:/astrid-unet@alias"),
-        "confidence_threshold": Param(config.confidence_threshold, type="number", minimum=0, maximum=1,
-                                      title="Confidence threshold", description="Probability cut for a detection (0-1)."),
+        "max_observations": Param(
+            max_observations,
+            type="integer",
+            minimum=1,
+            maximum=max_observations,
+            title="Max observations",
+            description="Observations to claim (1 to the configured maximum).",
+        ),
+        "model_version": Param(
+            "champion",
+            type="string",
+            pattern=MODEL_PATTERN,
+            title="Model",
+            description="champion, challenger, a registry version number, or models:/astrid-unet@alias",
+        ),
+        "confidence_threshold": Param(
+            config.confidence_threshold,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Confidence threshold",
+            description="Probability cut for a detection (0-1).",
+        ),
     }
 
 
-def dag_kwargs(kind: str, config: InferenceSchedulingConfig, *, doc_md: str, tags: list[str],
-               params: dict[str, Param]) -> dict[str, Any]:
+def dag_kwargs(
+    kind: str, config: InferenceSchedulingConfig, *, doc_md: str, tags: list[str], params: dict[str, Param]
+) -> dict[str, Any]:
     return {
         "schedule": config.schedule(kind),
         "start_date": pendulum.parse(START_DATE_ISO, tz=config.timezone),

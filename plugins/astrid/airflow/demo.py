@@ -29,7 +29,9 @@ def load_dag(dag_id: str) -> Any:
     return next(v for v in vars(module).values() if isinstance(v, DAG) and v.dag_id == dag_id)
 
 
-def run_dag(dag_id: str, conf: dict[str, Any] | None = None, *, quick_retries: bool = False) -> tuple[Any, float]:
+def run_dag(
+    dag_id: str, conf: dict[str, Any] | None = None, *, quick_retries: bool = False
+) -> tuple[Any, float]:
     """Run one DAG end to end with dag.test(); returns (dag_run, seconds).
 
     ``quick_retries`` keeps the retries but waits 1 s between them (tests that exercise a retry
@@ -97,11 +99,20 @@ def main() -> int:
 
     print(f"AstrID demo — AIRFLOW_HOME={os.environ.get('AIRFLOW_HOME')}")
     t0 = time.perf_counter()
-    seeded = seed_survey(count, labelled=labelled, size=size, seed=int(time.time()) % 100000 * 100,
-                         catalog_url=CatalogHook().url, storage_root=ObservationStorageHook().get_conn(),
-                         prefix="demo", progress=True)
-    print(f"seeded {len(seeded.observation_ids)} observations of {size}x{size} ({labelled} labelled) "
-          f"in {time.perf_counter() - t0:.1f} s")
+    seeded = seed_survey(
+        count,
+        labelled=labelled,
+        size=size,
+        seed=int(time.time()) % 100000 * 100,
+        catalog_url=CatalogHook().url,
+        storage_root=ObservationStorageHook().get_conn(),
+        prefix="demo",
+        progress=True,
+    )
+    print(
+        f"seeded {len(seeded.observation_ids)} observations of {size}x{size} ({labelled} labelled) "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
 
     rows = []
     for dag_id, conf in (
@@ -120,13 +131,17 @@ def main() -> int:
     print("\n=== AstrID demo summary ===")
     for dag_id, state, seconds, out in rows:
         if "processed_count" in out:
-            detail = (f"{out['processed_count']} inferred, {out['failed_count']} failed, "
-                      f"{out['rejected_count']} rejected, {out['detections_found']} detections, "
-                      f"inference {out['processing_time']:.1f} s, success rate {out['success_rate']:.2f}")
+            detail = (
+                f"{out['processed_count']} inferred, {out['failed_count']} failed, "
+                f"{out['rejected_count']} rejected, {out['detections_found']} detections, "
+                f"inference {out['processing_time']:.1f} s, success rate {out['success_rate']:.2f}"
+            )
         elif "champion" in out:
             c = out["champion"]
-            detail = (f"champion v{c['version']}: F1 {c['f1']:.3f}, precision {c['precision']:.3f}, "
-                      f"recall {c['recall']:.3f}, {c['false_per_mpix']:.2f} false/Mpix")
+            detail = (
+                f"champion v{c['version']}: F1 {c['f1']:.3f}, precision {c['precision']:.3f}, "
+                f"recall {c['recall']:.3f}, {c['false_per_mpix']:.2f} false/Mpix"
+            )
         else:
             detail = "no output (see the task logs)"
         print(f"{dag_id:28s} {state!s:8s} {seconds:6.1f} s  {detail}")

@@ -61,7 +61,9 @@ class CatalogHook(BaseHook):
             from urllib.parse import quote
 
             # quoted: a password with '@', '/' or ':' must not change the host (or land in errors as one)
-            auth = f"{quote(conn.login, safe='')}:{quote(conn.password or '', safe='')}@" if conn.login else ""
+            auth = (
+                f"{quote(conn.login, safe='')}:{quote(conn.password or '', safe='')}@" if conn.login else ""
+            )
             return f"postgresql+psycopg2://{auth}{conn.host}:{conn.port or 5432}/{conn.schema or 'astrid'}"
         if conn.host and "://" in conn.host:
             return conn.host

@@ -64,7 +64,9 @@ def build_alert(kind: str, context: dict[str, Any], message: str = "") -> Alert:
         task = getattr(ti, "task_id", "?")
         error = context.get("exception")
         subject = f"[AstrID] Task failed: {dag_id}.{task}"
-        detail = f"Task {task} failed after its retries: {type(error).__name__ if error else ''}: {error or ''}"
+        detail = (
+            f"Task {task} failed after its retries: {type(error).__name__ if error else ''}: {error or ''}"
+        )
     else:
         subject = f"[AstrID] Degradation: {dag_id}"
         detail = ""
@@ -83,17 +85,28 @@ class AstridNotifier(BaseNotifier):
 
     template_fields = ("message", "to")
 
-    def __init__(self, kind: str = "failure", to: str | list[str] | None = None, message: str = "",
-                 cooldown_minutes: int | None = None, smtp_conn_id: str = "smtp_default",
-                 webhook_conn_id: str = "slack_webhook_default",
-                 catalog_conn_id: str = CatalogHook.default_conn_name, from_email: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        kind: str = "failure",
+        to: str | list[str] | None = None,
+        message: str = "",
+        cooldown_minutes: int | None = None,
+        smtp_conn_id: str = "smtp_default",
+        webhook_conn_id: str = "slack_webhook_default",
+        catalog_conn_id: str = CatalogHook.default_conn_name,
+        from_email: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if kind not in KINDS:
             raise ValueError(f"alert kind {kind!r} unknown: use one of {', '.join(KINDS)}")
         self.kind, self.to, self.message = kind, to, message
         self.cooldown_minutes = cooldown_minutes
-        self.smtp_conn_id, self.webhook_conn_id, self.catalog_conn_id = smtp_conn_id, webhook_conn_id, catalog_conn_id
+        self.smtp_conn_id, self.webhook_conn_id, self.catalog_conn_id = (
+            smtp_conn_id,
+            webhook_conn_id,
+            catalog_conn_id,
+        )
         self.from_email = from_email
 
     # -- sync (task callbacks, degradation checks) -------------------------------------------
@@ -113,8 +126,14 @@ class AstridNotifier(BaseNotifier):
             except Exception as exc:
                 from astrid.logs import log_event
 
-                log_event("alert.delivery_failed", exc=exc, channel=channel.__name__, kind=alert.kind,
-                          dag_id=alert.dag_id, run_id=alert.run_id)
+                log_event(
+                    "alert.delivery_failed",
+                    exc=exc,
+                    channel=channel.__name__,
+                    kind=alert.kind,
+                    dag_id=alert.dag_id,
+                    run_id=alert.run_id,
+                )
         return delivered
 
     # -- async (deadline callbacks in the triggerer) -----------------------------------------
@@ -126,9 +145,13 @@ class AstridNotifier(BaseNotifier):
         from airflow.providers.smtp.hooks.smtp import SmtpHook
 
         async with SmtpHook(smtp_conn_id=self.smtp_conn_id) as smtp:
-            await smtp.asend_email_smtp(smtp_conn_id=self.smtp_conn_id, to=self._recipients(),
-                                        subject=alert.subject, html_content=_html(alert),
-                                        from_email=self._from(smtp))
+            await smtp.asend_email_smtp(
+                smtp_conn_id=self.smtp_conn_id,
+                to=self._recipients(),
+                subject=alert.subject,
+                html_content=_html(alert),
+                from_email=self._from(smtp),
+            )
         await asyncio.to_thread(self._send_webhook, alert)
         return True
 
@@ -153,8 +176,13 @@ class AstridNotifier(BaseNotifier):
         config = load_config()
         cooldown = timedelta(minutes=self.cooldown_minutes or config.alert_cooldown_minutes)
         due = _catalog(catalog_url).alert_due(alert.key, cooldown)
-        log_event("alert.sent" if due else "alert.suppressed", kind=alert.kind, dag_id=alert.dag_id,
-                  run_id=alert.run_id, subject=alert.subject)
+        log_event(
+            "alert.sent" if due else "alert.suppressed",
+            kind=alert.kind,
+            dag_id=alert.dag_id,
+            run_id=alert.run_id,
+            subject=alert.subject,
+        )
         _count(dag_id=alert.dag_id, sent=due, kind=alert.kind)
         return due
 
@@ -162,14 +190,23 @@ class AstridNotifier(BaseNotifier):
         if _connection(self.smtp_conn_id) is None:
             from astrid.logs import log_event
 
-            log_event("alert.not_emailed", level=30, reason=f"connection {self.smtp_conn_id!r} is not defined",
-                      subject=alert.subject)
+            log_event(
+                "alert.not_emailed",
+                level=30,
+                reason=f"connection {self.smtp_conn_id!r} is not defined",
+                subject=alert.subject,
+            )
             return False
         from airflow.providers.smtp.hooks.smtp import SmtpHook
 
         with SmtpHook(smtp_conn_id=self.smtp_conn_id) as smtp:
-            smtp.send_email_smtp(smtp_conn_id=self.smtp_conn_id, to=self._recipients(), subject=alert.subject,
-                                 html_content=_html(alert), from_email=self._from(smtp))
+            smtp.send_email_smtp(
+                smtp_conn_id=self.smtp_conn_id,
+                to=self._recipients(),
+                subject=alert.subject,
+                html_content=_html(alert),
+                from_email=self._from(smtp),
+            )
         return True
 
     def _send_webhook(self, alert: Alert) -> bool:
@@ -177,13 +214,15 @@ class AstridNotifier(BaseNotifier):
             return False
         from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
 
-        SlackWebhookHook(slack_webhook_conn_id=self.webhook_conn_id).send(text=f"*{alert.subject}*\n{alert.body}")
+        SlackWebhookHook(slack_webhook_conn_id=self.webhook_conn_id).send(
+            text=f"*{alert.subject}*\n{alert.body}"
+        )
         return True
 
 
 def _html(alert: Alert) -> str:
     lines = html.escape(alert.body).replace("\n", "<br>")
-    return f"<h3>{html.escape(alert.subject)}</h3><p>{lines}</p><p><a href=\"{alert.url}\">Open the run</a></p>"
+    return f'<h3>{html.escape(alert.subject)}</h3><p>{lines}</p><p><a href="{alert.url}">Open the run</a></p>'
 
 
 def _count(dag_id: str, sent: bool, kind: str) -> None:

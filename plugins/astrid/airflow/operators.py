@@ -76,8 +76,14 @@ class ClaimObservationsOperator(BaseOperator):
     template_fields: Sequence[str] = ("max_observations", "lease_minutes")
     ui_color = "#e8f0fe"
 
-    def __init__(self, *, max_observations: int | str, lease_minutes: int | str = 30,
-                 catalog_conn_id: str = CatalogHook.default_conn_name, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        max_observations: int | str,
+        lease_minutes: int | str = 30,
+        catalog_conn_id: str = CatalogHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.max_observations = max_observations
         self.lease_minutes = lease_minutes
@@ -91,11 +97,17 @@ class ClaimObservationsOperator(BaseOperator):
         limit = int(self.max_observations)
         catalog = CatalogHook(self.catalog_conn_id).get_conn()
         run_id = catalog_run_id(context)
-        claims = catalog.claim(limit, run_id, timedelta(minutes=int(self.lease_minutes)),
-                               max_attempts=load_config().max_attempts)
+        claims = catalog.claim(
+            limit, run_id, timedelta(minutes=int(self.lease_minutes)), max_attempts=load_config().max_attempts
+        )
         _stats().incr(metric_name("astrid.observations.claimed", self.dag_id), len(claims))
-        log_event("claim", run_id=context["run_id"], dag_id=self.dag_id, requested=limit,
-                  observation_ids=[c.observation_id for c in claims])
+        log_event(
+            "claim",
+            run_id=context["run_id"],
+            dag_id=self.dag_id,
+            requested=limit,
+            observation_ids=[c.observation_id for c in claims],
+        )
         return [c.to_xcom() for c in claims]
 
 
@@ -122,8 +134,14 @@ class DataQualityOperator(BaseOperator):
     template_fields: Sequence[str] = ("observations",)
     ui_color = "#fff4e5"
 
-    def __init__(self, *, observations: Any, catalog_conn_id: str = CatalogHook.default_conn_name,
-                 storage_conn_id: str = ObservationStorageHook.default_conn_name, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        observations: Any,
+        catalog_conn_id: str = CatalogHook.default_conn_name,
+        storage_conn_id: str = ObservationStorageHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.observations = observations
         self.catalog_conn_id = catalog_conn_id
@@ -166,11 +184,19 @@ class UNetInferenceOperator(BaseOperator):
     operator_extra_links = (MLflowRunLink(), DetectionCatalogLink())
     ui_color = "#e6f4ea"
 
-    def __init__(self, *, observations: Any, model: str | None = None, confidence_threshold: float | str = 0.5,
-                 batch_size: int | str = 8, device: str = "auto",
-                 catalog_conn_id: str = CatalogHook.default_conn_name,
-                 storage_conn_id: str = ObservationStorageHook.default_conn_name,
-                 mlflow_conn_id: str = ModelRegistryHook.default_conn_name, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        observations: Any,
+        model: str | None = None,
+        confidence_threshold: float | str = 0.5,
+        batch_size: int | str = 8,
+        device: str = "auto",
+        catalog_conn_id: str = CatalogHook.default_conn_name,
+        storage_conn_id: str = ObservationStorageHook.default_conn_name,
+        mlflow_conn_id: str = ModelRegistryHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.observations = observations
         self.model = model
@@ -201,11 +227,17 @@ class UNetInferenceOperator(BaseOperator):
         engine = get_engine(resolved.path, device=self.device, batch_size=int(self.batch_size))
         from astrid.metrics import metric_name
 
-        stats.timing(metric_name("astrid.model.load_time", self.dag_id), (time.perf_counter() - started) * 1000)
+        stats.timing(
+            metric_name("astrid.model.load_time", self.dag_id), (time.perf_counter() - started) * 1000
+        )
         storage = ObservationStorageHook(self.storage_conn_id).get_conn()
         run = RunInfo(run_id=catalog_run_id(context), dag_id=self.dag_id, task_id=self.task_id)
-        artifacts = storage.path / "runs" / self.dag_id / _safe(context["run_id"]) / _safe(
-            f"{self.task_id}-{context['ti'].map_index}"
+        artifacts = (
+            storage.path
+            / "runs"
+            / self.dag_id
+            / _safe(context["run_id"])
+            / _safe(f"{self.task_id}-{context['ti'].map_index}")
         )
         summary = run_inference(
             claims,
@@ -228,15 +260,35 @@ class UNetInferenceOperator(BaseOperator):
     def _log_mlflow(self, registry: Any, context: Any, summary: dict, threshold: float, resolved: Any) -> str:
         from astrid.registry import INFERENCE_EXPERIMENT
 
-        tags = {"airflow.dag_id": self.dag_id, "airflow.run_id": context["run_id"], "airflow.task_id": self.task_id}
+        tags = {
+            "airflow.dag_id": self.dag_id,
+            "airflow.run_id": context["run_id"],
+            "airflow.task_id": self.task_id,
+        }
         with registry.run(INFERENCE_EXPERIMENT, f"{self.dag_id}/{context['run_id']}", tags) as mlrun:
             run_id = mlrun.info.run_id
-            registry.log(run_id,
-                         params={"model": resolved.reference, "model_version": resolved.version,
-                                 "confidence_threshold": threshold, "batch_size": self.batch_size,
-                                 "device": summary["device"], "observations": len(summary["observation_ids"]) + summary["failed_count"]},
-                         metrics={k: summary[k] for k in ("processed_count", "failed_count", "detections_found",
-                                                           "processing_time", "success_rate", "megapixels")})
+            registry.log(
+                run_id,
+                params={
+                    "model": resolved.reference,
+                    "model_version": resolved.version,
+                    "confidence_threshold": threshold,
+                    "batch_size": self.batch_size,
+                    "device": summary["device"],
+                    "observations": len(summary["observation_ids"]) + summary["failed_count"],
+                },
+                metrics={
+                    k: summary[k]
+                    for k in (
+                        "processed_count",
+                        "failed_count",
+                        "detections_found",
+                        "processing_time",
+                        "success_rate",
+                        "megapixels",
+                    )
+                },
+            )
             if summary["catalog_uri"]:
                 from pathlib import Path
 

@@ -36,9 +36,16 @@ class PreflightOperator(BaseOperator):
         from astrid.preflight import check
 
         report = check(load_config())
-        log_event("preflight", run_id=context["run_id"], dag_id=self.dag_id, ok=report.ok,
-                  memory_percent=report.memory_percent, load_per_cpu=round(report.load_per_cpu, 2),
-                  gpu_memory_percent=report.gpu_memory_percent, reasons=report.reasons or None)
+        log_event(
+            "preflight",
+            run_id=context["run_id"],
+            dag_id=self.dag_id,
+            ok=report.ok,
+            memory_percent=report.memory_percent,
+            load_per_cpu=round(report.load_per_cpu, 2),
+            gpu_memory_percent=report.gpu_memory_percent,
+            reasons=report.reasons or None,
+        )
         if not report.ok:
             raise AirflowSkipException("pre-flight: " + "; ".join(report.reasons))
         return {"memory_percent": report.memory_percent, "load_per_cpu": report.load_per_cpu}
@@ -75,11 +82,19 @@ class InferenceReportOperator(BaseOperator):
         config = load_config()
         catalog = CatalogHook().get_conn()
         catalog.record_run(
-            run_id=context["run_id"], dag_id=self.dag_id, kind=self.kind, model_version=summary["model_version"],
-            started_at=context["dag_run"].start_date, claimed=len(self.claimed or []),
-            processed=summary["processed_count"], failed=summary["failed_count"], rejected=summary["rejected_count"],
-            detections=summary["detections_found"], processing_seconds=summary["processing_time"],
-            success_rate=summary["success_rate"], status="success",
+            run_id=context["run_id"],
+            dag_id=self.dag_id,
+            kind=self.kind,
+            model_version=summary["model_version"],
+            started_at=context["dag_run"].start_date,
+            claimed=len(self.claimed or []),
+            processed=summary["processed_count"],
+            failed=summary["failed_count"],
+            rejected=summary["rejected_count"],
+            detections=summary["detections_found"],
+            processing_seconds=summary["processing_time"],
+            success_rate=summary["success_rate"],
+            status="success",
         )
         emit_run_gauges(_stats(), self.dag_id, summary)
         for message in degradations(catalog, self.dag_id, self.kind, summary, config):
@@ -99,15 +114,19 @@ def degradations(catalog: Any, dag_id: str, kind: str, summary: dict[str, Any], 
     messages = []
     attempted = summary["processed_count"] + summary["failed_count"]
     if attempted and summary["success_rate"] < config.min_success_rate:
-        messages.append(f"success rate {summary['success_rate']:.2f} < {config.min_success_rate} "
-                        f"({summary['failed_count']} of {attempted} observations failed)")
+        messages.append(
+            f"success rate {summary['success_rate']:.2f} < {config.min_success_rate} "
+            f"({summary['failed_count']} of {attempted} observations failed)"
+        )
     if kind == "realtime":
         recent = catalog.runs(dag_id=dag_id)[: config.zero_detection_runs]
         if len(recent) >= config.zero_detection_runs and all(
             r["processed"] > 0 and r["detections"] == 0 for r in recent
         ):
-            messages.append(f"zero detections in the last {config.zero_detection_runs} realtime runs "
-                            "that processed observations")
+            messages.append(
+                f"zero detections in the last {config.zero_detection_runs} realtime runs "
+                "that processed observations"
+            )
     return messages
 
 
@@ -126,8 +145,10 @@ class SelectValidationSetOperator(BaseOperator):
         if not observations:
             from airflow.sdk.exceptions import AirflowFailException
 
-            raise AirflowFailException("no labelled observations in the catalog: seed some with "
-                                       "`astrid seed --count N --labelled N` or register labelled data")
+            raise AirflowFailException(
+                "no labelled observations in the catalog: seed some with "
+                "`astrid seed --count N --labelled N` or register labelled data"
+            )
         return observations
 
 
@@ -162,12 +183,24 @@ class ScoreModelsOperator(BaseOperator):
                 continue
             resolved = registry.resolve(version)
             detector = VersionedDetector(get_engine(resolved.path, device=config.device), version)
-            scores[alias] = score_model(detector, claims, storage, threshold=threshold, max_side=config.max_image_side)
-            with registry.run(VALIDATION_EXPERIMENT, f"validate-{alias}-v{version}",
-                              {"airflow.run_id": context["run_id"], "alias": alias}) as mlrun:
-                registry.log(mlrun.info.run_id, params={"model_version": version, "alias": alias,
-                                                         "observations": len(claims), "threshold": threshold},
-                             metrics=_flat_metrics(scores[alias]))
+            scores[alias] = score_model(
+                detector, claims, storage, threshold=threshold, max_side=config.max_image_side
+            )
+            with registry.run(
+                VALIDATION_EXPERIMENT,
+                f"validate-{alias}-v{version}",
+                {"airflow.run_id": context["run_id"], "alias": alias},
+            ) as mlrun:
+                registry.log(
+                    mlrun.info.run_id,
+                    params={
+                        "model_version": version,
+                        "alias": alias,
+                        "observations": len(claims),
+                        "threshold": threshold,
+                    },
+                    metrics=_flat_metrics(scores[alias]),
+                )
         _gauge_f1(self.dag_id, scores[CHAMPION]["f1"])
         return scores
 
@@ -206,11 +239,23 @@ class ValidationDecisionOperator(BaseBranchOperator):
 
         config = load_config()
         scores = self.scores
-        decision = decide(scores["champion"], scores.get("challenger"), min_f1=config.min_validation_f1,
-                          history=scores.get("history", []))
-        log_event("validation.decision", run_id=context["run_id"], action=decision.action, reason=decision.reason)
-        context["ti"].xcom_push(key="decision", value={"action": decision.action, "reason": decision.reason,
-                                                      "target_version": decision.target_version})
+        decision = decide(
+            scores["champion"],
+            scores.get("challenger"),
+            min_f1=config.min_validation_f1,
+            history=scores.get("history", []),
+        )
+        log_event(
+            "validation.decision", run_id=context["run_id"], action=decision.action, reason=decision.reason
+        )
+        context["ti"].xcom_push(
+            key="decision",
+            value={
+                "action": decision.action,
+                "reason": decision.reason,
+                "target_version": decision.target_version,
+            },
+        )
         if scores["champion"]["f1"] < config.min_validation_f1:
             AstridNotifier(kind="degradation", message=f"model validation: {decision.reason}").notify(context)
         return decision.action
@@ -242,8 +287,12 @@ class MoveChampionOperator(BaseOperator):
         registry.set_alias(CHAMPION, decision["target_version"])
         if self.action == "promote":
             registry.delete_alias(CHALLENGER)
-        log_event(f"validation.{self.action}", run_id=context["run_id"], old_champion=old,
-                  new_champion=decision["target_version"])
+        log_event(
+            f"validation.{self.action}",
+            run_id=context["run_id"],
+            old_champion=old,
+            new_champion=decision["target_version"],
+        )
         return f"champion v{old} -> v{decision['target_version']} ({decision['reason']})"
 
 
@@ -262,7 +311,9 @@ class RecordFailedRun:
 
         try:
             catalog = CatalogHook().get_conn()
-            catalog.record_run(run_id=context["run_id"], dag_id=context["dag"].dag_id, kind=self.kind, status="failed")
+            catalog.record_run(
+                run_id=context["run_id"], dag_id=context["dag"].dag_id, kind=self.kind, status="failed"
+            )
             catalog.release(catalog_run_id(context))
         except Exception as exc:  # a callback must never raise, but must say why it did nothing
             from astrid.logs import log_event
@@ -288,8 +339,15 @@ class DbCleanOperator(BaseOperator):
 
         before = (datetime.now(UTC) - timedelta(days=float(self.retention_days))).isoformat()
         airflow = Path(sys.executable).with_name("airflow")
-        command = [str(airflow) if airflow.exists() else "airflow", "db", "clean",
-                   "--clean-before-timestamp", before, "--skip-archive", "--yes"]
+        command = [
+            str(airflow) if airflow.exists() else "airflow",
+            "db",
+            "clean",
+            "--clean-before-timestamp",
+            before,
+            "--skip-archive",
+            "--yes",
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
         self.log.info("%s\n%s", " ".join(command), done.stdout[-4000:])
         if done.returncode != 0:
