@@ -105,3 +105,23 @@ def test_residual_channel_measures_the_frames_subtraction_quality():
     np.testing.assert_array_equal(x[:3], normalise_stack(o.science, o.reference, o.difference))
     with pytest.raises(ValueError, match="3 to 5 input channels"):
         normalise_stack(o.science, o.reference, o.difference, channels=6)
+
+
+def test_train_command_sets_input_channels_and_card_records_the_command(tmp_path, monkeypatch):
+    """``astrid train --in-channels 3`` gives a 3-channel network; the card's command names every
+    architecture flag, so running it again reproduces the same weights."""
+    from astrid.cli import main
+
+    args = [
+        "train", "--output", str(tmp_path / "m"), "--seed", "3", "--epochs", "1", "--observations", "1",
+        "--size", "128", "--patch", "48", "--patches-per-epoch", "16", "--batch-size", "16",
+        "--base-channels", "4", "--depth", "2", "--in-channels", "3", "--mine-after", "",
+        "--calibration-observations", "0", "--threads", "1",
+    ]  # fmt: skip
+    monkeypatch.setattr("sys.argv", ["astrid", *args])
+    assert main(args) == 0
+    model, card = load_model(tmp_path / "m")
+    assert model.in_channels == 3 and card.architecture["in_channels"] == 3
+    assert "--in-channels 3" in card.command
+    with pytest.raises(SystemExit):
+        main([*args[:-2], "--in-channels", "6"])  # argparse names the valid choices

@@ -82,6 +82,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--depth", type=_positive_int, default=d.depth, help=f"default {d.depth}")
     p.add_argument(
+        "--in-channels",
+        type=int,
+        choices=(3, 4, 5),
+        default=d.in_channels,
+        help="input channels: 3 = difference, science, reference; 4 adds the subtraction residual; "
+        f"5 adds the matched-filter significance (default {d.in_channels})",
+    )
+    p.add_argument(
         "--calibration-observations",
         type=int,
         default=d.calibration_observations,
@@ -114,6 +122,7 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         base_channels=args.base_channels,
         depth=args.depth,
+        in_channels=args.in_channels,
         calibration_observations=args.calibration_observations,
         threads=args.threads,
         mine_after=tuple(int(v) for v in args.mine_after.split(",") if v.strip()),

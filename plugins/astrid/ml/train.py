@@ -549,6 +549,7 @@ def _command(config: TrainConfig, output: str | Path) -> str:
         f"astrid train --output {output} --seed {config.seed} --epochs {config.epochs} "
         f"--observations {config.observations} --size {config.size} --patch {config.patch} "
         f"--patches-per-epoch {config.patches_per_epoch} --batch-size {config.batch_size} "
+        f"--base-channels {config.base_channels} --depth {config.depth} --in-channels {config.in_channels} "
         f"--mine-after {','.join(map(str, config.mine_after))} "
         f"--calibration-observations {config.calibration_observations} --threads {config.threads}"
     )
