@@ -20,7 +20,7 @@ How a frame is processed (``InferenceEngine.probability``):
 4. ``torch.inference_mode`` and ``channels_last`` memory format (about 2× faster convolutions
    on CPU as well as on GPU). Precision ``"auto"``: on CUDA, autocast to bf16 where supported
    (else fp16); on a CPU with native bf16 (AVX512-BF16/AMX; oneDNN reports it), autocast to bf16
-   — 2.5× the fp32 throughput on this project's AMD EPYC test machine — else fp32. Probabilities
+   — 2.5× the fp32 throughput on a test machine that had it — else fp32. Probabilities
    differ from fp32 by ~1e-2 at most (see tests/unit/test_ml_engine.py); ``precision="fp32"``
    gives bit-stable output.
 5. Out of memory (``torch.OutOfMemoryError``, a ``RuntimeError`` mentioning "out of memory", or
@@ -28,7 +28,13 @@ How a frame is processed (``InferenceEngine.probability``):
    is kept for the rest of the engine's life. Only if a single tile fails does the observation
    fail, with an :class:`~astrid.errors.ObservationError`.
 
-6. The outermost ``border`` pixels (default 8) of the probability map are set to 0. Every
+6. Host memory is reused, not returned (CPU engines; :func:`retain_freed_host_memory`): a tile
+   batch's activations are 10–200 MB each, and glibc serves every such block with a fresh
+   ``mmap`` and unmaps it on ``free``, so each forward pass page-faults its whole working set in
+   again — 1.3 million minor faults and ~40 % of the wall time of a 2048² frame on this 2-core
+   machine (docs/benchmarks.md). ``retain_host_memory=False`` keeps glibc's defaults.
+
+7. The outermost ``border`` pixels (default 8) of the probability map are set to 0. Every
    PSF-matched difference image has an invalid rim where the matching kernel ran off the
    reference (sources half outside the frame leave one-sided residuals); survey pipelines mask it
    and so do we, rather than report residuals there as transients. ``border=0`` disables it.
@@ -41,6 +47,7 @@ Devices: ``"auto"`` picks CUDA when ``torch.cuda.is_available()``, else CPU. ``"
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
 import os
@@ -110,6 +117,27 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+@functools.cache
+def retain_freed_host_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of unmapping it (process-wide, once).
+
+    Why: large blocks (≥ 32 MB at most) are ``mmap``-ed and unmapped on every allocation, so a
+    loop of same-sized forward passes pays a page fault per 4 KiB of activations each time.
+    ``M_MMAP_MAX = 0`` serves them from the heap and ``M_TRIM_THRESHOLD`` = 2 GiB stops the heap
+    from being trimmed back; the resident set then stays at its high-water mark, which the tile
+    batch bounds. Returns False (and changes nothing) where there is no glibc ``mallopt``.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    done = bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+    if done:
+        log.debug("glibc malloc: freed memory kept for reuse (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)")
+    return done
+
+
 def _even_core(length: int, max_core: int, multiple: int) -> int:
     """Core size that covers ``length`` with as few cores as ``max_core`` allows, evenly spread."""
     n = -(-length // max_core)
@@ -136,6 +164,7 @@ class InferenceEngine:
         overlap: int | None = None,
         precision: str = "auto",
         border: int = DEFAULT_BORDER,
+        retain_host_memory: bool = True,
     ) -> None:
         multiple = int(getattr(model, "multiple", 8))
         self.device = resolve_device(device)
@@ -162,6 +191,8 @@ class InferenceEngine:
         self.precision = self._resolve_precision(precision)
         self.in_channels = int(getattr(model, "in_channels", 3))
         self.model = fuse_for_inference(model).to(self.device, memory_format=torch.channels_last)
+        if retain_host_memory and self.device.type == "cpu":
+            retain_freed_host_memory()
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
