@@ -174,7 +174,7 @@ def markdown(results: list[dict], args: argparse.Namespace, wall: float) -> str:
         "",
         "*engine*: model loaded once per process with BatchNorm folded, tiles of at most 640² (1024² on CUDA) "
         f"spread evenly with 52 px context margins, batch {args.batch_size}, inference_mode, channels_last, "
-        f"autocast to {_precision_label(dev)}. *engine fp32*: the same, fp32. *naive*: model re-loaded from "
+        f"{_precision_label(dev)}. *engine fp32*: the same, fp32. *naive*: model re-loaded from "
         "disk for every observation, whole frame in one fp32 forward pass, batch of one. Peak RSS is the child "
         "process's high-water mark including the input frames (3 float32 arrays); 'inference RSS' is the "
         "growth over the RSS before inference started.",
@@ -225,8 +225,8 @@ def _precision_label(device: str) -> str:
     from astrid.ml.engine import cpu_supports_bf16
 
     if device == "cuda" or cpu_supports_bf16():
-        return "bf16 (native on this device)"
-    return "nothing (no native bf16 on this CPU: fp32)"
+        return "autocast to bf16 (native on this device)"
+    return "no autocast (this CPU has no native bf16, so precision auto is fp32 and *engine* equals *engine fp32* up to noise)"
 
 
 def write_section(text: str, path: Path = DOC) -> None:
