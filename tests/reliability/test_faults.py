@@ -479,7 +479,7 @@ class _OutOfMemoryAbove(torch.nn.Module):
     def __init__(self, inner, budget: int) -> None:
         super().__init__()
         self.inner, self.budget, self.calls = inner, budget, []
-        self.depth, self.multiple = inner.depth, inner.multiple
+        self.depth, self.multiple, self.in_channels = inner.depth, inner.multiple, inner.in_channels
 
     def forward(self, x):
 
