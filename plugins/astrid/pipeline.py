@@ -32,7 +32,9 @@ class Detector(Protocol):
 
     version: str
 
-    def probability(self, triplet: Any) -> np.ndarray: ...
+    def analyse(self, triplet: Any, threshold: float | None = None) -> tuple[np.ndarray, list[Any]]:
+        """(probability map, detections above ``threshold``) for one triplet."""
+        ...
 
 
 class VersionedDetector:
@@ -41,8 +43,8 @@ class VersionedDetector:
     def __init__(self, detector: Detector, version: str) -> None:
         self._detector, self.version = detector, str(version)
 
-    def probability(self, triplet: Any) -> np.ndarray:
-        return self._detector.probability(triplet)
+    def analyse(self, triplet: Any, threshold: float | None = None) -> tuple[np.ndarray, list[Any]]:
+        return self._detector.analyse(triplet, threshold)
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,6 @@ def run_inference(
     ``artifacts`` is a directory path-like (under the storage root) for the run's detection
     catalog CSV and probability thumbnails; ``None`` skips artifacts.
     """
-    from astrid.ml.detect import extract_detections
-
     metrics = metrics or NullMetrics()
     summary = RunSummary(model_version=detector.version)
     rows: list[dict[str, Any]] = []
@@ -221,8 +221,7 @@ def run_inference(
             t0 = time.perf_counter()
             try:
                 triplet = load_claim(claim, storage, max_side)
-                probability = detector.probability(triplet)
-                detections = extract_detections(probability, triplet.difference, threshold, triplet.wcs)
+                probability, detections = detector.analyse(triplet, threshold)
                 catalog.complete(claim.observation_id, run.run_id, detector.version, detections)
             except ObservationError as exc:
                 catalog.fail(claim.observation_id, run.run_id, str(exc))

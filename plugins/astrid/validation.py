@@ -60,16 +60,13 @@ def score_model(
 ) -> dict[str, Any]:
     """Run ``detector`` over labelled claims and score against their truth (recall per SNR bin, F1...)."""
     from astrid.imaging.synthetic import read_truth
-    from astrid.ml.detect import extract_detections
     from astrid.ml.evaluate import score_detections
     from astrid.pipeline import load_claim
 
     pairs = []
     for claim in claims:
         triplet = load_claim(claim, storage, max_side)
-        detections = extract_detections(
-            detector.probability(triplet), triplet.difference, threshold, triplet.wcs
-        )
+        _, detections = detector.analyse(triplet, threshold)
         truth = read_truth(storage.resolve(claim.truth_uri))
         pairs.append((detections, truth, triplet.difference.size))
     report = score_detections(pairs)

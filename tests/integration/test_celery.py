@@ -89,7 +89,6 @@ def _external_executor_ids(metadata_url: str, dag_id: str, run_id: str, task_id:
 def _reference_detections(observations: list[dict], storage_uri: str) -> dict[int, int]:
     """What the shipped model finds in each observation, computed here, in this process."""
     from astrid.catalog import Claim
-    from astrid.ml.detect import extract_detections
     from astrid.ml.engine import get_engine
     from astrid.paths import shipped_model_path
     from astrid.pipeline import load_claim
@@ -110,9 +109,7 @@ def _reference_detections(observations: list[dict], storage_uri: str) -> dict[in
             lease_until=None,
         )
         triplet = load_claim(claim, storage, 8192)
-        counts[obs["id"]] = len(
-            extract_detections(engine.probability(triplet), triplet.difference, THRESHOLD, triplet.wcs)
-        )
+        counts[obs["id"]] = len(engine.analyse(triplet, THRESHOLD)[1])
     return counts
 
 

@@ -125,3 +125,26 @@ def test_train_command_sets_input_channels_and_card_records_the_command(tmp_path
     assert "--in-channels 3" in card.command
     with pytest.raises(SystemExit):
         main([*args[:-2], "--in-channels", "6"])  # argparse names the valid choices
+
+
+def test_calibrate_command_moves_the_operating_point_without_retraining(tmp_path, monkeypatch, capsys):
+    """``astrid calibrate`` undoes the card's old shift before calibrating again: run twice with
+    the same recipe it lands on the same operating point and (up to float rounding) the same
+    output bias, under a new version whose stale metrics are gone."""
+    from astrid.cli import main
+
+    trained = train(TINY, tmp_path / "m", version="t").card
+    before, _ = load_model(tmp_path / "m")
+    args = ["calibrate", "--model", str(tmp_path / "m"), "--version", "t2"]
+    monkeypatch.setattr("sys.argv", ["astrid", *args])
+    assert main(args) == 0
+    assert "raw threshold" in capsys.readouterr().out
+    after, card = load_model(tmp_path / "m")  # the sha256 in the card matches the rewritten weights
+    cal = card.training["calibration"]
+    assert card.version == "t2" and card.metrics == {}
+    assert cal["threshold"] == trained.training["calibration"]["threshold"] == cal["previous"]["threshold"]
+    assert cal["command"] == "astrid " + " ".join(args)
+    assert card.thresholds["raw_calibrated"] == cal["threshold"]
+    assert card.thresholds["star_residual_min_excess"] == cal["min_excess"]
+    assert cal["min_excess"] in TINY.vetting_levels and len(cal["levels"]) == len(TINY.vetting_levels)
+    torch.testing.assert_close(after.head.bias, before.head.bias, rtol=0, atol=1e-5)

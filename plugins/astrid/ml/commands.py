@@ -1,4 +1,4 @@
-"""``astrid train``, ``astrid evaluate`` and ``astrid detect`` (registered by ``astrid.cli``).
+"""``astrid train``, ``astrid calibrate``, ``astrid evaluate`` and ``astrid detect`` (registered by ``astrid.cli``).
 
 ``astrid detect`` is a contract used by external tools::
 
@@ -40,6 +40,7 @@ def _positive_int(value: str) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``, ``evaluate`` and ``detect`` to the ``astrid`` command line."""
     _add_train(subparsers)
+    _add_calibrate(subparsers)
     _add_evaluate(subparsers)
     _add_detect(subparsers)
 
@@ -130,6 +131,41 @@ def _run_train(args: argparse.Namespace) -> int:
     command = "astrid " + " ".join(sys.argv[1:]) if sys.argv and "train" in sys.argv else None
     result = train(config, args.output, version=args.version, command=command, progress=True)
     print(f"wrote {result.weights} ({result.card.parameters} parameters) in {result.seconds:.0f} s")
+    return 0
+
+
+# -- calibrate -----------------------------------------------------------------------------------
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="re-place a trained model's operating point (threshold + star-residual vetting) without retraining",
+        description="Undoes the card's previous calibration shift, calibrates on the card's calibration seeds "
+        "and rewrites weights + card under a new version. Run `astrid evaluate` afterwards.",
+    )
+    p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    p.add_argument(
+        "--observations",
+        type=_positive_int,
+        default=None,
+        help="calibration observations (default: the card's recipe)",
+    )
+    p.add_argument("--version", default=None, help="model version for the card (default: from the date)")
+    p.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from astrid.ml.train import recalibrate
+
+    model = Path(args.model) if args.model else _default_model()
+    command = "astrid " + " ".join(sys.argv[1:]) if sys.argv and "calibrate" in sys.argv else None
+    card = recalibrate(
+        model, observations=args.observations, version=args.version, command=command, progress=True
+    )
+    cal = card.training["calibration"]
+    print(
+        f"{card.name}@{card.version}: raw threshold {cal['threshold']} -> 0.5, star-residual vetting "
+        f"{cal['min_excess']}; on the calibration frames: {cal['chosen']}"
+    )
     return 0
 
 

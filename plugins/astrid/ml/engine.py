@@ -307,12 +307,51 @@ class InferenceEngine:
         return out
 
     # -- public API -----------------------------------------------------------------------
+    @property
+    def min_excess(self) -> float | None:
+        """Star-residual vetting level from the card (``thresholds.star_residual_min_excess``).
+
+        ``None`` (cards written before vetting existed, or calibrated without it): no vetting.
+        """
+        if self.card is None:
+            return None
+        value = self.card.thresholds.get("star_residual_min_excess")
+        return None if value is None else float(value)
+
     def probability(self, triplet: Any) -> np.ndarray:
         """Per-pixel transient probability (float32, the frame's shape) for a triplet-like object.
 
         Anything with ``.science``, ``.reference`` and ``.difference`` 2-D arrays of one shape
         (e.g. :class:`astrid.imaging.fits.Triplet` or a ``SyntheticObservation``).
         """
+        return self._probability(*self._prepare(triplet))
+
+    def analyse(
+        self, triplet: Any, threshold: float | None = None, min_excess: float | str | None = "card"
+    ) -> tuple[np.ndarray, list[Detection]]:
+        """The probability map and the detections in it, vetted against the frame's star residuals.
+
+        ``threshold`` defaults to the card's; ``min_excess`` (``"card"``: the card's
+        ``star_residual_min_excess``, ``None``: no vetting) drops candidates on stars that are
+        not that many σ above the residual the frame's other stars leave
+        (:mod:`astrid.ml.vetting`). The frame statistics are computed once for both steps.
+        """
+        name, channels, stats = self._prepare(triplet)
+        probability = self._probability(name, channels, stats)
+        detections = extract_detections(
+            probability,
+            channels[0],
+            self.threshold if threshold is None else threshold,
+            getattr(triplet, "wcs", None),
+        )
+        level = self.min_excess if min_excess == "card" else min_excess
+        if level is not None and detections:
+            from astrid.ml.vetting import StarResidualVetter
+
+            detections = StarResidualVetter(triplet, stats).keep(detections, float(level))
+        return probability, detections
+
+    def _prepare(self, triplet: Any) -> tuple[str, tuple[np.ndarray, ...], normalise.FrameStats]:
         name = str(getattr(triplet, "name", None) or "observation")
         channels = tuple(np.asarray(getattr(triplet, k)) for k in ("difference", "science", "reference"))
         shapes = {c.shape for c in channels}
@@ -321,8 +360,12 @@ class InferenceEngine:
                 f"{name}: difference/science/reference must be non-empty 2-D arrays of one shape, got "
                 f"{[c.shape for c in channels]}"
             )
+        return name, channels, normalise.stack_stats(channels[1], channels[2], channels[0])
+
+    def _probability(
+        self, name: str, channels: tuple[np.ndarray, ...], stats: normalise.FrameStats
+    ) -> np.ndarray:
         h, w = channels[0].shape
-        stats = normalise.stack_stats(channels[1], channels[2], channels[0])
         out = np.empty((h, w), dtype=np.float32)
         pending: list[tuple[int, int, np.ndarray]] = []
 
@@ -345,14 +388,8 @@ class InferenceEngine:
         return out
 
     def detect(self, triplet: Any, threshold: float | None = None) -> list[Detection]:
-        """Detections above ``threshold`` (default: the card's recommended threshold)."""
-        probability = self.probability(triplet)
-        return extract_detections(
-            probability,
-            np.asarray(triplet.difference),
-            self.threshold if threshold is None else threshold,
-            getattr(triplet, "wcs", None),
-        )
+        """Detections above ``threshold`` (default: the card's), vetted as the card says."""
+        return self.analyse(triplet, threshold)[1]
 
 
 @functools.lru_cache(maxsize=4)

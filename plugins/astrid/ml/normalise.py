@@ -255,6 +255,11 @@ def apply_matched(
     Edges are mirrored (numpy "reflect", scipy "mirror"), as the engine pads tiles, so a band cut
     with a ``matched_halo`` of real or mirrored pixels gives the full frame's values.
     """
+    return _compress(matched_significance(difference, science, stats), soft)
+
+
+def matched_significance(difference: np.ndarray, science: np.ndarray, stats: FrameStats) -> np.ndarray:
+    """The matched channel before compression: for a point source on flat sky, its optimal SNR."""
     from scipy import ndimage
 
     d = np.asarray(difference, dtype=np.float32) - np.float32(stats.difference.background)
@@ -266,8 +271,7 @@ def apply_matched(
     g = np.exp(-0.5 * (x / sigma) ** 2)
     g /= np.sqrt((g**2).sum())  # separable: the 2-D kernel's squares sum to 1 -> unit noise
     filtered = ndimage.correlate1d(z, g.astype(np.float32), axis=0, mode="mirror")
-    filtered = ndimage.correlate1d(filtered, g.astype(np.float32), axis=1, mode="mirror")
-    return _compress(filtered, soft)
+    return ndimage.correlate1d(filtered, g.astype(np.float32), axis=1, mode="mirror")
 
 
 def apply_residual(science: np.ndarray, stats: FrameStats, soft: float = SOFT) -> np.ndarray:

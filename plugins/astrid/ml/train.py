@@ -26,9 +26,13 @@ Recipe (every number is in :class:`TrainConfig` and recorded in the model card):
 5. **Loss.** Pixel-weighted binary cross-entropy + soft Dice (batch-level), AdamW, one-cycle LR.
 6. **Operating point.** On ``calibration_observations`` more frames (seeds
    ``2_000_000 + 10_000 * seed + i``, disjoint from training and evaluation) the full engine
-   runs, and the lowest probability threshold whose false-detection rate is at most
-   ``calibration_false_per_mpix`` is found; the output bias is then shifted by its logit so that
-   **0.5 is the calibrated operating point** (the threshold everyone uses by default).
+   runs; for each star-residual vetting level in ``vetting_levels`` (:mod:`astrid.ml.vetting`;
+   ``None`` = none) the lowest probability threshold whose false-detection rate is at most
+   ``calibration_false_per_mpix`` is found, and the pair recovering the most transients of
+   SNR ≥ 4.5 wins. The output bias is then shifted by the threshold's logit so that **0.5 is the
+   calibrated operating point** (the threshold everyone uses by default), and the vetting level
+   goes into the card (``thresholds.star_residual_min_excess``), where the engine reads it.
+   :func:`recalibrate` (``astrid calibrate``) redoes this step alone on a trained model.
 
 Deterministic for a fixed seed and thread count: ``torch.manual_seed``, one ``numpy`` Generator,
 ``torch.use_deterministic_algorithms(True)``.
@@ -51,6 +55,8 @@ log = logging.getLogger(__name__)
 TRAIN_SEED_BASE = 1_000_000
 CALIBRATION_SEED_BASE = 2_000_000
 SEEDS_PER_RUN = 10_000
+# star-residual vetting levels tried at calibration (None = no vetting): astrid.ml.vetting
+VETTING_LEVELS: tuple[float | None, ...] = (None, 1.0, 1.5, 2.0, 2.5, 3.0)
 
 
 def train_seeds(seed: int, n: int) -> range:
@@ -88,9 +94,10 @@ class TrainConfig:
     # epochs after which the model's own false positives are mined as hard negatives
     mine_after: tuple[int, ...] = (4, 8, 12, 16, 20, 24)
     mine_threshold: float = 0.3
-    calibration_observations: int = 20
+    calibration_observations: int = 40
     calibration_size: int = 1024
     calibration_false_per_mpix: float = 0.8
+    vetting_levels: tuple[float | None, ...] = VETTING_LEVELS
     threads: int = 2
     knobs: dict[str, Any] = field(default_factory=dict)  # fixed generator knobs for every frame (tests)
 
@@ -340,52 +347,151 @@ def generate_observations(
 
 
 def calibrate_threshold(
-    engine: Any, observations: list[Any], max_false_per_mpix: float, grid: np.ndarray | None = None
+    engine: Any,
+    observations: list[Any],
+    max_false_per_mpix: float,
+    grid: np.ndarray | None = None,
+    vetting_levels: tuple[float | None, ...] = (None,),
 ) -> dict[str, Any]:
-    """Lowest threshold whose false-detection rate on ``observations`` is ≤ ``max_false_per_mpix``.
+    """The operating point: a probability threshold and a star-residual vetting level.
 
-    Returns the threshold and, for the record, recall/false rate at a few thresholds.
+    For each vetting level (``None`` = no vetting, else the ``min_excess`` of
+    :mod:`astrid.ml.vetting`) the lowest threshold whose false-detection rate on
+    ``observations`` is ≤ ``max_false_per_mpix`` is found; the level whose point recovers the
+    most transients of SNR ≥ 4.5 wins (no level reaching the rate: the one with the fewest false
+    detections at its highest threshold). Returns the chosen threshold and level, the sweep that
+    found them, and each level's own best point for the record.
     """
     from astrid.ml.detect import extract_detections
     from astrid.ml.evaluate import score_detections
+    from astrid.ml.vetting import StarResidualVetter
 
-    maps = [(engine.probability(o), o) for o in observations]
-    rows: dict[float, dict[str, Any]] = {}
+    vetting = any(level is not None for level in vetting_levels)
+    maps = [(engine.probability(o), o, StarResidualVetter(o) if vetting else None) for o in observations]
 
-    def at(t: float) -> dict[str, Any]:
-        t = round(float(t), 4)
-        if t not in rows:
-            pairs = [(extract_detections(p, o.difference, t), o.truth, o.difference.size) for p, o in maps]
-            r = score_detections(pairs, threshold=t)
-            rows[t] = {
-                "threshold": t,
-                "false_per_mpix": round(r.false_per_mpix, 4),
-                "recall_snr_ge_7": round(r.recall_between(7.0), 4),
-                "recall_snr_4.5_7": round(r.recall_between(4.5, 7.0), 4),
-                "f1": round(r.f1, 4),
-            }
-        return rows[t]
+    def sweep(level: float | None) -> dict[str, Any]:
+        rows: dict[float, dict[str, Any]] = {}
 
+        def at(t: float) -> dict[str, Any]:
+            t = round(float(t), 4)
+            if t not in rows:
+                pairs = []
+                for p, o, vetter in maps:
+                    found = extract_detections(p, o.difference, t)
+                    if level is not None:
+                        found = vetter.keep(found, level)
+                    pairs.append((found, o.truth, o.difference.size))
+                r = score_detections(pairs, threshold=t)
+                rows[t] = {
+                    "threshold": t,
+                    "false_per_mpix": round(r.false_per_mpix, 4),
+                    "recall_snr_ge_7": round(r.recall_between(7.0), 4),
+                    "recall_snr_4.5_7": round(r.recall_between(4.5, 7.0), 4),
+                    "recall_snr_ge_4.5": round(r.recall_between(4.5), 4),
+                    "f1": round(r.f1, 4),
+                }
+            return rows[t]
+
+        chosen = _lowest_passing(at, max_false_per_mpix, grid)
+        return {
+            "min_excess": level,
+            "threshold": chosen,
+            "chosen": at(chosen),
+            "table": [rows[k] for k in sorted(rows)],
+        }
+
+    sweeps = [sweep(level) for level in vetting_levels]
+
+    def merit(result: dict[str, Any]) -> tuple[bool, float]:
+        row = result["chosen"]
+        passes = row["false_per_mpix"] <= max_false_per_mpix
+        return (passes, row["recall_snr_ge_4.5"] if passes else -row["false_per_mpix"])
+
+    best = max(sweeps, key=merit)  # first of equals: the least vetting
+    return {
+        "threshold": best["threshold"],
+        "min_excess": best["min_excess"],
+        "chosen": best["chosen"],
+        "table": best["table"],
+        "levels": [{k: r[k] for k in ("min_excess", "threshold", "chosen")} for r in sweeps],
+    }
+
+
+def _lowest_passing(
+    at: Callable[[float], dict[str, Any]], max_false: float, grid: np.ndarray | None
+) -> float:
+    """Lowest threshold with ``at(t)['false_per_mpix'] <= max_false`` (the highest tried if none)."""
     # thresholds evenly spaced in logit (0.047 ... 0.999), then refined between the last failing
     # and the first passing one
     coarse = 1 / (1 + np.exp(-np.linspace(-3.0, 7.0, 21))) if grid is None else np.asarray(grid, dtype=float)
     chosen = None
     previous = None
     for t in coarse:
-        if at(t)["false_per_mpix"] <= max_false_per_mpix:
+        if at(t)["false_per_mpix"] <= max_false:
             chosen = float(t)
             break
         previous = float(t)
     if chosen is None:
-        chosen = float(coarse[-1])
-    elif previous is not None and grid is None:
+        return round(float(coarse[-1]), 4)
+    if previous is not None and grid is None:
         lo, hi = math.log(previous / (1 - previous)), math.log(chosen / (1 - chosen))
         for z in np.linspace(lo, hi, 6)[1:-1]:
             t = 1 / (1 + math.exp(-z))
-            if at(t)["false_per_mpix"] <= max_false_per_mpix:
+            if at(t)["false_per_mpix"] <= max_false:
                 chosen = t
                 break
-    return {"threshold": round(chosen, 4), "chosen": at(chosen), "table": [rows[k] for k in sorted(rows)]}
+    return round(chosen, 4)
+
+
+def calibrate_model(model: Any, config: TrainConfig, *, progress: bool = False) -> dict[str, Any]:
+    """Place ``model``'s operating point at probability 0.5 (its head bias is shifted in place).
+
+    Runs the fp32 engine (deterministic) over the calibration frames of ``config``'s seed,
+    calibrates threshold and vetting level (:func:`calibrate_threshold`) and shifts the output
+    bias by the threshold's logit. Returns the record that goes into the card.
+    """
+    import torch
+
+    from astrid.ml.engine import InferenceEngine
+
+    if config.calibration_observations <= 0:
+        return {"threshold": 0.5, "min_excess": None, "note": "not calibrated (calibration_observations=0)"}
+    seeds = calibration_seeds(config.seed, config.calibration_observations)
+    cal_obs = list(
+        generate_observations(
+            seeds, config.calibration_size, None, config.knobs, progress, "calibration observations"
+        )
+    )
+    model.eval()
+    engine = InferenceEngine(model, device="cpu", batch_size=4, precision="fp32")  # deterministic
+    calibration = calibrate_threshold(
+        engine, cal_obs, config.calibration_false_per_mpix, vetting_levels=tuple(config.vetting_levels)
+    )
+    t = calibration["threshold"]
+    shift = math.log(t / (1 - t))
+    with torch.no_grad():
+        model.head.bias -= shift
+    calibration.update(
+        logit_shift=round(shift, 5),
+        seeds=[seeds.start, seeds.stop - 1],
+        size=config.calibration_size,
+        target_false_per_mpix=config.calibration_false_per_mpix,
+        note=f"output bias shifted by -logit({t}) so that probability 0.5 is this operating point",
+    )
+    log.info(
+        "calibrated operating point: raw threshold %.4f -> 0.5, vetting %s", t, calibration["min_excess"]
+    )
+    return calibration
+
+
+def card_thresholds(calibration: dict[str, Any]) -> dict[str, Any]:
+    """The card's ``thresholds`` for a calibration record (the engine reads the vetting level here)."""
+    return {
+        "default": 0.5,
+        "recommended": 0.5,
+        "raw_calibrated": calibration["threshold"],
+        "star_residual_min_excess": calibration.get("min_excess"),
+    }
 
 
 def train(
@@ -399,7 +505,7 @@ def train(
     """Train, calibrate and write ``model.safetensors`` + ``model_card.json`` into ``output``."""
     import torch
 
-    from astrid.ml.engine import DEFAULT_BORDER, InferenceEngine
+    from astrid.ml.engine import DEFAULT_BORDER
     from astrid.ml.normalise import describe
     from astrid.ml.unet import UNet, count_parameters
     from astrid.ml.weights import ModelCard, save_model
@@ -463,35 +569,7 @@ def train(
     model.eval()
     train_seconds = time.perf_counter() - started
 
-    calibration: dict[str, Any] = {"threshold": 0.5, "note": "not calibrated (calibration_observations=0)"}
-    if config.calibration_observations > 0:
-        cal_obs = list(
-            generate_observations(
-                calibration_seeds(config.seed, config.calibration_observations),
-                config.calibration_size,
-                None,
-                config.knobs,
-                progress,
-                "calibration observations",
-            )
-        )
-        engine = InferenceEngine(model, device="cpu", batch_size=4, precision="fp32")  # deterministic
-        calibration = calibrate_threshold(engine, cal_obs, config.calibration_false_per_mpix)
-        t = calibration["threshold"]
-        shift = math.log(t / (1 - t))
-        with torch.no_grad():
-            model.head.bias -= shift
-        calibration.update(
-            logit_shift=round(shift, 5),
-            seeds=[
-                calibration_seeds(config.seed, 1).start,
-                calibration_seeds(config.seed, config.calibration_observations).stop - 1,
-            ],
-            size=config.calibration_size,
-            target_false_per_mpix=config.calibration_false_per_mpix,
-            note=f"output bias shifted by -logit({t}) so that probability 0.5 is this operating point",
-        )
-        log.info("calibrated operating point: raw threshold %.2f -> 0.5", t)
+    calibration = calibrate_model(model, config, progress=progress)
 
     version = version or time.strftime("%Y.%m.%d")
     card = ModelCard(
@@ -524,7 +602,7 @@ def train(
             "held_out": "seeds < 1,000,000 are never used for training or calibration",
         },
         command=command or _command(config, output),
-        thresholds={"default": 0.5, "recommended": 0.5, "raw_calibrated": calibration["threshold"]},
+        thresholds=card_thresholds(calibration),
         normalisation={**describe(), "inference_edge_border_px": DEFAULT_BORDER},
     )
     weights = save_model(model, card, output)
@@ -553,3 +631,51 @@ def _command(config: TrainConfig, output: str | Path) -> str:
         f"--mine-after {','.join(map(str, config.mine_after))} "
         f"--calibration-observations {config.calibration_observations} --threads {config.threads}"
     )
+
+
+def recalibrate(
+    directory: str | Path,
+    *,
+    observations: int | None = None,
+    version: str | None = None,
+    command: str | None = None,
+    progress: bool = False,
+) -> Any:
+    """Re-place a trained model's operating point without retraining; returns the new card.
+
+    Why: the operating point depends on what runs after the network (the star-residual vetting
+    of :mod:`astrid.ml.vetting`), so a change there must not cost a 30-minute retraining. The
+    card's previous ``logit_shift`` is undone, :func:`calibrate_model` runs with the card's own
+    recipe (``observations`` overrides its calibration frame count), and weights + card are
+    rewritten under a new version. Metrics measured at the old operating point are dropped:
+    run ``astrid evaluate`` again.
+    """
+    from dataclasses import fields, replace
+
+    import torch
+
+    from astrid.ml.weights import load_model, save_model
+
+    model, card = load_model(directory)
+    known = {f.name for f in fields(TrainConfig)}
+    recipe = {k: tuple(v) if isinstance(v, list) else v for k, v in card.training.get("recipe", {}).items()}
+    config = TrainConfig(**{k: v for k, v in recipe.items() if k in known})
+    if observations is not None:
+        config = replace(config, calibration_observations=observations)
+    previous = card.training.get("calibration", {})
+    with torch.no_grad():
+        model.head.bias += float(previous.get("logit_shift", 0.0))
+    calibration = calibrate_model(model, config, progress=progress)
+    calibration["command"] = command or f"astrid calibrate --model {directory}"
+    calibration["previous"] = {
+        k: previous.get(k) for k in ("threshold", "min_excess", "logit_shift", "seeds")
+    }
+    card.training["recipe"] = config.to_dict()
+    card.training["calibration"] = calibration
+    card.thresholds = card_thresholds(calibration)
+    card.metrics = {}
+    card.version = version or time.strftime("%Y.%m.%d")
+    save_model(model, card, directory)
+    from astrid.ml.weights import read_card
+
+    return read_card(directory)
