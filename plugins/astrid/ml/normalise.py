@@ -176,9 +176,33 @@ def _variance(science: np.ndarray, stats: FrameStats) -> np.ndarray:
 
 def _source(science: np.ndarray, stats: FrameStats) -> np.ndarray:
     """``max(science − sky, 0)`` as float32, non-finite pixels as 0."""
-    source = np.asarray(science, dtype=np.float32) - np.float32(stats.science.background)
-    source[~np.isfinite(source)] = 0.0
+    source = sky_subtracted(science, stats.science)
     return np.maximum(source, 0.0, out=source)
+
+
+def sky_subtracted(image: np.ndarray, stats: ChannelStats) -> np.ndarray:
+    """``image − background`` as float32, non-finite pixels as 0 (= sky)."""
+    out = np.asarray(image, dtype=np.float32) - np.float32(stats.background)
+    return np.where(np.isfinite(out), out, np.float32(0.0))
+
+
+def reference_stars(ref: np.ndarray, noise: float, min_peak: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the stars of a sky-subtracted reference: 5×5 local maxima above
+    ``min_peak`` × ``noise`` and below half the image maximum (saturated cores and bleeds
+    excluded), at least 2 px from the edges.
+
+    Why the reference: cosmic rays, hot pixels and transients are only in the science, and
+    would otherwise pass for stars.
+    """
+    from scipy import ndimage
+
+    if ref.size == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    bright = (ref > min_peak * noise) & (ref < 0.5 * float(ref.max()))
+    rows, cols = np.nonzero(bright & (ref == ndimage.maximum_filter(ref, size=5)))
+    h, w = ref.shape
+    inside = (rows >= 2) & (cols >= 2) & (rows < h - 2) & (cols < w - 2)
+    return rows[inside], cols[inside]
 
 
 def subtraction_residual(
@@ -193,20 +217,11 @@ def subtraction_residual(
     transient on one of them or a fading star inflates its ρ, which the median ignores. Without
     a reference, or with fewer than ``RESIDUAL_MIN_STARS`` stars, returns 0.
     """
-    from scipy import ndimage
 
     if reference is None:
         return 0.0
-    ref = np.asarray(reference, dtype=np.float32) - np.float32(stats.reference.background)
-    ref = np.where(np.isfinite(ref), ref, np.float32(0.0))
-    h, w = ref.shape
-    bright = (ref > RESIDUAL_MIN_PEAK * stats.reference.noise) & (ref < 0.5 * float(ref.max()))
-    if bright.sum() < RESIDUAL_MIN_STARS:
-        return 0.0
-    peaks = bright & (ref == ndimage.maximum_filter(ref, size=5))
-    rows, cols = np.nonzero(peaks)
-    inside = (rows >= 2) & (cols >= 2) & (rows < h - 2) & (cols < w - 2)
-    rows, cols = rows[inside], cols[inside]
+    ref = sky_subtracted(reference, stats.reference)
+    rows, cols = reference_stars(ref, stats.reference.noise, RESIDUAL_MIN_PEAK)
     if len(rows) < RESIDUAL_MIN_STARS:
         return 0.0
     order = np.argsort(-ref[rows, cols])[:RESIDUAL_MAX_STARS]

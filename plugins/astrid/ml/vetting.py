@@ -53,17 +53,6 @@ class ResidualModel:
     stars: int
 
 
-def _star_peaks(ref: np.ndarray, noise: float, min_peak: float) -> tuple[np.ndarray, np.ndarray]:
-    from scipy import ndimage
-
-    top = float(ref.max()) if ref.size else 0.0
-    peaks = (ref > min_peak * noise) & (ref < 0.5 * top) & (ref == ndimage.maximum_filter(ref, size=5))
-    rows, cols = np.nonzero(peaks)
-    h, w = ref.shape
-    inside = (rows >= 2) & (cols >= 2) & (rows < h - 2) & (cols < w - 2)
-    return rows[inside], cols[inside]
-
-
 def _box_sum(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int = 2) -> np.ndarray:
     out = np.zeros(len(rows), dtype=np.float64)
     for dr in range(-half, half + 1):
@@ -94,10 +83,9 @@ class StarResidualVetter:
         self.difference = np.asarray(triplet.difference, dtype=np.float32)
         reference = np.asarray(triplet.reference, dtype=np.float32)
         self.stats = stats or normalise.stack_stats(self.science, reference, self.difference)
-        ref = reference - np.float32(self.stats.reference.background)
-        self.ref = np.where(np.isfinite(ref), ref, np.float32(0.0))
+        self.ref = normalise.sky_subtracted(reference, self.stats.reference)
         self.m = normalise.matched_significance(self.difference, self.science, self.stats)
-        self.rows, self.cols = _star_peaks(self.ref, self.stats.reference.noise, MIN_STAR_PEAK)
+        self.rows, self.cols = normalise.reference_stars(self.ref, self.stats.reference.noise, MIN_STAR_PEAK)
         self.sky_max = self._sky_max()
         self.model = self._residual_model()
 
