@@ -49,7 +49,9 @@ def test_residual_model_measures_the_frames_flux_scale_error(bad_frame):
     vetter = StarResidualVetter(bad_frame)
     assert vetter.model is not None and vetter.model.stars >= 8
     assert vetter.model.median > 0  # subtracting 6 % too little leaves a positive residual on every star
-    clean = StarResidualVetter(make_observation(321, size=512, **{**BAD_SUBTRACTION, "flux_scale_error": 0.0}))
+    clean = StarResidualVetter(
+        make_observation(321, size=512, **{**BAD_SUBTRACTION, "flux_scale_error": 0.0})
+    )
     assert clean.model is not None and clean.model.median < 0.3 * vetter.model.median
 
 
@@ -65,7 +67,9 @@ def test_ordinary_star_residuals_are_dropped_and_transients_on_stars_kept(bad_fr
     dets = [Detection(x=x, y=y, ra=None, dec=None, score=0.9, flux=1.0) for x, y in stars]
     dets += [Detection(x=t.x, y=t.y, ra=None, dec=None, score=0.9, flux=1.0) for t in bad_frame.truth]
     kept = vetter.keep(dets, 2.0)
-    kept_truth = sum(1 for d in kept if any(abs(d.x - t.x) < 0.5 and abs(d.y - t.y) < 0.5 for t in bad_frame.truth))
+    kept_truth = sum(
+        1 for d in kept if any(abs(d.x - t.x) < 0.5 and abs(d.y - t.y) < 0.5 for t in bad_frame.truth)
+    )
     assert kept_truth >= 0.8 * len(bad_frame.truth) and len(kept) - kept_truth <= 0.1 * len(stars)
 
 
@@ -94,14 +98,17 @@ def test_engine_applies_the_cards_vetting_level(bad_frame, tmp_path):
     from dataclasses import replace
 
     from astrid.ml.engine import InferenceEngine
-    from astrid.paths import shipped_model_path
     from astrid.ml.weights import load_model
+    from astrid.paths import shipped_model_path
 
     model, card = load_model(shipped_model_path())
     crop = make_observation(321, size=256, n_transients=4, host_fractions=(0.0, 1.0, 0.0), **BAD_SUBTRACTION)
     plain = InferenceEngine(model, replace(card, thresholds={"default": 0.5}), device="cpu", precision="fp32")
     vetted = InferenceEngine(
-        model, replace(card, thresholds={"default": 0.5, "star_residual_min_excess": 50.0}), device="cpu", precision="fp32"
+        model,
+        replace(card, thresholds={"default": 0.5, "star_residual_min_excess": 50.0}),
+        device="cpu",
+        precision="fp32",
     )
     assert plain.min_excess is None and vetted.min_excess == 50.0
     p_plain, d_plain = plain.analyse(crop, 0.01)
