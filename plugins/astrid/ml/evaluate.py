@@ -451,11 +451,12 @@ def run_evaluation(
         write_card(card, Path(weights).parent)
         outcome.card = card
     if markdown:
-        _update_markdown(Path(markdown), md, key="varied" if varied else "default")
+        update_markdown(Path(markdown), md, key="varied" if varied else "default")
     return outcome
 
 
-def _update_markdown(path: Any, body: str, key: str = "default") -> None:
+def update_markdown(path: Any, body: str, key: str = "default") -> None:
+    """Replace the ``key`` block between this module's markers in ``path`` (appended if absent)."""
     start, end = f"{MD_START[:-4]}:{key} -->", f"{MD_END[:-4]}:{key} -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
     text = path.read_text() if path.exists() else "# AstrID U-Net model\n"

@@ -11,8 +11,12 @@ test behind ZOGY's source-noise term (Zackay, Ofek & Gal-Yam 2016) made empirica
    (:func:`astrid.ml.normalise.matched_significance`, unit noise).
 2. Stars are local maxima of the *reference* (no transient, no cosmic ray there). For the
    bright unsaturated ones, ``q_i = (max(M within R px of the star) − b) / S_i`` with ``S_i``
-   the star's 5×5 reference flux and ``b`` what that local max reads on empty sky (noise
-   alone): the frame's residual per unit of star flux.
+   the star's 3×3 *core* flux in the reference and ``b`` what that local max reads on empty
+   sky (noise alone): the frame's residual per unit of core flux. The core, not a wider box,
+   because the residuals come from the sharp part of a source: a galaxy nucleus under a
+   transient has much extended light that leaves little residual, and a wider box would
+   over-predict its residual and drop supernovae (measured: 12 → 5 of 403 real SNR ≥ 4.5
+   transients lost on galaxy-rich frames, same false detections removed).
 3. A candidate with a reference star within ``R`` px has the expected residual
    ``μ = b + median(q)·S`` and spread ``τ = scatter(q)·S`` (scatter = 1.4826·MAD, with each
    star's own noise removed);
@@ -53,7 +57,8 @@ class ResidualModel:
     stars: int
 
 
-def _box_sum(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int = 2) -> np.ndarray:
+def _box_sum(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int = 1) -> np.ndarray:
+    """Sum of ``a`` over the (2·half+1)² box around each (row, col); rows/cols ≥ half from the edges."""
     out = np.zeros(len(rows), dtype=np.float64)
     for dr in range(-half, half + 1):
         for dc in range(-half, half + 1):
@@ -61,7 +66,7 @@ def _box_sum(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int = 2) -
     return out
 
 
-def _local_max(m: np.ndarray, rows: np.ndarray, cols: np.ndarray, radius: float) -> np.ndarray:
+def local_max(m: np.ndarray, rows: np.ndarray, cols: np.ndarray, radius: float) -> np.ndarray:
     """max of ``m`` within ``radius`` px of each (row, col), clipped at the frame."""
     r = math.floor(radius)
     h, w = m.shape
@@ -98,7 +103,7 @@ class StarResidualVetter:
         empty = self.ref[rows, cols] < self.stats.reference.noise
         if empty.sum() < 10:
             return 0.0
-        return float(np.median(_local_max(self.m, rows[empty], cols[empty], STAR_RADIUS)))
+        return float(np.median(local_max(self.m, rows[empty], cols[empty], STAR_RADIUS)))
 
     def _residual_model(self) -> ResidualModel | None:
         bright = self.ref[self.rows, self.cols] > POPULATION_MIN_PEAK * self.stats.reference.noise
@@ -109,7 +114,7 @@ class StarResidualVetter:
         rows, cols = rows[order], cols[order]
         flux = _box_sum(self.ref, rows, cols)
         ok = flux > 0
-        q = (_local_max(self.m, rows[ok], cols[ok], STAR_RADIUS) - self.sky_max) / flux[ok]
+        q = (local_max(self.m, rows[ok], cols[ok], STAR_RADIUS) - self.sky_max) / flux[ok]
         if len(q) < MIN_POPULATION:
             return None
         median = float(np.median(q))
@@ -136,7 +141,7 @@ class StarResidualVetter:
             return out
         sr, sc = rows[idx[near]], cols[idx[near]]
         flux = np.maximum(_box_sum(self.ref, sr, sc), 0.0)
-        m = _local_max(self.m, sr, sc, STAR_RADIUS)
+        m = local_max(self.m, sr, sc, STAR_RADIUS)
         mu = self.sky_max + self.model.median * flux
         tau = self.model.scatter * flux
         out[near] = (m - mu) / np.sqrt(1.0 + tau * tau)
