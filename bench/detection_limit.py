@@ -49,12 +49,13 @@ def noise_peaks(frames: int, size: int) -> tuple[np.ndarray, float]:
     from scipy import ndimage
 
     from astrid.imaging.synthetic import make_observation
-    from astrid.ml.vetting import StarResidualVetter
+    from astrid.ml.normalise import matched_significance, stack_stats
 
     values, area = [], 0
     for seed in range(5000, 5000 + frames):
         obs = make_observation(seed, size=size, **EMPTY_SKY)
-        m = StarResidualVetter(obs).m
+        stats = stack_stats(obs.science, obs.reference, obs.difference)
+        m = matched_significance(obs.difference, obs.science, stats)
         ok = np.ones(m.shape, dtype=bool)
         ok[:16], ok[-16:], ok[:, :16], ok[:, -16:] = False, False, False, False
         for t in obs.truth:  # the three bright transients are not noise
@@ -69,17 +70,18 @@ def noise_peaks(frames: int, size: int) -> tuple[np.ndarray, float]:
 def faint_transients(frames: int, size: int) -> np.ndarray:
     """``M`` (local max within 2 px) at every blank-sky transient of SNR 4.5–7."""
     from astrid.imaging.synthetic import make_observation
-    from astrid.ml.vetting import STAR_RADIUS, StarResidualVetter, local_max
+    from astrid.ml.normalise import matched_peaks, stack_stats
+    from astrid.ml.vetting import STAR_RADIUS
 
     values = []
     for seed in range(5100, 5100 + 3 * frames):
         obs = make_observation(seed, size=size)
         faint = [t for t in obs.truth if 4.5 <= t.snr < 7.0 and t.host == "blank"]
         if faint:
-            m = StarResidualVetter(obs).m
+            stats = stack_stats(obs.science, obs.reference, obs.difference)
             rows = np.array([round(t.y) for t in faint])
             cols = np.array([round(t.x) for t in faint])
-            values.extend(local_max(m, rows, cols, STAR_RADIUS).tolist())
+            values.extend(matched_peaks(obs.difference, obs.science, stats, rows, cols, STAR_RADIUS).tolist())
     return np.asarray(values)
 
 

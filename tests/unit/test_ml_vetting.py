@@ -137,3 +137,30 @@ def test_transients_in_galaxies_are_kept():
         )
         z.extend(StarResidualVetter(obs).excess([t.x for t in obs.truth], [t.y for t in obs.truth]))
     assert len(z) >= 40 and np.sum(np.asarray(z) < 2.0) <= 4, np.round(z, 1)
+
+
+def test_matched_peaks_equal_the_full_frame_map_also_at_the_edges(bad_frame):
+    """The vetter asks for M only around the places it needs; it must be the full frame's M."""
+    from astrid.ml.normalise import matched_peaks, matched_significance, stack_stats
+
+    obs = bad_frame
+    stats = stack_stats(obs.science, obs.reference, obs.difference)
+    full = matched_significance(obs.difference, obs.science, stats)
+    rng = np.random.default_rng(5)
+    rows = np.concatenate([rng.integers(0, 512, 200), [0, 1, 511, 510, 0, 511]])
+    cols = np.concatenate([rng.integers(0, 512, 200), [0, 511, 0, 3, 255, 511]])
+    got = matched_peaks(obs.difference, obs.science, stats, rows, cols, 2.0)
+    dy, dx = np.mgrid[-2:3, -2:3]
+    disk = dy * dy + dx * dx <= 4
+    want = [
+        max(
+            full[r + a, c + b]
+            for a, b in zip(dy[disk], dx[disk], strict=True)
+            if 0 <= r + a < 512 and 0 <= c + b < 512
+        )
+        for r, c in zip(rows, cols, strict=True)
+    ]
+    interior = (rows >= 2) & (rows < 510) & (cols >= 2) & (cols < 510)
+    np.testing.assert_allclose(got[interior], np.asarray(want)[interior], rtol=1e-5, atol=1e-5)
+    # at the edges the window is mirrored, so it may also see the mirrored neighbours: never less
+    assert np.all(got[~interior] >= np.asarray(want)[~interior] - 1e-5)

@@ -96,15 +96,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def _reflect(index: np.ndarray, n: int) -> np.ndarray:
-    """Map any integer index onto [0, n) by mirror reflection without edge repeat (numpy 'reflect')."""
-    if n == 1:
-        return np.zeros_like(index)
-    period = 2 * (n - 1)
-    i = np.abs(index) % period
-    return np.where(i >= n, period - i, i)
-
-
 def _ceil_to(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -250,9 +241,9 @@ class InferenceEngine:
         halo = normalise.matched_halo(stats) if self.in_channels >= 5 else 0
         col_starts = range(0, w, tw - self.overlap)
         last = col_starts[-1] - m + tw  # the band's columns: every tile's, reflected at the edges
-        cols = _reflect(np.arange(-m - halo, last + halo), w)
+        cols = normalise.reflect_index(np.arange(-m - halo, last + halo), w)
         for r0 in range(0, h, th - self.overlap):
-            rows = _reflect(np.arange(r0 - m - halo, r0 - m + th + halo), h)
+            rows = normalise.reflect_index(np.arange(r0 - m - halo, r0 - m + th + halo), h)
             diff, sci, ref = (ch[rows][:, cols] for ch in channels)
             band = normalise.normalise_stack(sci, ref, diff, stats, channels=self.in_channels)
             del diff, sci, ref

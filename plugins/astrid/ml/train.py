@@ -204,10 +204,10 @@ def _crop(a: np.ndarray, r0: int, c0: int, p: int) -> np.ndarray:
     h, w = a.shape[-2:]
     if r0 >= 0 and r0 + p <= h and c0 >= 0 and c0 + p <= w:
         return a[..., r0 : r0 + p, c0 : c0 + p]
-    from astrid.ml.engine import _reflect
+    from astrid.ml.normalise import reflect_index
 
-    rows = _reflect(np.arange(r0, r0 + p), h)
-    cols = _reflect(np.arange(c0, c0 + p), w)
+    rows = reflect_index(np.arange(r0, r0 + p), h)
+    cols = reflect_index(np.arange(c0, c0 + p), w)
     return a[..., rows[:, None], cols[None, :]]
 
 

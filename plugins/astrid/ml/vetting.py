@@ -24,8 +24,8 @@ test behind ZOGY's source-noise term (Zackay, Ofek & Gal-Yam 2016) made empirica
 4. It is kept when ``z ≥ min_excess``. A candidate with no star under it is not touched: the
    network alone decides there.
 
-This runs after the network on the detections it reports, so it costs one filtered frame and a
-few hundred small boxes per observation.
+This runs after the network on the detections it reports; ``M`` is computed only in small
+windows around the stars and sky samples it needs (:func:`astrid.ml.normalise.matched_peaks`).
 """
 
 from __future__ import annotations
@@ -66,20 +66,6 @@ def _box_sum(a: np.ndarray, rows: np.ndarray, cols: np.ndarray, half: int = 1) -
     return out
 
 
-def local_max(m: np.ndarray, rows: np.ndarray, cols: np.ndarray, radius: float) -> np.ndarray:
-    """max of ``m`` within ``radius`` px of each (row, col), clipped at the frame."""
-    r = math.floor(radius)
-    h, w = m.shape
-    best = np.full(len(rows), -np.inf)
-    for dr in range(-r, r + 1):
-        for dc in range(-r, r + 1):
-            if dr * dr + dc * dc > radius * radius:
-                continue
-            rr, cc = np.clip(rows + dr, 0, h - 1), np.clip(cols + dc, 0, w - 1)
-            best = np.maximum(best, m[rr, cc])
-    return best
-
-
 class StarResidualVetter:
     """Per-frame vetting of candidates on stars (see the module docstring)."""
 
@@ -89,21 +75,24 @@ class StarResidualVetter:
         reference = np.asarray(triplet.reference, dtype=np.float32)
         self.stats = stats or normalise.stack_stats(self.science, reference, self.difference)
         self.ref = normalise.sky_subtracted(reference, self.stats.reference)
-        self.m = normalise.matched_significance(self.difference, self.science, self.stats)
         self.rows, self.cols = normalise.reference_stars(self.ref, self.stats.reference.noise, MIN_STAR_PEAK)
         self.sky_max = self._sky_max()
         self.model = self._residual_model()
 
+    def _peaks(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``max(M within R px)`` at each (row, col)."""
+        return normalise.matched_peaks(self.difference, self.science, self.stats, rows, cols, STAR_RADIUS)
+
     def _sky_max(self) -> float:
         """What the local max of ``M`` reads on empty sky (noise alone): the statistic's zero point."""
-        h, w = self.m.shape
+        h, w = self.ref.shape
         step = max(4, int(math.sqrt(h * w / SKY_SAMPLES)))
         rows, cols = np.mgrid[step // 2 : h : step, step // 2 : w : step]
         rows, cols = rows.ravel(), cols.ravel()
         empty = self.ref[rows, cols] < self.stats.reference.noise
         if empty.sum() < 10:
             return 0.0
-        return float(np.median(local_max(self.m, rows[empty], cols[empty], STAR_RADIUS)))
+        return float(np.median(self._peaks(rows[empty], cols[empty])))
 
     def _residual_model(self) -> ResidualModel | None:
         bright = self.ref[self.rows, self.cols] > POPULATION_MIN_PEAK * self.stats.reference.noise
@@ -114,7 +103,7 @@ class StarResidualVetter:
         rows, cols = rows[order], cols[order]
         flux = _box_sum(self.ref, rows, cols)
         ok = flux > 0
-        q = (local_max(self.m, rows[ok], cols[ok], STAR_RADIUS) - self.sky_max) / flux[ok]
+        q = (self._peaks(rows[ok], cols[ok]) - self.sky_max) / flux[ok]
         if len(q) < MIN_POPULATION:
             return None
         median = float(np.median(q))
@@ -141,7 +130,7 @@ class StarResidualVetter:
             return out
         sr, sc = rows[idx[near]], cols[idx[near]]
         flux = np.maximum(_box_sum(self.ref, sr, sc), 0.0)
-        m = local_max(self.m, sr, sc, STAR_RADIUS)
+        m = self._peaks(sr, sc)
         mu = self.sky_max + self.model.median * flux
         tau = self.model.scatter * flux
         out[near] = (m - mu) / np.sqrt(1.0 + tau * tau)
