@@ -87,6 +87,12 @@ class InferenceSchedulingConfig:
     confidence_threshold: float = _env(
         "ASTRID_INFERENCE_CONFIDENCE_THRESHOLD", "probability cut for a detection (0-1)", default=0.5
     )
+    star_residual_vetting: str = _env(
+        "ASTRID_INFERENCE_STAR_RESIDUAL_VETTING",
+        "candidates on stars must exceed the frame's star residual by this many σ: card (the model "
+        "card's calibrated level), off, or a number such as 2.5",
+        default="card",
+    )
     inference_batch_size: int = _env("ASTRID_INFERENCE_BATCH_SIZE", "tiles per forward pass", default=8)
     device: str = _env("ASTRID_INFERENCE_DEVICE", "auto, cpu or cuda", default="auto")
     gpu_pool: str = _env(
@@ -173,6 +179,11 @@ class InferenceSchedulingConfig:
         return getattr(self, f"{kind}_deadline_minutes")
 
     @property
+    def vetting_level(self) -> float | str | None:
+        """``"card"``, ``None`` (off) or a z level: what ``InferenceEngine.analyse(min_excess=)`` takes."""
+        return parse_vetting("ASTRID_INFERENCE_STAR_RESIDUAL_VETTING", self.star_residual_vetting)
+
+    @property
     def alert_recipients(self) -> list[str]:
         return [a.strip() for a in self.alert_email.split(",") if a.strip()]
 
@@ -232,6 +243,24 @@ def _percent(env: str, value: float) -> None:
         raise ConfigError(f"{env}={value!r} must be a percentage in (0, 100]")
 
 
+def parse_vetting(name: str, value: str) -> float | str | None:
+    """A star-residual vetting setting: ``"card"``, ``"off"`` (→ ``None``) or a positive z level."""
+    word = value.strip().lower()
+    if word in ("card", "off"):
+        return None if word == "off" else "card"
+    try:
+        level = float(word)
+    except ValueError:
+        level = math.nan
+    if not (math.isfinite(level) and level > 0):
+        raise ConfigError(f"{name}={value!r} must be card, off or a positive number of σ (e.g. 2.5)")
+    return level
+
+
+def _vetting(env: str, value: str) -> None:
+    parse_vetting(env, value)
+
+
 def _one_of(choices: tuple[str, ...], fold: Callable[[str], str] = str) -> Callable[[str, str], None]:
     def check(env: str, value: str) -> None:
         if fold(value) not in choices:
@@ -245,6 +274,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "log_level": _one_of(LOG_LEVELS, fold=str.upper),
     "device": _one_of(DEVICES),
     "confidence_threshold": _fraction,
+    "star_residual_vetting": _vetting,
     "min_success_rate": _fraction,
     "min_validation_f1": _fraction,
     "max_memory_percent": _percent,

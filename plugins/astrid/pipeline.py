@@ -32,8 +32,10 @@ class Detector(Protocol):
 
     version: str
 
-    def analyse(self, triplet: Any, threshold: float | None = None) -> tuple[np.ndarray, list[Any]]:
-        """(probability map, detections above ``threshold``) for one triplet."""
+    def analyse(
+        self, triplet: Any, threshold: float | None = None, min_excess: float | str | None = "card"
+    ) -> tuple[np.ndarray, list[Any]]:
+        """(probability map, detections above ``threshold``, vetted at ``min_excess``) for one triplet."""
         ...
 
 
@@ -43,8 +45,10 @@ class VersionedDetector:
     def __init__(self, detector: Detector, version: str) -> None:
         self._detector, self.version = detector, str(version)
 
-    def analyse(self, triplet: Any, threshold: float | None = None) -> tuple[np.ndarray, list[Any]]:
-        return self._detector.analyse(triplet, threshold)
+    def analyse(
+        self, triplet: Any, threshold: float | None = None, min_excess: float | str | None = "card"
+    ) -> tuple[np.ndarray, list[Any]]:
+        return self._detector.analyse(triplet, threshold, min_excess)
 
 
 @dataclass(frozen=True)
@@ -199,8 +203,11 @@ def run_inference(
     metrics: Metrics | None = None,
     artifacts: Any = None,
     on_observation: Callable[[Claim, list], None] | None = None,
+    min_excess: float | str | None = "card",
 ) -> RunSummary:
     """Infer every claim, write detections + statuses, write artifacts; return the summary.
+
+    ``min_excess`` is the star-residual vetting level (``"card"``: the model card's, ``None``: off).
 
     ``artifacts`` is a directory path-like (under the storage root) for the run's detection
     catalog CSV and probability thumbnails; ``None`` skips artifacts.
@@ -221,7 +228,7 @@ def run_inference(
             t0 = time.perf_counter()
             try:
                 triplet = load_claim(claim, storage, max_side)
-                probability, detections = detector.analyse(triplet, threshold)
+                probability, detections = detector.analyse(triplet, threshold, min_excess)
                 catalog.complete(claim.observation_id, run.run_id, detector.version, detections)
             except ObservationError as exc:
                 catalog.fail(claim.observation_id, run.run_id, str(exc))

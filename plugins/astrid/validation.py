@@ -56,7 +56,13 @@ def decide(
 
 
 def score_model(
-    detector: Any, claims: Sequence[Any], storage: Any, *, threshold: float, max_side: int
+    detector: Any,
+    claims: Sequence[Any],
+    storage: Any,
+    *,
+    threshold: float,
+    max_side: int,
+    min_excess: float | str | None = "card",
 ) -> dict[str, Any]:
     """Run ``detector`` over labelled claims and score against their truth (recall per SNR bin, F1...)."""
     from astrid.imaging.synthetic import read_truth
@@ -66,7 +72,7 @@ def score_model(
     pairs = []
     for claim in claims:
         triplet = load_claim(claim, storage, max_side)
-        _, detections = detector.analyse(triplet, threshold)
+        _, detections = detector.analyse(triplet, threshold, min_excess)
         truth = read_truth(storage.resolve(claim.truth_uri))
         pairs.append((detections, truth, triplet.difference.size))
     report = score_detections(pairs)

@@ -116,6 +116,13 @@ def test_realtime_dag_infers_claimed_observations(seeded, catalog, storage):
     mlrun = registry.client.get_run(infer["mlflow_run_id"])
     assert mlrun.data.tags["airflow.run_id"] == dag_run.run_id
     assert mlrun.data.metrics["processed_count"] == 3
+    # star-residual vetting ran at the shipped card's level, and the run says so
+    from astrid.ml.weights import load_model
+    from astrid.paths import shipped_model_path
+
+    level = load_model(shipped_model_path())[1].thresholds["star_residual_min_excess"]
+    assert level is not None and infer["star_residual_vetting"] == level
+    assert float(mlrun.data.params["star_residual_vetting"]) == level
     assert (
         Path(infer["catalog_uri"].removeprefix("file://"))
         .read_text()

@@ -128,10 +128,10 @@ class KillingDetector:
     # the real engine; SIGKILLs this process when asked for observation kill_after + 1
     version = "1"
 
-    def analyse(self, triplet, threshold=None):
+    def analyse(self, triplet, threshold=None, min_excess="card"):
         if SPEC["kill_at"] == "inference" and len(done) >= SPEC["kill_after"]:
             os.kill(os.getpid(), signal.SIGKILL)
-        return engine.analyse(triplet, threshold)
+        return engine.analyse(triplet, threshold, min_excess)
 
 
 if SPEC["kill_at"] == "write":

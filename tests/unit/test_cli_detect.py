@@ -209,3 +209,26 @@ def test_console_script_exit_code(files, tmp_path):
     assert proc.returncode != 0
     assert "missing.fits" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_vetting_flag_off_keeps_at_least_the_cards_detections_and_bad_values_exit(files, tmp_path, capsys):
+    """``--vetting off`` reports every candidate above the threshold; ``card`` (the default) can
+    only drop some; an invalid level exits 2 naming the flag, before anything is written."""
+    common = [
+        "detect",
+        "--science",
+        str(files["sci"]),
+        "--reference",
+        str(files["ref"]),
+        "--threshold",
+        "0.05",
+    ]
+    assert main([*common, "--vetting", "off", "--output", str(tmp_path / "off.csv")]) == 0
+    assert main([*common, "--output", str(tmp_path / "card.csv")]) == 0
+    _, off = _rows(tmp_path / "off.csv")
+    _, card = _rows(tmp_path / "card.csv")
+    assert len(off) >= len(card) and {(r["x"], r["y"]) for r in card} <= {(r["x"], r["y"]) for r in off}
+    with pytest.raises(SystemExit) as exit_:
+        main([*common, "--vetting", "sometimes", "--output", str(tmp_path / "bad.csv")])
+    assert exit_.value.code == 2 and "--vetting='sometimes'" in capsys.readouterr().err
+    assert not (tmp_path / "bad.csv").exists()

@@ -68,6 +68,7 @@ OVERRIDES = {
     "max_memory_percent": ("100", 100.0),
     "max_gpu_memory_percent": ("12.5", 12.5),
     "max_load_per_cpu": ("1.5", 1.5),
+    "star_residual_vetting": ("off", "off"),
 }
 
 
@@ -166,6 +167,11 @@ def test_booleans(raw, expected):
         ("confidence_threshold", "half"),
         ("max_memory_percent", "0"),
         ("max_gpu_memory_percent", "101"),
+        # star-residual vetting: card, off or a positive z
+        ("star_residual_vetting", "sometimes"),
+        ("star_residual_vetting", "-1"),
+        ("star_residual_vetting", "0"),
+        ("star_residual_vetting", "nan"),
     ],
 )
 def test_invalid_values_name_the_variable_and_the_value(name, raw):
@@ -233,3 +239,10 @@ def test_configuration_doc_is_generated_from_the_code():
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     assert doc.read_text() == configuration_markdown()
+
+
+@pytest.mark.parametrize(
+    ("raw", "level"), [("card", "card"), ("CARD", "card"), ("off", None), (" 2.5 ", 2.5)]
+)
+def test_vetting_level_is_what_the_engine_takes(raw, level):
+    assert Config.from_env({ENV["star_residual_vetting"]: raw}).vetting_level == level

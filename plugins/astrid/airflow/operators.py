@@ -249,8 +249,11 @@ class UNetInferenceOperator(BaseOperator):
             max_side=config.max_image_side,
             metrics=stats,
             artifacts=artifacts,
+            min_excess=config.vetting_level,
         ).to_xcom()
         summary["device"] = str(engine.device)
+        level = engine.min_excess if config.vetting_level == "card" else config.vetting_level
+        summary["star_residual_vetting"] = "off" if level is None else level
         if summary["catalog_uri"]:
             context["ti"].xcom_push(key=DetectionCatalogLink().xcom_key, value=summary["catalog_uri"])
         if config.performance_tracking and claims:
@@ -275,6 +278,7 @@ class UNetInferenceOperator(BaseOperator):
                     "confidence_threshold": threshold,
                     "batch_size": self.batch_size,
                     "device": summary["device"],
+                    "star_residual_vetting": summary["star_residual_vetting"],
                     "observations": len(summary["observation_ids"]) + summary["failed_count"],
                 },
                 metrics={

@@ -184,7 +184,12 @@ class ScoreModelsOperator(BaseOperator):
             resolved = registry.resolve(version)
             detector = VersionedDetector(get_engine(resolved.path, device=config.device), version)
             scores[alias] = score_model(
-                detector, claims, storage, threshold=threshold, max_side=config.max_image_side
+                detector,
+                claims,
+                storage,
+                threshold=threshold,
+                max_side=config.max_image_side,
+                min_excess=config.vetting_level,
             )
             with registry.run(
                 VALIDATION_EXPERIMENT,

@@ -3,7 +3,7 @@
 ``astrid detect`` is a contract used by external tools::
 
     astrid detect --science S.fits --reference R.fits [--difference D.fits] [--threshold 0.5]
-                  [--model PATH] [--device auto] --output catalog.csv
+                  [--model PATH] [--device auto] [--vetting card|off|Z] --output catalog.csv
 
 writes a CSV whose header is exactly ``x,y,ra,dec,score,flux`` (one row per detection, 0-based
 pixel coordinates, ``ra``/``dec`` in degrees and empty without a WCS). Bad inputs exit non-zero
@@ -242,8 +242,24 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         "--device", default="auto", help="auto | cpu | cuda (default auto; cuda falls back to cpu)"
     )
     p.add_argument("--batch-size", type=_positive_int, default=8, help="tiles per forward pass (default 8)")
+    p.add_argument(
+        "--vetting",
+        type=_vetting,
+        default="card",
+        help="star-residual vetting: card (the model card's level, default), off, or a z level such as 2.5",
+    )
     p.add_argument("--output", required=True, help="CSV catalog to write (x,y,ra,dec,score,flux)")
     p.set_defaults(func=_run_detect)
+
+
+def _vetting(value: str) -> float | str | None:
+    from astrid.config import parse_vetting
+    from astrid.errors import ConfigError
+
+    try:
+        return parse_vetting("--vetting", value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def write_catalog_atomic(path: str | os.PathLike, detections: list) -> Path:
@@ -273,7 +289,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     for problem in getattr(triplet, "problems", None) or []:
         print(f"astrid detect: warning: {problem}", file=sys.stderr)
     engine = get_engine(args.model or _default_model(), device=args.device, batch_size=args.batch_size)
-    detections = engine.detect(triplet, args.threshold)
+    detections = engine.analyse(triplet, args.threshold, args.vetting)[1]
     write_catalog_atomic(args.output, detections)
     h, w = triplet.difference.shape
     print(
