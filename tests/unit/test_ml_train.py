@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from astrid.ml.normalise import normalise_stack, robust_stats, stack_stats
-from astrid.ml.train import TrainConfig, make_frame, sample_batches, train, train_seeds
+from astrid.ml.train import TrainConfig, make_frame, mine, sample_batches, train, train_seeds
 from astrid.ml.weights import load_model
 
 torch.set_num_threads(1)
@@ -60,6 +60,59 @@ def test_patches_have_targets_at_transients():
     xs, ts, ws = next(sample_batches([frame], cfg, np.random.default_rng(0), 8))
     assert xs.shape == (8, 5, 48, 48) and ts.shape == ws.shape == (8, 1, 48, 48)
     assert (ts.reshape(8, -1).max(axis=1) == 1).all()  # every positive patch contains its target
+
+
+class _FixedMap(torch.nn.Module):
+    """Stands in for the U-Net with a chosen probability map, so the mining rules are checked
+    against known answers (the real model's maps are exercised by the training test above)."""
+
+    multiple = 1
+
+    def __init__(self, prob: np.ndarray) -> None:
+        super().__init__()
+        self.logits = torch.logit(torch.from_numpy(prob).clamp(1e-6, 1 - 1e-6))[None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], 1, *self.logits.shape[-2:])
+
+
+def test_mining_finds_false_positives_and_missed_transients():
+    from astrid.imaging.synthetic import make_observation
+
+    obs = make_observation(train_seeds(3, 1).start, size=128, n_transients=6, snr_range=(3.0, 30.0))
+    frame = make_frame(obs, TINY)
+    prob = np.zeros((128, 128), np.float32)
+    found = [t for t in obs.truth if t.snr >= 10]  # the model "finds" only the bright ones
+    for t in found:
+        prob[round(t.y), round(t.x)] = 0.9
+    far = np.hypot(frame.positives[:, 0] - 20, frame.positives[:, 1] - 20).min() > 10
+    prob[20, 20] = 0.8  # and one false positive
+    on = TrainConfig(**{**TINY.to_dict(), "missed_fraction": 0.5})
+    n_fp, n_missed = mine(_FixedMap(prob), [frame], on)
+    assert far and n_fp == 1 and frame.mined.tolist() == [[20, 20]]
+    expect = sorted((t.y, t.x) for t in obs.truth if 4.5 <= t.snr < 10)
+    assert expect and n_missed == len(expect)
+    np.testing.assert_allclose(sorted(map(tuple, frame.missed)), expect, atol=1e-3)
+    frame.missed = frame.missed[:0]
+    assert mine(_FixedMap(prob), [frame], TINY) == (1, 0)  # off by default and len(frame.missed) == 0
+
+
+def test_missed_transients_are_drawn_for_positive_patches():
+    from astrid.imaging.synthetic import make_observation
+
+    obs = make_observation(train_seeds(3, 1).start, size=128, n_transients=1, snr_range=(10.0, 20.0))
+    frame = make_frame(obs, TINY)
+    (t,) = obs.truth
+    # the ordinary positive pool points at the corner farthest from the transient: only the
+    # missed pool leads to its target
+    decoy = [0.0 if t.y > 64 else 127.0, 0.0 if t.x > 64 else 127.0]
+    frame.positives = np.array([decoy], np.float32)
+    frame.missed = np.array([[t.y, t.x]], np.float32)
+    base = {**TINY.to_dict(), "positive_fraction": 1.0, "hard_negative_fraction": 0.0}
+    for fraction, every_patch_has_target in ((1.0, True), (0.0, False)):
+        cfg = TrainConfig(**{**base, "missed_fraction": fraction})
+        _, ts, _ = next(sample_batches([frame], cfg, np.random.default_rng(0), 16))
+        assert (ts.reshape(16, -1).max(axis=1) == 1).all() == every_patch_has_target
 
 
 def test_normalisation_is_robust_and_per_pixel():

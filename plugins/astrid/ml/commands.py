@@ -37,6 +37,13 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _fraction(value: str) -> float:
+    f = float(value)
+    if not 0.0 <= f <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return f
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``, ``evaluate`` and ``detect`` to the ``astrid`` command line."""
     _add_train(subparsers)
@@ -104,6 +111,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         f"(comma-separated; default {','.join(map(str, d.mine_after))}; empty = never)",
     )
     p.add_argument(
+        "--missed-fraction",
+        type=_fraction,
+        default=d.missed_fraction,
+        help="share of positive patches drawn from the transients the model missed at the last mining "
+        f"(SNR >= {d.missed_min_snr}, p < {d.missed_threshold}; 0 = off; default {d.missed_fraction})",
+    )
+    p.add_argument(
         "--threads", type=_positive_int, default=d.threads, help=f"torch CPU threads (default {d.threads})"
     )
     p.add_argument("--version", default=None, help="model version for the card (default: from the date)")
@@ -127,6 +141,7 @@ def _run_train(args: argparse.Namespace) -> int:
         calibration_observations=args.calibration_observations,
         threads=args.threads,
         mine_after=tuple(int(v) for v in args.mine_after.split(",") if v.strip()),
+        missed_fraction=args.missed_fraction,
     )
     command = "astrid " + " ".join(sys.argv[1:]) if sys.argv and "train" in sys.argv else None
     result = train(config, args.output, version=args.version, command=command, progress=True)

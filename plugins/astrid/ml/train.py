@@ -21,7 +21,9 @@ Recipe (every number is in :class:`TrainConfig` and recorded in the model card):
    bad columns, trails, faders — and the brightest stars of the science image), the rest
    uniform; ``edge_fraction`` straddle the frame edges (residuals of sources partly outside the
    frame). After the epochs in ``mine_after`` the model's own false positives on the training
-   frames are mined and oversampled as hard negatives. Random flips/transposes (the 8
+   frames are mined and oversampled as hard negatives, and the transients it misses
+   (SNR ≥ ``missed_min_snr``, below ``missed_threshold``) make up ``missed_fraction`` of the
+   positive patches until the next mining. Random flips/transposes (the 8
    symmetries of the square).
 5. **Loss.** Pixel-weighted binary cross-entropy + soft Dice (batch-level), AdamW, one-cycle LR.
 6. **Operating point.** On ``calibration_observations`` more frames (seeds
@@ -94,6 +96,11 @@ class TrainConfig:
     # epochs after which the model's own false positives are mined as hard negatives
     mine_after: tuple[int, ...] = (4, 8, 12, 16, 20, 24)
     mine_threshold: float = 0.3
+    # at the same epochs, transients of SNR >= missed_min_snr the model scores below missed_threshold
+    # are mined too, and drawn for this share of positive patches (0 turns it off)
+    missed_fraction: float = 0.0
+    missed_min_snr: float = 4.5
+    missed_threshold: float = 0.5
     calibration_observations: int = 40
     calibration_size: int = 1024
     calibration_false_per_mpix: float = 0.8
@@ -133,8 +140,10 @@ class _Frame:
     target: np.ndarray  # (H, W) uint8
     weight: np.ndarray  # (H, W) uint8 (0 = don't care)
     positives: np.ndarray  # (N, 2) (row, col)
+    snr: np.ndarray  # (N,) optimal SNR of each positive
     negatives: np.ndarray  # (M, 2) (row, col)
     mined: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))  # model's own FPs
+    missed: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))  # its misses
 
 
 def _disk_masks(
@@ -195,8 +204,9 @@ def make_frame(obs: Any, config: TrainConfig) -> _Frame:
     x = normalise_stack(obs.science, obs.reference, obs.difference, channels=config.in_channels)
     target, weight = _disk_masks(x.shape[1:], obs.truth, config)
     positives = np.array([[t.y, t.x] for t in obs.truth], dtype=np.float32).reshape(-1, 2)
+    snr = np.array([t.snr for t in obs.truth], dtype=np.float32)
     negatives = _hard_negatives(x, obs.truth)
-    return _Frame(x.astype(np.float16), target, weight, positives, negatives)
+    return _Frame(x.astype(np.float16), target, weight, positives, snr, negatives)
 
 
 def _crop(a: np.ndarray, r0: int, c0: int, p: int) -> np.ndarray:
@@ -227,7 +237,9 @@ def sample_batches(
             h, w = f.target.shape
             u = rng.random()
             if u < config.positive_fraction and len(f.positives):
-                cy, cx = f.positives[int(rng.integers(len(f.positives)))]
+                use_missed = len(f.missed) and rng.random() < config.missed_fraction
+                pool = f.missed if use_missed else f.positives
+                cy, cx = pool[int(rng.integers(len(pool)))]
                 cy, cx = cy + rng.uniform(-0.35, 0.35) * p, cx + rng.uniform(-0.35, 0.35) * p
             elif u < config.positive_fraction + config.hard_negative_fraction and (
                 len(f.negatives) or len(f.mined)
@@ -260,45 +272,78 @@ def sample_batches(
         yield xs, ts, ws
 
 
-def mine_false_positives(model: Any, frames: list[_Frame], threshold: float, limit: int = 300) -> int:
-    """Run the model over every training frame; store its false positives as hard negatives.
-
-    A false positive is a component above ``threshold`` whose peak is more than ``ignore_radius``
-    + 2 px from every transient. Returns how many were found in total.
-    """
+def _frame_probability(model: Any, f: _Frame) -> np.ndarray:
+    """The model's probability map over one whole training frame (eval mode, no grad)."""
     import torch
+
+    x = torch.from_numpy(f.x.astype(np.float32))[None].contiguous(memory_format=torch.channels_last)
+    h, w = f.target.shape
+    m = model.multiple
+    if h % m or w % m:
+        x = torch.nn.functional.pad(x, (0, -w % m, 0, -h % m), mode="reflect")
+    return torch.sigmoid(model(x))[0, 0, :h, :w].numpy()
+
+
+def _false_positives(prob: np.ndarray, f: _Frame, threshold: float, limit: int) -> np.ndarray:
+    """(row, col) of the strongest components above ``threshold`` more than 6 px from every
+    transient and 8 px from the frame edge."""
     from scipy import ndimage
 
+    h, w = prob.shape
+    labels, n = ndimage.label(prob > threshold, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.zeros((0, 2), np.int32)
+    idx = np.arange(1, n + 1)
+    peaks = np.array(ndimage.maximum_position(prob, labels, idx), dtype=np.float64).reshape(-1, 2)
+    scores = np.asarray(ndimage.maximum(prob, labels, idx))
+    inside = (peaks[:, 0] >= 8) & (peaks[:, 0] < h - 8) & (peaks[:, 1] >= 8) & (peaks[:, 1] < w - 8)
+    peaks, scores = peaks[inside], scores[inside]
+    if len(f.positives):
+        d = np.hypot(peaks[:, None, 0] - f.positives[None, :, 0], peaks[:, None, 1] - f.positives[None, :, 1])
+        keep = d.min(axis=1) > 6.0
+        peaks, scores = peaks[keep], scores[keep]
+    return peaks[np.argsort(-scores)[:limit]].astype(np.int32)
+
+
+def _missed(prob: np.ndarray, f: _Frame, min_snr: float, threshold: float) -> np.ndarray:
+    """(row, col) of transients of SNR >= ``min_snr`` whose best probability within 2 px is
+    below ``threshold`` — the hosted and crowded cases the model has not learned yet."""
+    from scipy import ndimage
+
+    if not len(f.positives):
+        return np.zeros((0, 2), np.float32)
+    best = ndimage.maximum_filter(prob, size=5)
+    h, w = prob.shape
+    rows = np.clip(np.round(f.positives[:, 0]).astype(int), 0, h - 1)
+    cols = np.clip(np.round(f.positives[:, 1]).astype(int), 0, w - 1)
+    miss = (f.snr >= min_snr) & (best[rows, cols] < threshold)
+    return f.positives[miss]
+
+
+def mine(model: Any, frames: list[_Frame], config: TrainConfig, limit: int = 300) -> tuple[int, int]:
+    """Run the model over every training frame; store its false positives (oversampled as hard
+    negatives) and, when ``missed_fraction`` > 0, its missed transients (oversampled as
+    positives). Returns how many of each were found in total.
+
+    False positives: components above ``mine_threshold`` more than 6 px from every transient.
+    Misses: why mine them too — the positives the model gets wrong are transients on galaxy
+    nuclei and bright stars, a minority of all positives but most of its misses; without this
+    the star/residual hard negatives outweigh them and the model learns to suppress hosts.
+    """
+    import torch
+
     model.eval()
-    found = 0
+    n_fp = n_missed = 0
     with torch.inference_mode():
         for f in frames:
-            x = torch.from_numpy(f.x.astype(np.float32))[None].contiguous(memory_format=torch.channels_last)
-            h, w = f.target.shape
-            m = model.multiple
-            if h % m or w % m:
-                x = torch.nn.functional.pad(x, (0, -w % m, 0, -h % m), mode="reflect")
-            prob = torch.sigmoid(model(x))[0, 0, :h, :w].numpy()
-            labels, n = ndimage.label(prob > threshold, structure=np.ones((3, 3), bool))
-            if n == 0:
-                f.mined = np.zeros((0, 2), np.int32)
-                continue
-            idx = np.arange(1, n + 1)
-            peaks = np.array(ndimage.maximum_position(prob, labels, idx), dtype=np.float64).reshape(-1, 2)
-            scores = np.asarray(ndimage.maximum(prob, labels, idx))
-            inside = (peaks[:, 0] >= 8) & (peaks[:, 0] < h - 8) & (peaks[:, 1] >= 8) & (peaks[:, 1] < w - 8)
-            peaks, scores = peaks[inside], scores[inside]
-            if len(f.positives):
-                d = np.hypot(
-                    peaks[:, None, 0] - f.positives[None, :, 0], peaks[:, None, 1] - f.positives[None, :, 1]
-                )
-                keep = d.min(axis=1) > 6.0
-                peaks, scores = peaks[keep], scores[keep]
-            order = np.argsort(-scores)[:limit]
-            f.mined = peaks[order].astype(np.int32)
-            found += len(f.mined)
+            prob = _frame_probability(model, f)
+            f.mined = _false_positives(prob, f, config.mine_threshold, limit)
+            n_fp += len(f.mined)
+            if config.missed_fraction > 0:
+                f.missed = _missed(prob, f, config.missed_min_snr, config.missed_threshold)
+                n_missed += len(f.missed)
     model.train()
-    return found
+    return n_fp, n_missed
 
 
 @dataclass
@@ -558,9 +603,12 @@ def train(
                 bar.set_postfix(epoch=epoch, loss=f"{total / count:.4f}")
         row = {"epoch": epoch, "loss": round(total / count, 5), "seconds": round(time.perf_counter() - t0, 1)}
         if epoch in config.mine_after and epoch < config.epochs:
-            row["mined_false_positives"] = mine_false_positives(model, frames, config.mine_threshold)
+            row["mined_false_positives"], row["mined_missed_transients"] = mine(model, frames, config)
             log.info(
-                "epoch %d: mined %d false positives as hard negatives", epoch, row["mined_false_positives"]
+                "epoch %d: mined %d false positives as hard negatives, %d missed transients",
+                epoch,
+                row["mined_false_positives"],
+                row["mined_missed_transients"],
             )
         history.append(row)
         log.info("epoch %d/%d loss %.4f (%.0f s)", epoch, config.epochs, row["loss"], row["seconds"])
@@ -589,6 +637,12 @@ def train(
             "loss": f"weighted BCE + {config.dice_weight} × soft Dice",
             "hard_negative_mining": f"model false positives (p > {config.mine_threshold}) on the training frames "
             f"after epochs {list(config.mine_after)} are oversampled as hard negatives",
+            "missed_transient_mining": (
+                f"transients of SNR >= {config.missed_min_snr} the model scores below {config.missed_threshold} "
+                f"on the training frames, mined at the same epochs, are {config.missed_fraction:.0%} of positive patches"
+                if config.missed_fraction > 0
+                else "off"
+            ),
             "calibration": calibration,
         },
         data={
@@ -629,6 +683,7 @@ def _command(config: TrainConfig, output: str | Path) -> str:
         f"--patches-per-epoch {config.patches_per_epoch} --batch-size {config.batch_size} "
         f"--base-channels {config.base_channels} --depth {config.depth} --in-channels {config.in_channels} "
         f"--mine-after {','.join(map(str, config.mine_after))} "
+        f"--missed-fraction {config.missed_fraction} "
         f"--calibration-observations {config.calibration_observations} --threads {config.threads}"
     )
 
