@@ -97,7 +97,8 @@ class TrainConfig:
     mine_after: tuple[int, ...] = (4, 8, 12, 16, 20, 24)
     mine_threshold: float = 0.3
     # at the same epochs, transients of SNR >= missed_min_snr the model scores below missed_threshold
-    # are mined too, and drawn for this share of positive patches (0 turns it off)
+    # are mined too, and drawn for this share of positive patches (0 turns it off). Off by default:
+    # seed 1 with 0.5 calibrated worse than without (docs/model.md, "Tried and not shipped")
     missed_fraction: float = 0.0
     missed_min_snr: float = 4.5
     missed_threshold: float = 0.5
