@@ -26,6 +26,9 @@ RUN set -eu; \
       if [ -n "${gpu_wheels}" ]; then $PIP uninstall -y ${gpu_wheels} || true; fi; \
     fi; \
     python -c "import torch; print('torch', torch.__version__, 'cuda build:', torch.version.cuda)"
+# Bytecode for the project's own modules, so the dag-processor never compiles them while parsing
+# (the astro user cannot write __pycache__ next to root-owned files).
+RUN python -m compileall -q /usr/local/airflow/dags /usr/local/airflow/plugins
 USER astro
 
 # plugins/ is on sys.path in every Airflow component; fail the build, not the first task, if the

@@ -13,9 +13,11 @@ With ``--write`` the figures replace the "DAG parse" section of docs/benchmarks.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,11 +56,26 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def measure(repeats: int = 5) -> dict[str, dict[str, float]]:
-    """{file name: {median, cpu_median, min, max (ms), runs}}: wall-clock unless named cpu."""
+def _drop_bytecode() -> None:
+    for cache in [*DAGS.rglob("__pycache__"), *(ROOT / "plugins").rglob("__pycache__")]:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def measure(repeats: int = 5, bytecode: bool = True) -> dict[str, dict[str, float]]:
+    """{file name: {median, cpu_median, min, max (ms), runs}}: wall-clock unless named cpu.
+
+    ``bytecode``: our modules' bytecode is compiled first, as `make` and the Dockerfile do for a
+    deployment; without it (the baseline) every fresh interpreter compiles them from source.
+    """
+    _drop_bytecode()
+    if bytecode:
+        for folder in (DAGS, ROOT / "plugins"):
+            compileall.compile_dir(folder, quiet=1)
     results = {}
     with tempfile.TemporaryDirectory(prefix="astrid-parse-") as home:
         env = _env(Path(home))
+        if not bytecode:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
         for path in sorted(DAGS.glob("*.py")):
             times, cpu = [], []
             for _ in range(repeats):
@@ -119,7 +136,7 @@ def import_errors() -> list[dict]:
 
 def markdown(results: dict[str, dict[str, float]], errors: list[dict], repeats: int, load: float) -> str:
     rows = "\n".join(
-        f"| `dags/{name}` | {r['median']:.1f} | {r['min']:.1f}–{r['max']:.1f} | {r['cpu_median']:.1f} | {'yes' if r['median'] <= BUDGET_MS else '**no**'} |"
+        f"| `dags/{name}` | {r['median']:.1f} | {r['min']:.1f}–{r['max']:.1f} | {r['cpu_median']:.1f} | {'yes' if r['median'] <= BUDGET_MS else '**no**'} | {r['cold_median']:.1f} ({r['cold_median'] / r['median']:.2f}×) |"
         for name, r in results.items()
     )
     verdict = (
@@ -130,7 +147,8 @@ def markdown(results: dict[str, dict[str, float]], errors: list[dict], repeats: 
     return f"""## DAG parse
 
 Parse time of each DAG file once Airflow is imported: a fresh interpreter imports `airflow.sdk`,
-then `exec`s the file (its `astrid.*` imports included); {repeats} fresh processes per file, median.
+then `exec`s the file (its `astrid.*` imports included, from bytecode compiled beforehand as `make`
+and the Dockerfile do); {repeats} fresh processes per file, median.
 Budget: 50 ms per file. Measured {time.strftime("%Y-%m-%d")} on this {os.cpu_count()}-core machine
 (shared with other work), Python {platform.python_version()}:
 
@@ -138,11 +156,16 @@ Budget: 50 ms per file. Measured {time.strftime("%Y-%m-%d")} on this {os.cpu_cou
 PYTHONPATH=plugins .venv/bin/python bench/dag_parse.py --repeats {repeats} --write
 ```
 
-| file | median ms (wall) | min–max ms | median CPU ms | median ≤ 50 ms |
-|---|---|---|---|---|
+| file | median ms (wall) | min–max ms | median CPU ms | median ≤ 50 ms | baseline: no cached bytecode, median ms (× the median) |
+|---|---|---|---|---|---|
 {rows}
 
 `airflow dags list-import-errors --local`: {verdict}.
+
+The last column is the same measurement, in the same run, with our modules' `__pycache__`
+removed and not rewritten (PYTHONDONTWRITEBYTECODE): what a parse costs where nothing compiled
+the project's ~1,500 lines of operator/config source beforehand. `make` (target `bytecode`,
+before demo/test/up/bench) and the Dockerfile (`compileall` at build) compile it.
 
 The wall-clock figures move with the machine's load (1-min load average {load:.1f} during this
 run; the box is shared); the CPU-time column is the load-independent figure. Each fresh parse
@@ -160,13 +183,16 @@ def main() -> None:
         "--write", action="store_true", help="write the DAG parse section of docs/benchmarks.md"
     )
     args = parser.parse_args()
+    cold = measure(args.repeats, bytecode=False)
     results = measure(args.repeats)
+    for name, r in results.items():
+        r["cold_median"] = cold[name]["median"]
     load = os.getloadavg()[0]
     errors = import_errors()
     for name, r in results.items():
         print(
             f"{name:34s} median {r['median']:6.1f} ms  (min {r['min']:.1f}, max {r['max']:.1f}; "
-            f"CPU median {r['cpu_median']:.1f})"
+            f"CPU median {r['cpu_median']:.1f}; without cached bytecode {r['cold_median']:.1f})"
         )
     print("import errors:", errors or "none")
     if args.write:
