@@ -87,7 +87,7 @@ def main() -> int:
 
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
-    for noisy in ("airflow", "alembic", "mlflow", "great_expectations", "urllib3", "py.warnings"):
+    for noisy in ("airflow", "alembic", "mlflow", "great_expectations", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     size = int(os.environ.get("ASTRID_DEMO_SIZE", "2048"))
