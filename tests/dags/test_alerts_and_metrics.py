@@ -190,7 +190,7 @@ def test_zero_detection_runs_raise_one_degradation_email(tmp_path, sink):
 
 def test_statsd_metrics_arrive_and_map_to_prometheus_names(tmp_path):
     from astrid.metrics import METRICS
-    from astrid.monitoring_config import load_mapping, parse_statsd_packet
+    from tests.monitoring_config import load_mapping, parse_statsd_packet
 
     udp = UdpSink()
     try:
@@ -230,7 +230,7 @@ def test_statsd_metrics_arrive_and_map_to_prometheus_names(tmp_path):
     ours = [s for s in samples if s.name.startswith("airflow.astrid.")]
     for sample in ours:
         mapped = mapping.map(sample.name, sample.type) if hasattr(mapping, "map") else None
-        from astrid.monitoring_config import map_statsd_name
+        from tests.monitoring_config import map_statsd_name
 
         mapped = map_statsd_name(sample.name, sample.type)
         assert mapped is not None, sample.name

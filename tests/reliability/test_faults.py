@@ -151,7 +151,7 @@ def _temporary_pg(request, prefix: str) -> str:
     """A throw-away PostgreSQL database for one test (dropped, forcefully, at teardown)."""
     from contextlib import ExitStack
 
-    from astrid.catalog.testing import temporary_postgres_database
+    from tests.catalog_helpers import temporary_postgres_database
 
     stack = ExitStack()
     request.addfinalizer(stack.close)
@@ -162,9 +162,9 @@ def _wait_for_no_other_backends(admin_url: str, database: str, timeout: float = 
     """PostgreSQL notices a dead client when its socket closes; wait until its backend is gone."""
     import psycopg2
 
-    from astrid.catalog.testing import _dsn
+    from tests.catalog_helpers import dsn
 
-    conn = psycopg2.connect(_dsn(sa.make_url(admin_url)))
+    conn = psycopg2.connect(dsn(sa.make_url(admin_url)))
     conn.autocommit = True
     deadline = time.monotonic() + timeout
     try:
@@ -231,7 +231,7 @@ def test_sigkilled_worker_mid_batch_every_observation_processed_exactly_once(
     )
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
     if backend == "postgres":
-        from astrid.catalog.testing import postgres_admin_url
+        from tests.catalog_helpers import postgres_admin_url
 
         _wait_for_no_other_backends(postgres_admin_url(), sa.make_url(url).database)
 
@@ -293,9 +293,9 @@ def test_sigkilled_worker_mid_batch_every_observation_processed_exactly_once(
 def _admin():
     import psycopg2
 
-    from astrid.catalog.testing import _dsn, postgres_admin_url
+    from tests.catalog_helpers import dsn, postgres_admin_url
 
-    conn = psycopg2.connect(_dsn(sa.make_url(postgres_admin_url())))
+    conn = psycopg2.connect(dsn(sa.make_url(postgres_admin_url())))
     conn.autocommit = True
     return conn
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from astrid import monitoring_config as mc
+from tests import monitoring_config as mc
 from astrid.config import InferenceSchedulingConfig
 from astrid.metrics import METRICS
 

@@ -49,7 +49,7 @@ class CatalogHook(BaseHook):
 
     @cached_property
     def url(self) -> str:
-        from astrid.catalog import default_catalog_url
+        from astrid.paths import default_catalog_url
 
         conn = _connection(self.conn_id)
         if conn is None:
