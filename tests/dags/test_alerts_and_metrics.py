@@ -23,15 +23,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = r"""
 import json, os, sys
-sys.path.insert(0, os.path.join(os.environ["REPO"], "plugins"))
+sys.path[:0] = [os.path.join(os.environ["REPO"], "plugins"), os.environ["REPO"]]
 from astrid.survey import seed_survey
-from astrid.airflow.demo import run_dag, task_output
+from tests.dag_runner import run_dag
 spec = json.loads(os.environ["SCENARIO"])
 if spec.get("seed"):
     seed_survey(catalog_url=os.environ["ASTRID_CATALOG_URL"], storage_root=os.environ["ASTRID_STORAGE_ROOT"], **spec["seed"])
 states = []
 for conf in spec["runs"]:
-    dag_run, _ = run_dag(spec.get("dag", "astrid_realtime_inference"), conf, quick_retries=True)
+    dag_run = run_dag(spec.get("dag", "astrid_realtime_inference"), conf)
     states.append(str(dag_run.state))
 print("STATES=" + json.dumps(states))
 """

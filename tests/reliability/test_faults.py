@@ -23,16 +23,14 @@ import pytest
 import sqlalchemy as sa
 import torch
 
+from tests.dag_runner import inprocess_env, run_dag, task_states
 from tests.reliability.helpers import (
     CHILD_PRELUDE,
     SIZE,
     base_env,
-    inprocess_env,
     new_observation,
     prepare_home,
     run_child,
-    run_dag_inprocess,
-    ti_states,
 )
 
 LEASE = timedelta(minutes=30)
@@ -361,11 +359,11 @@ def test_catalog_database_down_tasks_retry_and_succeed_once_it_is_back(
 
         watcher = threading.Thread(target=reopen_when_claim_waits_for_retry, daemon=True)
         watcher.start()
-        dag_run = run_dag_inprocess(
+        dag_run = run_dag(
             "astrid_realtime_inference", {"max_observations": 2}, retries=4, retry_seconds=2
         )
         watcher.join(timeout=30)
-        states = ti_states(dag_run)
+        states = task_states(dag_run)
 
         assert "reopened" in seen, ("the claim task never failed while the catalog was down", states)
         assert str(dag_run.state) == "success", states
@@ -734,13 +732,13 @@ def test_rerunning_a_finished_dag_run_duplicates_nothing(airflow_db, tmp_path):
             prefix="rerun",
         )
         catalog = Catalog(env["ASTRID_CATALOG_URL"])
-        first = run_dag_inprocess("astrid_realtime_inference", {"max_observations": 2}, logical_date=when)
+        first = run_dag("astrid_realtime_inference", {"max_observations": 2}, logical_date=when)
         assert str(first.state) == "success"
         detections = catalog.detections()
         observations = catalog.observations()
         assert len(detections) > 0 and {o["status"] for o in observations} == {"inferred"}
 
-        again = run_dag_inprocess("astrid_realtime_inference", {"max_observations": 2}, logical_date=when)
+        again = run_dag("astrid_realtime_inference", {"max_observations": 2}, logical_date=when)
         assert again.run_id == first.run_id and str(again.state) == "success"
         assert catalog.detections() == detections  # same rows, same ids: nothing deleted or re-inserted
         assert [(o["status"], o["attempts"], o["inferred_at"]) for o in catalog.observations()] == [

@@ -333,9 +333,7 @@ def create_app() -> FastAPI:
         hours: Annotated[
             int, Query(ge=core.MIN_HOURS, le=core.MAX_HOURS, description="How far back, in hours (1-720)")
         ] = 24,
-        run_type: Annotated[
-            RunType | None, Query(description="Only this run type's DAG")
-        ] = None,
+        run_type: Annotated[RunType | None, Query(description="Only this run type's DAG")] = None,
     ) -> dict[str, Any]:
         """Inference runs recorded in the catalog (``inference_runs``) started in the last ``hours``,
         newest first, with totals."""
