@@ -359,9 +359,7 @@ def test_catalog_database_down_tasks_retry_and_succeed_once_it_is_back(
 
         watcher = threading.Thread(target=reopen_when_claim_waits_for_retry, daemon=True)
         watcher.start()
-        dag_run = run_dag(
-            "astrid_realtime_inference", {"max_observations": 2}, retries=4, retry_seconds=2
-        )
+        dag_run = run_dag("astrid_realtime_inference", {"max_observations": 2}, retries=4, retry_seconds=2)
         watcher.join(timeout=30)
         states = task_states(dag_run)
 

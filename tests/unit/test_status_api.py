@@ -462,7 +462,9 @@ def test_trigger_unknown_dag_is_404(client, auth: str, monkeypatch) -> None:
 
     from astrid.dag_kinds import KINDS
 
-    monkeypatch.setitem(KINDS, "batch", dataclasses.replace(KINDS["batch"], dag_id="astrid_batch_never_parsed"))
+    monkeypatch.setitem(
+        KINDS, "batch", dataclasses.replace(KINDS["batch"], dag_id="astrid_batch_never_parsed")
+    )
     r = client.post("/trigger", json={"run_type": "batch", "max_observations": 5}, headers=_bearer(auth))
     assert r.status_code == 404, r.text
 

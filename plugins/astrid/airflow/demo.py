@@ -30,7 +30,9 @@ def load_dag(dag_id: str) -> Any:
     return next(v for v in vars(module).values() if isinstance(v, DAG) and v.dag_id == dag_id)
 
 
-def run_in_process(dag: Any, conf: dict[str, Any] | None = None, *, logical_date: Any = None) -> tuple[Any, float]:
+def run_in_process(
+    dag: Any, conf: dict[str, Any] | None = None, *, logical_date: Any = None
+) -> tuple[Any, float]:
     """Run a DAG end to end with dag.test() in this process; returns (dag_run, seconds).
 
     The one in-process runner: the demo and the tests (``tests/dag_runner.py``) both use it.
