@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,44 @@ def test_statsd_metrics_arrive_and_map_to_prometheus_names(tmp_path):
         n.startswith(f"airflow.dagrun.duration.success.{dag}") or n.startswith("airflow.ti.finish")
         for n in names
     ) or any("ti" in n for n in names)
+
+
+ALERT_COUNT_SCRIPT = r"""
+import os, sys
+sys.path[:0] = [os.path.join(os.environ["REPO"], "plugins"), os.environ["REPO"]]
+from astrid.airflow.notifiers import AstridNotifier, build_alert
+for dag_id, enabled in (("astrid_monitored", True), ("astrid_unmonitored", False)):
+    alert = build_alert("deadline", {"dag_run": {"dag_id": dag_id, "dag_run_id": "r1"}})
+    AstridNotifier(kind="deadline", monitoring_enabled=enabled)._due(alert, os.environ["ASTRID_CATALOG_URL"])
+print("DONE")
+"""
+
+
+def test_alert_counters_respect_the_monitoring_switch(tmp_path):
+    """The notifier counts alerts through the same switch as the operators: off sends nothing."""
+    udp = UdpSink()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__METRICS", "ASTRID_"))}
+    env.update(
+        {
+            "REPO": str(REPO),
+            "ASTRID_CATALOG_URL": f"sqlite:///{tmp_path}/catalog.db",
+            "AIRFLOW__METRICS__STATSD_ON": "True",
+            "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+            "AIRFLOW__METRICS__STATSD_PORT": str(udp.port),
+            "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
+        }
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", ALERT_COUNT_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0 and "DONE" in done.stdout, done.stderr[-4000:]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(udp.packets) < 2:
+            time.sleep(0.05)
+    finally:
+        udp.stop()
+    text = b"\n".join(udp.packets).decode()
+    assert "airflow.astrid.alerts.sent.astrid_monitored:1|c" in text, text
+    assert "airflow.astrid.deadline.missed.astrid_monitored:1|c" in text, text
+    assert "astrid_unmonitored" not in text

@@ -10,28 +10,13 @@ from astrid.catalog import Catalog, NewObservation
 from astrid.metrics import metric_name
 from astrid.pipeline import RunInfo
 from astrid.runs import degradations, record_failed_run, rejected_count, report_run
+from tests.recording_metrics import RecordingMetrics
 
 REALTIME = RunInfo(run_id="astrid_realtime_inference:r", dag_id="astrid_realtime_inference", kind="realtime")
 BATCH = RunInfo(
     run_id="astrid_batch_inference:b", dag_id="astrid_batch_inference", kind="batch", dag_run_id="b"
 )
 RULES = {"min_success_rate": 0.9, "zero_detection_runs": 4}
-
-
-class RecordingMetrics:
-    """A Metrics implementation that keeps what it was sent (the core's only metrics interface)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, float]] = []
-
-    def incr(self, stat: str, count: int = 1, rate: float = 1) -> None:
-        self.sent.append(("incr", stat, count))
-
-    def gauge(self, stat: str, value: float, rate: float = 1, delta: bool = False) -> None:
-        self.sent.append(("gauge", stat, value))
-
-    def timing(self, stat: str, dt: float) -> None:
-        self.sent.append(("timing", stat, dt))
 
 
 @pytest.fixture

@@ -44,11 +44,6 @@ OPERATOR_SETTINGS = (
 )
 
 
-def failure_notifier(config: InferenceSchedulingConfig, catalog_conn_id: str) -> AstridNotifier:
-    """Email (+ webhook) once a task has failed its last retry."""
-    return AstridNotifier(**_alert_kwargs("failure", config, catalog_conn_id))
-
-
 def _alert_kwargs(kind: str, config: InferenceSchedulingConfig, catalog_conn_id: str) -> dict[str, Any]:
     """The notifier's alert-state catalog and monitoring switch follow the DAG's; recipients and
     cool-down stay the notifier's documented defaults (ASTRID_INFERENCE_ALERT_*)."""
@@ -73,8 +68,8 @@ def retry_policy(
     }
     if max_retry_delay is not None:
         args["max_retry_delay"] = max_retry_delay
-    if config.alert_on_failure:
-        args["on_failure_callback"] = failure_notifier(config, catalog_conn_id)
+    if config.alert_on_failure:  # email (+ webhook) once a task has failed its last retry
+        args["on_failure_callback"] = AstridNotifier(**_alert_kwargs("failure", config, catalog_conn_id))
     return args
 
 
