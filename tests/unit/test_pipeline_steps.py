@@ -198,3 +198,29 @@ def test_flat_metrics_keeps_finite_numbers_and_names_snr_bins():
     flat = flat_metrics(score)
     assert flat == {"f1": 0.5, "recall_snr_5_10": 0.75}
     assert all(math.isfinite(v) for v in flat.values())
+
+
+def test_demo_truth_recall_matches_one_to_one_within_3_px(tmp_path):
+    """Two transients 2 px apart and one detection between them: one match, not two (the demo
+    counts as the evaluation does, astrid.ml.evaluate.match_detections); a 5 px miss is no match."""
+    import json
+
+    from astrid.airflow.demo import truth_recall
+    from astrid.catalog import NewObservation
+    from tests.catalog_helpers import FakeDetection
+
+    storage = StorageRoot.from_uri(tmp_path.as_uri())
+    catalog = Catalog(f"sqlite:///{tmp_path}/c.db")
+    catalog.migrate()
+    truth = [
+        {"x": 10.0, "y": 10.0, "flux": 1.0, "snr": 9.0, "host": "blank"},
+        {"x": 12.0, "y": 10.0, "flux": 1.0, "snr": 9.0, "host": "blank"},
+        {"x": 50.0, "y": 50.0, "flux": 1.0, "snr": 9.0, "host": "blank"},
+    ]
+    (tmp_path / "o_truth.json").write_text(json.dumps(truth))
+    catalog.register([NewObservation(name="o", science_uri="o_sci.fits", reference_uri="o_ref.fits")])
+    (claim,) = catalog.claim(1, "r", timedelta(minutes=5))
+    found = [FakeDetection(11.0, 10.0, None, None, 0.9, 1.0), FakeDetection(55.0, 50.0, None, None, 0.8, 1.0)]
+    catalog.complete(claim, "r", "1", found)
+    assert truth_recall(catalog, storage) == (1, 3)
+    catalog.dispose()
