@@ -14,9 +14,8 @@ import sys
 import time
 from typing import Any
 
+from astrid.dag_kinds import KINDS
 from astrid.paths import REPO_ROOT
-
-DAGS = ("astrid_realtime_inference", "astrid_batch_inference", "astrid_model_validation")
 
 
 def load_dag(dag_id: str) -> Any:
@@ -113,11 +112,8 @@ def main() -> int:
     )
 
     rows = []
-    for dag_id, conf in (
-        ("astrid_realtime_inference", {"max_observations": 10}),
-        ("astrid_batch_inference", {}),
-        ("astrid_model_validation", {"dataset_size": labelled}),
-    ):
+    confs = {"realtime": {"max_observations": 10}, "batch": {}, "validation": {"dataset_size": labelled}}
+    for dag_id, conf in ((KINDS[kind].dag_id, conf) for kind, conf in confs.items()):
         print(f"running {dag_id} ...", flush=True)
         dag_run, seconds = run_in_process(load_dag(dag_id), conf)
         out = task_output(dag_run, "report") or task_output(dag_run, "score_models") or {}
