@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
 
-from astrid.airflow.base import AstridBaseOperator, astrid_template_fields, xcom_list
+from astrid.airflow.base import AstridBaseOperator, astrid_template_fields, flag, xcom_list
 from astrid.airflow.notifiers import AstridNotifier
 
 MODEL_ALIASES = ("champion", "challenger")
@@ -190,7 +190,6 @@ class UNetInferenceOperator(AstridBaseOperator):
         self.star_residual_vetting, self.performance_tracking = star_residual_vetting, performance_tracking
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from astrid.airflow.base import flag
         from astrid.catalog import Claim
         from astrid.config import parse_vetting
         from astrid.pipeline import infer_observations
