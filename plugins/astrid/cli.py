@@ -95,9 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_seed(sub)
     _add_migrate(sub)
     _add_status(sub)
+    from astrid import registry_commands
     from astrid.ml import commands as ml_commands
 
     ml_commands.register(sub)
+    registry_commands.register(sub)
     return parser
 
 

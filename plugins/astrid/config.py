@@ -29,7 +29,7 @@ def _env(name: str, doc: str, **kwargs: Any) -> Any:
 
 @dataclass(frozen=True)
 class InferenceSchedulingConfig:
-    """Everything the three DAGs, the operators and the alerts read from configuration."""
+    """Everything the DAGs, the operators and the alerts read from configuration."""
 
     realtime_schedule: str = _env(
         "ASTRID_INFERENCE_SCHEDULE_REALTIME", "cron for realtime inference", default="*/15 * * * *"
@@ -60,6 +60,84 @@ class InferenceSchedulingConfig:
     )
     validation_dataset_size: int = _env(
         "ASTRID_INFERENCE_VALIDATION_DATASET_SIZE", "labelled observations per validation", default=50
+    )
+    validation_candidates: int = _env(
+        "ASTRID_INFERENCE_VALIDATION_CANDIDATES",
+        "latest registry versions scored against the champion besides the challenger (0: the challenger only)",
+        default=3,
+    )
+    training_enabled: bool = _env(
+        "ASTRID_INFERENCE_TRAINING_ENABLED",
+        "false: the training DAG runs only when triggered (not on drift/degradation)",
+        default=True,
+    )
+    training_deadline_minutes: float = _env(
+        "ASTRID_INFERENCE_TRAINING_DEADLINE_MINUTES", "SLA: training run late after", default=600.0
+    )
+    training_cpu_epochs: int = _env(
+        "ASTRID_INFERENCE_TRAINING_CPU_EPOCHS",
+        "epochs of the bounded CPU recipe (without CUDA; with it: the shipped recipe)",
+        default=8,
+    )
+    training_cpu_observations: int = _env(
+        "ASTRID_INFERENCE_TRAINING_CPU_OBSERVATIONS",
+        "synthetic frames of the bounded CPU recipe",
+        default=80,
+    )
+    training_labelled: int = _env(
+        "ASTRID_INFERENCE_TRAINING_LABELLED",
+        "labelled catalog observations trained on (those past the validation set)",
+        default=200,
+    )
+    drift_schedule: str = _env(
+        "ASTRID_INFERENCE_SCHEDULE_DRIFT", "cron for the nightly drift check", default="30 5 * * *"
+    )
+    drift_enabled: bool = _env(
+        "ASTRID_INFERENCE_DRIFT_ENABLED", "false: DAG exists, no schedule", default=True
+    )
+    drift_deadline_minutes: float = _env(
+        "ASTRID_INFERENCE_DRIFT_DEADLINE_MINUTES", "SLA: drift check late after", default=60.0
+    )
+    drift_window_hours: float = _env(
+        "ASTRID_INFERENCE_DRIFT_WINDOW_HOURS", "recent window compared with the reference", default=24.0
+    )
+    drift_reference_hours: float = _env(
+        "ASTRID_INFERENCE_DRIFT_REFERENCE_HOURS",
+        "the champion's reference window: its first hours of serving",
+        default=168.0,
+    )
+    drift_min_samples: int = _env(
+        "ASTRID_INFERENCE_DRIFT_MIN_SAMPLES",
+        "fewer values than this in either window: that statistic is not tested",
+        default=30,
+    )
+    drift_threshold: float = _env(
+        "ASTRID_INFERENCE_DRIFT_THRESHOLD",
+        "KS distance D at which a statistic has drifted (0.2 ≈ a shift of half a σ)",
+        default=0.2,
+    )
+    drift_p_value: float = _env(
+        "ASTRID_INFERENCE_DRIFT_P_VALUE",
+        "drift also needs the KS test significant at this level (Bonferroni over the statistics)",
+        default=0.01,
+    )
+    serving_enabled: bool = _env(
+        "ASTRID_INFERENCE_SERVING_ENABLED",
+        "false: a new serving model is not warmed and reprocessed automatically",
+        default=True,
+    )
+    serving_deadline_minutes: float = _env(
+        "ASTRID_INFERENCE_SERVING_DEADLINE_MINUTES", "SLA: warm-up + reprocessing late after", default=120.0
+    )
+    reprocess_hours: float = _env(
+        "ASTRID_INFERENCE_REPROCESS_HOURS",
+        "after a promotion/rollback, reprocess observations of the last hours",
+        default=24.0,
+    )
+    reprocess_max_observations: int = _env(
+        "ASTRID_INFERENCE_REPROCESS_MAX_OBSERVATIONS",
+        "at most this many observations reprocessed per serving-model change",
+        default=500,
     )
     timezone: str = _env("ASTRID_INFERENCE_TIMEZONE", "IANA timezone of the schedules", default="UTC")
     log_level: str = _env(
@@ -169,9 +247,16 @@ class InferenceSchedulingConfig:
         return cls(**values)
 
     def schedule(self, kind: str) -> str | None:
-        """Cron of a DAG kind (:mod:`astrid.dag_kinds`); ``None`` (manual only) when disabled."""
+        """Cron of a DAG kind (:mod:`astrid.dag_kinds`); ``None`` (manual only) when disabled, or
+        when the kind is scheduled on Assets (see :meth:`enabled`)."""
         row = dag_kind(kind)
-        return getattr(self, row.schedule_setting) if getattr(self, row.enabled_setting) else None
+        if row.schedule_setting is None or not self.enabled(kind):
+            return None
+        return getattr(self, row.schedule_setting)
+
+    def enabled(self, kind: str) -> bool:
+        """The kind's switch: scheduled (cron or Assets) when true, manual only when false."""
+        return bool(getattr(self, dag_kind(kind).enabled_setting))
 
     def deadline_minutes(self, kind: str) -> float:
         return getattr(self, dag_kind(kind).deadline_setting)
@@ -236,6 +321,16 @@ def _fraction(env: str, value: float) -> None:
         raise ConfigError(f"{env}={value!r} must lie between 0 and 1")
 
 
+def _non_negative(env: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{env}={value!r} must be 0 or more")
+
+
+def _open_fraction(env: str, value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"{env}={value!r} must lie in (0, 1]")
+
+
 def _percent(env: str, value: float) -> None:
     if not 0.0 < value <= 100.0:
         raise ConfigError(f"{env}={value!r} must be a percentage in (0, 100]")
@@ -275,6 +370,9 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "star_residual_vetting": _vetting,
     "min_success_rate": _fraction,
     "min_validation_f1": _fraction,
+    "validation_candidates": _non_negative,
+    "drift_threshold": _open_fraction,
+    "drift_p_value": _open_fraction,
     "max_memory_percent": _percent,
     "max_gpu_memory_percent": _percent,
 }

@@ -263,11 +263,19 @@ def test_validation_promotes_a_better_challenger_and_rolls_back_a_degraded_champ
     dag_run = run_dag("astrid_model_validation", {"dataset_size": 4})
     assert registry.alias_version("champion") == challenger
     assert registry.alias_version("challenger") is None
-    # now degrade the champion again with no challenger: forced degradation rolls back
+    # now degrade the champion again with no challenger and no other candidate scored: a
+    # champion below the floor rolls back (with candidates, the best of them would be promoted)
     registry.set_alias("champion", blind)
-    dag_run = run_dag("astrid_model_validation", {"dataset_size": 4})
+    import os
+
+    os.environ["ASTRID_INFERENCE_VALIDATION_CANDIDATES"] = "0"
+    try:
+        dag_run = run_dag("astrid_model_validation", {"dataset_size": 4})
+    finally:
+        del os.environ["ASTRID_INFERENCE_VALIDATION_CANDIDATES"]
     states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
     assert states["rollback"] == "success"
+    assert states["request_retraining"] == "success"  # the degraded champion asks for retraining
     assert registry.alias_version("champion") == challenger  # the previous champion
     assert healthy is not None
     # the serving-model change emitted Asset events

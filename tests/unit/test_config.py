@@ -49,6 +49,12 @@ DEFAULTS = {
     "max_memory_percent": 95.0,
     "max_load_per_cpu": 8.0,
     "max_gpu_memory_percent": 95.0,
+    "validation_candidates": 3,
+    "training_enabled": True,
+    "drift_schedule": "30 5 * * *",
+    "drift_threshold": 0.2,
+    "drift_p_value": 0.01,
+    "reprocess_hours": 24.0,
 }
 
 # (raw env value, parsed value) for fields whose values are constrained; the rest get a generic
@@ -69,6 +75,9 @@ OVERRIDES = {
     "max_gpu_memory_percent": ("12.5", 12.5),
     "max_load_per_cpu": ("1.5", 1.5),
     "star_residual_vetting": ("off", "off"),
+    "drift_schedule": ("0 6 * * *", "0 6 * * *"),
+    "drift_threshold": ("0.3", 0.3),
+    "drift_p_value": ("0.05", 0.05),
 }
 
 

@@ -209,9 +209,7 @@ class TriggerRequest(BaseModel):
         },
     )
 
-    run_type: RunType = Field(
-        description=", ".join(f"{kind.name} → {kind.dag_id}" for kind in KINDS.values())
-    )
+    run_type: RunType = Field(description=", ".join(f"{name} → {KINDS[name].dag_id}" for name in RUN_TYPES))
     max_observations: Annotated[int | None, Field(strict=True, ge=1)] = Field(
         None,
         description="Observations to claim: 1 to the configured maximum for the run type "
