@@ -14,6 +14,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
@@ -545,6 +546,46 @@ def test_astro_project_files() -> None:
     assert "dags" not in ignored and "plugins" not in ignored and "include" not in ignored
 
 
+def run_astro_parse_check(dags_folder: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run .astro/test_dag_integrity_default.py with pytest as `astro dev parse` does (own process,
+    fresh AIRFLOW_HOME, no metadata DB)."""
+    home = tmp_path / "airflow-home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+        "PYTHONPATH": str(REPO / "plugins"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+         str(REPO / ".astro" / "test_dag_integrity_default.py")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_astro_parse_check_passes_on_our_dags(tmp_path: Path) -> None:
+    proc = run_astro_parse_check(REPO / "dags", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    n_files = len(list((REPO / "dags").glob("*.py")))
+    assert f"{n_files + 1} passed" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_astro_parse_check_fails_on_a_broken_dag(tmp_path: Path) -> None:
+    dags = tmp_path / "dags"
+    shutil.copytree(REPO / "dags", dags)
+    (dags / "astrid_broken.py").write_text(
+        "from airflow.sdk import DAG\nfrom astrid.airflow import no_such_module\n"
+    )
+    (dags / "astrid_empty.py").write_text("from airflow.sdk import DAG  # a DAG file that defines none\n")
+    proc = run_astro_parse_check(dags, tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "astrid_broken.py failed to import" in proc.stdout and "no_such_module" in proc.stdout
+    assert "astrid_empty.py imports but defines no DAG" in proc.stdout
+    assert "2 failed" in proc.stdout
+
+
 def test_dags_airflowignore_keeps_every_dag_file() -> None:
     file_discovery = pytest.importorskip("airflow._shared.module_loading.file_discovery")
     assert (REPO / "dags" / ".airflowignore").is_file()
@@ -587,6 +628,88 @@ def test_mwaa_startup_runs_cpu_inference_on_the_default_queue(tmp_path: Path) ->
     assert exported["OMP_NUM_THREADS"] == "2"
     assert InferenceSchedulingConfig.from_env(exported).device == "cpu"
     assert (tmp_path / "include").resolve() == (tmp_path / "plugins" / "include").resolve()
+
+
+# MWAA sends one of these in MWAA_AIRFLOW_COMPONENT; hybrid = scheduler + worker in one container.
+# (component, worker thread caps expected, pool creation expected)
+MWAA_COMPONENTS = [
+    ("webserver", False, False),
+    ("scheduler", False, True),
+    ("worker", True, False),
+    ("hybrid", True, True),
+]
+
+
+def source_startup(
+    tmp_path: Path, shell: str, component: str, *, pool_exists: bool = False, stub_fails: bool = False
+) -> tuple[dict[str, str], list[str], str]:
+    """Source mwaa/startup.sh as MWAA does, with a stub `airflow` first on PATH.
+
+    The stub stands in for the Airflow CLI, which cannot run MWAA's metadata DB here: it records
+    its arguments, answers `pools get` as told, and fails every call when told to.
+    """
+    home = tmp_path / f"home-{shell}-{component}"
+    (home / "plugins" / "include").mkdir(parents=True)
+    stub_bin = tmp_path / "stub-bin"
+    stub_bin.mkdir(exist_ok=True)
+    calls = tmp_path / f"calls-{shell}-{component}.log"
+    stub = stub_bin / "airflow"
+    stub.write_text(
+        "#!/bin/sh\n"
+        'echo "$*" >> "$STUB_CALLS"\n'
+        '[ "$STUB_FAIL" = 1 ] && exit 1\n'
+        'if [ "$1 $2" = "pools get" ]; then [ "$STUB_POOL_EXISTS" = 1 ] && exit 0; exit 1; fi\n'
+        "exit 0\n"
+    )
+    stub.chmod(0o755)
+    env = {
+        "PATH": f"{stub_bin}:{os.environ['PATH']}",
+        "AIRFLOW_HOME": str(home),
+        "MWAA_AIRFLOW_COMPONENT": component,
+        "STUB_CALLS": str(calls),
+        "STUB_POOL_EXISTS": "1" if pool_exists else "0",
+        "STUB_FAIL": "1" if stub_fails else "0",
+    }
+    proc = subprocess.run(
+        [shell, "-c", f'. "{REPO / "mwaa" / "startup.sh"}" && echo "--- env" && env'],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    messages, _, env_dump = proc.stdout.partition("--- env\n")
+    exported = dict(line.split("=", 1) for line in env_dump.splitlines() if "=" in line)
+    logged = calls.read_text().splitlines() if calls.exists() else []
+    return exported, logged, messages
+
+
+@pytest.mark.parametrize("shell", ["bash", "sh"])
+@pytest.mark.parametrize(("component", "thread_caps", "makes_pool"), MWAA_COMPONENTS)
+def test_mwaa_startup_branches_per_component(
+    tmp_path: Path, shell: str, component: str, thread_caps: bool, makes_pool: bool
+) -> None:
+    exported, calls, _ = source_startup(tmp_path, shell, component)
+    assert exported["ASTRID_INFERENCE_DEVICE"] == "cpu", component
+    assert ("OMP_NUM_THREADS" in exported) is thread_caps, component
+    if makes_pool:
+        assert calls == [f"pools get {GPU_POOL}", f"pools set {GPU_POOL} 2 AstrID U-Net tasks (CPU on MWAA)"]
+    else:
+        assert calls == [], f"{component} must not touch pools: {calls}"
+
+
+@pytest.mark.parametrize("component", ["scheduler", "hybrid"])
+def test_mwaa_startup_keeps_an_existing_pool_and_survives_cli_failure(tmp_path: Path, component: str) -> None:
+    _, calls, _ = source_startup(tmp_path / "exists", "sh", component, pool_exists=True)
+    assert calls == [f"pools get {GPU_POOL}"], "an existing pool is left as it is"
+    exported, calls, messages = source_startup(tmp_path / "fails", "sh", component, stub_fails=True)
+    assert len(calls) == 2 and "could not create pool" in messages
+    assert exported["ASTRID_INFERENCE_DEVICE"] == "cpu", "a failed pool call must not stop the script"
+
+
+def test_mwaa_startup_names_an_unknown_component(tmp_path: Path) -> None:
+    _, calls, messages = source_startup(tmp_path, "sh", "api-server")
+    assert calls == [] and "unknown MWAA_AIRFLOW_COMPONENT 'api-server'" in messages
 
 
 # --------------------------------------------------------------------------------------------------
