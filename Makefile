@@ -12,7 +12,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
 export PYTHONPATH := $(CURDIR)/plugins:$(PYTHONPATH)
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup up seed lint format bench mwaa-bundle clean help bytecode
+.PHONY: demo test setup up seed lint format bench mwaa-bundle clean help bytecode requirements check-py312 compose-secrets
 
 help:
 	@echo "make demo   - seed a synthetic night and run the three DAGs once (SQLite, local files)"
@@ -20,6 +20,9 @@ help:
 	@echo "make up     - airflow standalone on localhost:8080 with this project"
 	@echo "make seed   - register COUNT (10) synthetic observations in the embedded catalog"
 	@echo "make bench  - benchmarks -> docs/benchmarks.md"
+	@echo "make requirements - regenerate requirements.txt (exact pins) from requirements.in + constraints.txt"
+	@echo "make check-py312  - the lock resolves to Python 3.12 wheels (needs PyPI)"
+	@echo "make compose-secrets - write .env with fresh secrets for docker compose"
 
 setup: $(STAMP)
 
@@ -65,6 +68,16 @@ bench: $(STAMP) bytecode
 
 mwaa-bundle: $(STAMP)
 	bash scripts/mwaa-bundle.sh
+
+# requirements.txt is generated: edit requirements.in (names) and constraints.txt (versions).
+requirements: $(STAMP)
+	$(BIN)/python scripts/lock_requirements.py
+
+check-py312: $(STAMP)
+	$(BIN)/python scripts/check_py312_wheels.py
+
+compose-secrets:
+	bash scripts/compose-secrets.sh
 
 clean:
 	rm -rf $(AIRFLOW_HOME) .pytest_cache

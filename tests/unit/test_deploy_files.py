@@ -1104,7 +1104,7 @@ def test_bundle_requirements_are_constrained_and_pinned(bundle: Path) -> None:
 
 def test_mwaa_requirements_cover_the_project_requirements() -> None:
     mwaa = {requirement_name(ln) for ln in (REPO / "mwaa" / "requirements.txt").read_text().splitlines()[1:]}
-    for line in (REPO / "requirements.txt").read_text().splitlines():
+    for line in (REPO / "requirements.in").read_text().splitlines():
         if line.strip() and not line.startswith(("#", "-")):
             assert requirement_name(line) in mwaa, f"mwaa/requirements.txt lacks {line.strip()}"
 
