@@ -55,6 +55,7 @@ DEPLOY_FILES = [
     "mwaa/startup.sh",
     "mwaa/README.md",
     "docs/deploy.md",
+    "deploy/helm/values.yaml",
 ]
 
 
@@ -263,8 +264,11 @@ def helm_images() -> dict[str, str]:
             for i, value in enumerate(node):
                 walk(value, f"{where}[{i}]")
 
-    walk(yaml.safe_load(HELM_VALUES.read_text()), "")
-    return found
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    walk(values, "")
+    found["defaultAirflow"] = f"{values['defaultAirflowRepository']}:{values['defaultAirflowTag']}"
+    # `{{ .Values.key }}` in templated fields (extraInitContainers) resolves against the values
+    return {k: re.sub(r"\{\{ *\.Values\.(\w+) *\}\}", lambda m: str(values[m.group(1)]), v) for k, v in found.items()}
 
 
 def test_compose_file_validates_against_the_compose_specification(compose: dict[str, Any]) -> None:
@@ -513,7 +517,8 @@ def test_every_image_is_pinned_and_still_pullable(services: Mapping[str, Any]) -
     for dockerfile in ("Dockerfile", "Dockerfile.inference"):
         refs |= {f"{dockerfile}:{i}": ref for i, ref in enumerate(dockerfile_images(REPO / dockerfile))}
     refs |= {f"helm:{where}": ref for where, ref in helm_images().items()}
-    assert len(refs) >= 11, refs
+    assert len(refs) >= 14, refs
+    assert {"helm:images.statsd", "helm:images.redis"} <= set(refs), "the Helm values pin their images too"
     problems = [f"{where}: {why}" for where, ref in refs.items() if (why := image_problem(ref))]
     assert not problems, "\n".join(problems)
     assert refs["Dockerfile.inference:0"] == "apache/airflow:3.3.2-python3.12"
