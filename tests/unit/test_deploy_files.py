@@ -268,7 +268,10 @@ def helm_images() -> dict[str, str]:
     walk(values, "")
     found["defaultAirflow"] = f"{values['defaultAirflowRepository']}:{values['defaultAirflowTag']}"
     # `{{ .Values.key }}` in templated fields (extraInitContainers) resolves against the values
-    return {k: re.sub(r"\{\{ *\.Values\.(\w+) *\}\}", lambda m: str(values[m.group(1)]), v) for k, v in found.items()}
+    return {
+        k: re.sub(r"\{\{ *\.Values\.(\w+) *\}\}", lambda m: str(values[m.group(1)]), v)
+        for k, v in found.items()
+    }
 
 
 def test_compose_file_validates_against_the_compose_specification(compose: dict[str, Any]) -> None:
