@@ -331,6 +331,7 @@ def test_compose_refuses_to_start_without_secrets(raw_compose: dict[str, Any], g
             interpolate(raw_compose, partial)
 
 
+URL_BREAKING = "p@ss/word:with#url-chars"  # would break the connection URLs it is embedded in
 SECRETISH = re.compile(r"PASSWORD|SECRET|FERNET|JWT|TOKEN|_KEY\b|WEBHOOK", re.I)
 
 
@@ -444,7 +445,7 @@ def test_compose_secrets_script_keeps_values_and_refuses_placeholders(tmp_path: 
         ({"GRAFANA_ADMIN_PASSWORD": "Admin"}, "GRAFANA_ADMIN_PASSWORD is a known placeholder"),
         ({"AIRFLOW_API_SECRET_KEY": "short-secret"}, "AIRFLOW_API_SECRET_KEY is shorter than 16"),
         ({"AIRFLOW_FERNET_KEY": "not-a-fernet-key"}, "AIRFLOW_FERNET_KEY is not a Fernet key"),
-        ({"POSTGRES_PASSWORD": "p@ss/word:with#url-chars"}, "POSTGRES_PASSWORD may only use"),
+        ({"POSTGRES_PASSWORD": URL_BREAKING}, "POSTGRES_PASSWORD may only use"),
         (
             {"AIRFLOW_JWT_SECRET": "please-change-me-soon-0123456789"},
             "AIRFLOW_JWT_SECRET is a known placeholder",
