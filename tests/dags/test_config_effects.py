@@ -8,13 +8,16 @@ whose probe sees no difference, fails.
 
 Probes, by where the value takes effect:
 - DAG parse: the real DAG files are executed with the variable set (schedules, params, pools,
-  queues, deadlines, callbacks, operator arguments);
-- run time: the real functions and operators that read the configuration, against a real SQLite
-  catalog, real FITS files from the synthetic survey, the shipped U-Net on CPU and a real MLflow
-  store. Two Airflow runtime objects are stood in for, because these probes call operator methods
+  queues, deadlines, callbacks);
+- the tasks' run time: the configuration reaches the operators as ``default_args`` at parse time
+  (``OPERATOR_SETTINGS``), so the probe takes the task from the DAG file parsed with the variable
+  set and runs it, against a real SQLite catalog, real FITS files from the synthetic survey, the
+  shipped U-Net on CPU and a real MLflow store; the few settings still read while a task runs
+  (model URI, alert recipients and cool-down, logging) through the real functions that read them.
+  Two Airflow runtime objects are stood in for, because these probes call a task's execute()
   directly instead of running a whole DAG (tests/dags/test_dag_runs.py does that): the
-  TaskInstance (a recorder of xcom_push) and, for the validation floor, the notifier's delivery
-  (recorded; real delivery is tests/dags/test_alerts_and_metrics.py).
+  TaskInstance (a recorder of xcom_push) and the notifier's delivery (recorded; real delivery is
+  tests/dags/test_alerts_and_metrics.py).
 """
 
 from __future__ import annotations
@@ -110,18 +113,33 @@ def rotation_effect(tmp: Path) -> Callable[[], list[str]]:
     return probe
 
 
+def task(dag_id: str, task_id: str) -> Any:
+    """A task of the DAG file parsed under the current environment (its default_args included)."""
+    return dag(dag_id).get_task(task_id)
+
+
 def preflight(**readings: float) -> Callable[[], list[str]]:
-    from astrid.config import load_config
-    from astrid.preflight import check
+    """The reasons the realtime preflight task's limits give for fixed readings (the host's own
+    readings would make the probe depend on this machine's load)."""
 
-    values = {"memory_percent": 10.0, "load_per_cpu": 0.1, "gpu_percent": 10.0, **readings}
-    return lambda: check(load_config(), **values).reasons
+    def probe() -> list[str]:
+        from astrid.preflight import PreflightLimits, check
+
+        pre = task(RT, "preflight")
+        limits = PreflightLimits(
+            float(pre.max_memory_percent), float(pre.max_load_per_cpu), float(pre.max_gpu_memory_percent)
+        )
+        values = {"memory_percent": 10.0, "load_per_cpu": 0.1, "gpu_percent": 10.0, **readings}
+        return check(limits, **values).reasons
+
+    return probe
 
 
-def monitoring_effect() -> str:
-    from astrid.airflow.operators import _stats
+def monitoring_effect() -> bool:
+    """Does the claim task send its metrics to StatsD, or to the no-op client?"""
+    from astrid.metrics import NullMetrics
 
-    return type(_stats()).__name__
+    return isinstance(task(RT, "claim").metrics, NullMetrics)
 
 
 def model_effect() -> str:
@@ -144,6 +162,7 @@ def cooldown_effect(tmp: Path) -> Callable[[], list[bool]]:
 
         from astrid.airflow.notifiers import Alert, AstridNotifier
         from astrid.catalog import Catalog
+        from astrid.catalog.models import AlertStateRow
 
         url = f"sqlite:///{tmp}/cooldown-{len(list(Path(tmp).glob('cooldown-*')))}.db"
         Catalog(url).migrate()
@@ -151,8 +170,6 @@ def cooldown_effect(tmp: Path) -> Callable[[], list[bool]]:
         alert = Alert(kind="failure", dag_id="d", run_id="r", subject="s", body="b", url="")
         first = notifier._due(alert, url)
         # ten minutes later: move the recorded sending time back instead of waiting
-        from astrid.catalog.models import AlertStateRow
-
         table = AlertStateRow.__table__
         with Catalog(url).engine.begin() as conn:
             conn.execute(table.update().values(last_sent_at=datetime.now(UTC) - timedelta(minutes=10)))
@@ -161,25 +178,8 @@ def cooldown_effect(tmp: Path) -> Callable[[], list[bool]]:
     return probe
 
 
-def degradations_effect(tmp: Path, summary: dict[str, Any]) -> Callable[[], int]:
-    """How many degradation alerts a realtime run raises, given recent recorded runs."""
-
-    def probe() -> int:
-        from astrid.airflow.tasks import degradations
-        from astrid.catalog import Catalog
-        from astrid.config import load_config
-
-        catalog = Catalog(f"sqlite:///{tmp}/runs-{len(list(Path(tmp).glob('runs-*')))}.db")
-        catalog.migrate()
-        for i in range(3):  # three earlier realtime runs that processed observations and found nothing
-            catalog.record_run(dag_id=RT, run_id=f"r{i}", kind="realtime", processed=5, detections=0)
-        return len(degradations(catalog, RT, "realtime", summary, load_config()))
-
-    return probe
-
-
 class RecordingTI:
-    """Stands in for Airflow's TaskInstance when an operator method is called directly."""
+    """Stands in for Airflow's TaskInstance when a task's execute() is called directly."""
 
     map_index = -1
 
@@ -191,23 +191,94 @@ class RecordingTI:
 
 
 def context(run_id: str) -> dict[str, Any]:
-    return {"run_id": run_id, "dag": SimpleNamespace(dag_id="effects"), "ti": RecordingTI()}
+    from datetime import UTC, datetime
+
+    return {
+        "run_id": run_id,
+        "dag": SimpleNamespace(dag_id="effects"),
+        "dag_run": SimpleNamespace(start_date=datetime.now(UTC)),
+        "ti": RecordingTI(),
+    }
 
 
-def validation_effect(monkeypatch_notify: list) -> Callable[[], tuple[str, int]]:
+def claimed(run_id: str) -> list[dict[str, Any]]:
+    """The realtime claim task, as parsed, run once (its templated limit rendered by hand)."""
+    claim = task(RT, "claim")
+    claim.max_observations = 5
+    return claim.execute(context(run_id))
+
+
+def attempts_effect() -> int:
+    """Observations claimable after one that failed 3 times (attempts = 3)."""
+    from astrid.airflow.hooks import CatalogHook
+    from astrid.catalog.models import ObservationRow
+
+    table = ObservationRow.__table__
+    with CatalogHook().get_conn().engine.begin() as conn:
+        conn.execute(table.update().values(status="failed", attempts=3))
+    return len(claimed("attempts"))
+
+
+def image_side_effect() -> int:
+    """Observations the quality gate lets through (the frames are 256 px on a side)."""
+    gate = task(RT, "quality_gate")
+    gate.observations = claimed("gate")
+    return len(gate.execute(context("gate")))
+
+
+def inference(key: str) -> Callable[[], Any]:
+    """One real U-Net run of the realtime infer task over the claimed observation; summary[key]."""
+
+    def probe() -> Any:
+        infer = task(RT, "infer")
+        infer.observations, infer.model, infer.confidence_threshold = claimed("infer"), "champion", 0.5
+        return infer.execute(context("infer")).get(key)
+
+    return probe
+
+
+def report_effect(summary: dict[str, Any], earlier_zero_runs: int, notified: list) -> Callable[[], int]:
+    """Degradation alerts the realtime report task raises for ``summary`` after earlier runs that
+    processed observations and found nothing."""
+
+    def probe() -> int:
+        from datetime import UTC, datetime, timedelta
+
+        from astrid.airflow.hooks import CatalogHook
+
+        catalog = CatalogHook().get_conn()
+        for i in range(earlier_zero_runs):
+            started = datetime.now(UTC) - timedelta(minutes=15 * (i + 1))
+            catalog.record_run(
+                dag_id=RT,
+                run_id=f"earlier{i}",
+                kind="realtime",
+                processed=5,
+                detections=0,
+                started_at=started,
+            )
+        report = task(RT, "report")
+        report.summaries, report.claimed = summary, None
+        before = len(notified)
+        report.execute(context("report"))
+        return len(notified) - before
+
+    return probe
+
+
+def validation_effect(notified: list) -> Callable[[], tuple[str, int]]:
     """The weekly decision for a champion at F1 0.85 with a challenger at 0.86, and the alerts sent."""
 
     def probe() -> tuple[str, int]:
-        from astrid.airflow.tasks import ValidationDecisionOperator
-
-        before = len(monkeypatch_notify)
-        scores = {
+        decide = task(VAL, "decide")
+        decide.scores = {
             "champion": {"version": "2", "f1": 0.85},
             "challenger": {"version": "3", "f1": 0.86},
             "history": ["1", "2"],
         }
-        action = ValidationDecisionOperator(task_id="decide", scores=scores).choose_branch(context("v"))
-        return action, len(monkeypatch_notify) - before
+        before = len(notified)
+        action = decide.choose_branch(context("v"))
+        return action, len(notified) - before
 
     return probe
 
@@ -260,61 +331,16 @@ def runtime_env(survey, tmp_path):
     return fresh
 
 
-def claimed(run_id: str) -> list[dict[str, Any]]:
-    from astrid.airflow.operators import ClaimObservationsOperator
-
-    return ClaimObservationsOperator(task_id="claim", max_observations=5, lease_minutes=30).execute(
-        context(run_id)
-    )
-
-
-def attempts_effect() -> int:
-    """Observations claimable after one that failed 3 times (attempts = 3)."""
-    from astrid.airflow.hooks import CatalogHook
-    from astrid.catalog.models import ObservationRow
-
-    catalog = CatalogHook().get_conn()
-    table = ObservationRow.__table__
-    with catalog.engine.begin() as conn:
-        conn.execute(table.update().values(status="failed", attempts=3))
-    return len(claimed("attempts"))
-
-
-def image_side_effect() -> int:
-    """Observations the quality gate lets through (the frames are 256 px on a side)."""
-    from astrid.airflow.operators import DataQualityOperator
-
-    gate = DataQualityOperator(task_id="quality_gate", observations=claimed("gate"))
-    return len(gate.execute(context("gate")))
-
-
-def inference(key: str) -> Callable[[], Any]:
-    """One real U-Net run over the claimed observation; returns summary[key] (None if absent)."""
-
-    def probe() -> Any:
-        from astrid.airflow.operators import UNetInferenceOperator
-
-        op = UNetInferenceOperator(
-            task_id="infer",
-            observations=claimed("infer"),
-            model="champion",
-            confidence_threshold=0.5,
-            batch_size=4,
-            device="cpu",
-        )
-        return op.execute(context("infer")).get(key)
-
-    return probe
-
-
 # ------------------------------------------------------------------------------------------------
 # the table: variable -> (a value different from the default, probe, expected result or None)
 
-RUNTIME = {
+RUNTIME = {  # probes that need the seeded catalog, storage and MLflow store
     "ASTRID_INFERENCE_MAX_ATTEMPTS",
     "ASTRID_INFERENCE_MAX_IMAGE_SIDE",
     "ASTRID_INFERENCE_PERFORMANCE_TRACKING",
     "ASTRID_INFERENCE_STAR_RESIDUAL_VETTING",
+    "ASTRID_INFERENCE_MIN_SUCCESS_RATE",
+    "ASTRID_INFERENCE_ZERO_DETECTION_RUNS",
 }
 
 
@@ -338,7 +364,7 @@ def effects(tmp: Path, notified: list) -> dict[str, tuple[str, Callable[[], Any]
             7,
         ),
         "ASTRID_INFERENCE_LOG_ROTATION_MB": ("1", rotation_effect(tmp), ["", ".1"]),
-        "ASTRID_INFERENCE_MONITORING_ENABLED": ("false", monitoring_effect, "NullMetrics"),
+        "ASTRID_INFERENCE_MONITORING_ENABLED": ("false", monitoring_effect, True),
         "ASTRID_INFERENCE_ALERT_ON_FAILURE": (
             "false",
             lambda: "on_failure_callback" in dag(RT).default_args,
@@ -366,16 +392,12 @@ def effects(tmp: Path, notified: list) -> dict[str, tuple[str, Callable[[], Any]
         "ASTRID_INFERENCE_ALERT_COOLDOWN_MINUTES": ("5", cooldown_effect(tmp), [True, True]),
         "ASTRID_INFERENCE_MIN_SUCCESS_RATE": (
             "0.5",
-            degradations_effect(
-                tmp, {"processed_count": 7, "failed_count": 3, "success_rate": 0.7, "detections_found": 1}
-            ),
+            report_effect({"processed_count": 7, "failed_count": 3, "detections_found": 1}, 0, notified),
             0,
         ),
         "ASTRID_INFERENCE_ZERO_DETECTION_RUNS": (
             "3",
-            degradations_effect(
-                tmp, {"processed_count": 5, "failed_count": 0, "success_rate": 1.0, "detections_found": 0}
-            ),
+            report_effect({"processed_count": 5, "failed_count": 0, "detections_found": 0}, 2, notified),
             1,
         ),
         "ASTRID_INFERENCE_MIN_VALIDATION_F1": ("0.9", validation_effect(notified), ("rollback", 1)),
