@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from astrid.catalog import Catalog, Claim
+from astrid.drift import input_statistics
 from astrid.errors import ObservationError
 from astrid.logs import log_event, timed
 from astrid.metrics import Metrics, NullMetrics, metric_name
@@ -281,6 +282,13 @@ def run_inference(
                 triplet = load_claim(claim, storage, max_side)
                 probability, detections = detector.analyse(triplet, threshold, min_excess)
                 catalog.complete(claim.observation_id, run.run_id, detector.version, detections)
+                catalog.record_statistics(  # what the nightly drift check compares (astrid.drift)
+                    claim.observation_id,
+                    run.run_id,
+                    detector.version,
+                    detections=len(detections),
+                    **input_statistics(triplet),
+                )
             except ObservationError as exc:
                 catalog.fail(claim.observation_id, run.run_id, str(exc))
                 summary.failed_count += 1

@@ -182,6 +182,32 @@ class DetectionRow(Base):
     )
 
 
+class InferenceStatisticsRow(Base):
+    """What the input of one inference looked like, and what came out (migration 0004): the sky
+    level, seeing and noise of the observation, its size and the detections ``model_version``
+    found — recorded by the live inference path (:func:`astrid.pipeline.run_inference`) so the
+    nightly drift check (:mod:`astrid.drift`) can compare windows. One row per (observation,
+    model version); reprocessing does not write here (old inputs would look like new ones)."""
+
+    __tablename__ = "inference_statistics"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    observation_id: Mapped[int] = mapped_column(sa.ForeignKey("observations.id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(sa.String(128))
+    run_id: Mapped[str] = mapped_column(sa.String(255))
+    recorded_at: Mapped[datetime] = mapped_column(server_default=_NOW)
+    sky: Mapped[float | None] = mapped_column(sa.Float)  # science background (robust median)
+    seeing_px: Mapped[float | None] = mapped_column(sa.Float)  # FWHM in pixels (header)
+    noise: Mapped[float | None] = mapped_column(sa.Float)  # difference-image robust sigma
+    megapixels: Mapped[float] = mapped_column(sa.Float)
+    detections: Mapped[int] = mapped_column(default=0, server_default="0")
+
+    __table_args__ = (
+        sa.UniqueConstraint("observation_id", "model_version"),
+        sa.Index("ix_inference_statistics_model_version_recorded_at", "model_version", "recorded_at"),
+    )
+
+
 class InferenceRunRow(Base):
     """One DAG run (or CLI run) of the detector: counts, timings, outcome. Upserted by (dag_id, run_id)."""
 

@@ -48,6 +48,7 @@ from astrid.catalog.models import (
     AlertStateRow,
     DetectionRow,
     InferenceRunRow,
+    InferenceStatisticsRow,
     ObservationRow,
     ObservationStatus,
 )
@@ -64,6 +65,7 @@ _O = ObservationRow.__table__
 _D = DetectionRow.__table__
 _R = InferenceRunRow.__table__
 _A = AlertStateRow.__table__
+_ST = InferenceStatisticsRow.__table__
 _S = ObservationStatus
 
 
@@ -687,6 +689,93 @@ class Catalog:
         with self._tx(write=False) as conn:
             return [_plain(r) for r in conn.execute(stmt)]
 
+    # ------------------------------------------------------------------ drift statistics
+
+    def record_statistics(
+        self,
+        observation_id: int,
+        run_id: str,
+        model_version: str,
+        *,
+        sky: float | None,
+        seeing_px: float | None,
+        noise: float | None,
+        megapixels: float,
+        detections: int,
+        now: datetime | None = None,
+    ) -> None:
+        """Record what one inference saw and found (:mod:`astrid.drift` reads it). Upserted by
+        (observation, model version): a retried task rewrites its row, never adds a second."""
+        now = _utcnow(now)
+        values = {
+            "observation_id": int(observation_id),
+            "model_version": model_version,
+            "run_id": run_id,
+            "recorded_at": now,
+            "sky": _optional_float(sky),
+            "seeing_px": _optional_float(seeing_px),
+            "noise": _optional_float(noise),
+            "megapixels": float(megapixels),
+            "detections": int(detections),
+        }
+        stmt = self._insert(_ST).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["observation_id", "model_version"],
+            set_={k: stmt.excluded[k] for k in values if k not in ("observation_id", "model_version")},
+        )
+        with self._tx() as conn:
+            conn.execute(stmt)
+
+    def statistics(
+        self,
+        *,
+        model_version: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Recorded inference statistics in ``[since, until)`` (one model version, or all), oldest first."""
+        stmt = sa.select(_ST).order_by(_ST.c.recorded_at, _ST.c.id)
+        if model_version is not None:
+            stmt = stmt.where(_ST.c.model_version == model_version)
+        if since is not None:
+            stmt = stmt.where(_ST.c.recorded_at >= _utcnow(since))
+        if until is not None:
+            stmt = stmt.where(_ST.c.recorded_at < _utcnow(until))
+        with self._tx(write=False) as conn:
+            return [_plain(r) for r in conn.execute(stmt)]
+
+    def statistics_scores(self, model_version: str, since: datetime, until: datetime) -> list[float]:
+        """The scores of ``model_version``'s detections in the observations whose statistics it
+        recorded in ``[since, until)`` (the score distribution of that window)."""
+        recorded = sa.and_(
+            _ST.c.observation_id == _D.c.observation_id,
+            _ST.c.model_version == _D.c.model_version,
+            _ST.c.recorded_at >= _utcnow(since),
+            _ST.c.recorded_at < _utcnow(until),
+        )
+        stmt = sa.select(_D.c.score).where(_D.c.model_version == model_version, sa.exists().where(recorded))
+        with self._tx(write=False) as conn:
+            return [float(v) for v in conn.scalars(stmt)]
+
+    def first_statistics_at(self, model_version: str) -> datetime | None:
+        """When ``model_version`` first recorded statistics (it started serving), if ever."""
+        stmt = sa.select(sa.func.min(_ST.c.recorded_at)).where(_ST.c.model_version == model_version)
+        with self._tx(write=False) as conn:
+            first = conn.scalar(stmt)
+        if first is None:
+            return None
+        return _utcnow(first if isinstance(first, datetime) else datetime.fromisoformat(str(first)))
+
+    def gate_outcomes(self, since: datetime, until: datetime) -> list[bool]:
+        """For each observation the live queue finished in ``[since, until)``: was it rejected by
+        the quality gate (``True``) or inferred (``False``)? Failed ones are left out."""
+        since, until = _utcnow(since), _utcnow(until)
+        rejected = sa.and_(_O.c.status == _S.REJECTED, _O.c.updated_at >= since, _O.c.updated_at < until)
+        inferred = sa.and_(_O.c.status == _S.INFERRED, _O.c.inferred_at >= since, _O.c.inferred_at < until)
+        stmt = sa.select(_O.c.status).where(sa.or_(rejected, inferred))
+        with self._tx(write=False) as conn:
+            return [status == _S.REJECTED for status in conn.scalars(stmt)]
+
     def stuck_claims(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """Observations still ``claimed`` whose lease has expired (their run died or hangs)."""
         now = _utcnow(now)
@@ -697,6 +786,14 @@ class Catalog:
         )
         with self._tx(write=False) as conn:
             return [_plain(r) for r in conn.execute(stmt)]
+
+
+def _optional_float(value: Any) -> float | None:
+    """A statistic as stored: NaN/inf (not measurable) become NULL, never a wrong number."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _status(value: ObservationStatus | str) -> ObservationStatus:
