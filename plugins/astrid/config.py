@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -149,6 +150,21 @@ class InferenceSchedulingConfig:
         "pre-flight: skip run above this GPU memory use",
         default=95.0,
     )
+    zeropoint_key: str = _env(
+        "ASTRID_INFERENCE_ZEROPOINT_KEY",
+        "science-header keyword of the AB zero point, tried before MAGZP, PHOTZP and MAGZPT",
+        default="",
+    )
+    stamps_enabled: bool = _env(
+        "ASTRID_INFERENCE_STAMPS_ENABLED",
+        "write science/reference/difference/probability cutouts of each detection (PNG + FITS)",
+        default=True,
+    )
+    stamps_max_per_observation: int = _env(
+        "ASTRID_INFERENCE_STAMPS_MAX_PER_OBSERVATION",
+        "stamps for at most this many detections per observation (highest scores first)",
+        default=200,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -269,6 +285,13 @@ def _one_of(choices: tuple[str, ...], fold: Callable[[str], str] = str) -> Calla
     return check
 
 
+def _fits_keyword(env: str, value: str) -> None:
+    if value and not re.fullmatch(r"[A-Za-z0-9_-]{1,8}", value):
+        raise ConfigError(
+            f"{env}={value!r} is not a FITS keyword: 1-8 letters, digits, '_' or '-' (e.g. MAGZP)"
+        )
+
+
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "timezone": _check_timezone,
     "log_level": _one_of(LOG_LEVELS, fold=str.upper),
@@ -279,6 +302,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "min_validation_f1": _fraction,
     "max_memory_percent": _percent,
     "max_gpu_memory_percent": _percent,
+    "zeropoint_key": _fits_keyword,
 }
 
 

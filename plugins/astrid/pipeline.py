@@ -24,7 +24,9 @@ from astrid.errors import ObservationError
 from astrid.logs import log_event, timed
 from astrid.metrics import Metrics, NullMetrics, metric_name
 
-CATALOG_COLUMNS = ("x", "y", "ra", "dec", "score", "flux")
+# The contract's first six columns stay first (readers of `astrid detect` index them); photometry
+# (astrid.photometry) is appended after them.
+CATALOG_COLUMNS = ("x", "y", "ra", "dec", "score", "flux", "flux_err", "snr", "mag", "mag_err")
 
 
 class Detector(Protocol):
@@ -204,14 +206,19 @@ def run_inference(
     artifacts: Any = None,
     on_observation: Callable[[Claim, list], None] | None = None,
     min_excess: float | str | None = "card",
+    zeropoint_key: str | None = None,
 ) -> RunSummary:
     """Infer every claim, write detections + statuses, write artifacts; return the summary.
 
     ``min_excess`` is the star-residual vetting level (``"card"``: the model card's, ``None``: off).
+    Each detection's flux error, SNR and (with a zero point in the header, ``zeropoint_key`` first)
+    AB magnitude are measured by :func:`astrid.photometry.measure`.
 
     ``artifacts`` is a directory path-like (under the storage root) for the run's detection
     catalog CSV and probability thumbnails; ``None`` skips artifacts.
     """
+    from astrid.photometry import measure
+
     metrics = metrics or NullMetrics()
     summary = RunSummary(model_version=detector.version)
     rows: list[dict[str, Any]] = []
@@ -229,6 +236,7 @@ def run_inference(
             try:
                 triplet = load_claim(claim, storage, max_side)
                 probability, detections = detector.analyse(triplet, threshold, min_excess)
+                detections = measure(detections, triplet, zeropoint_key=zeropoint_key)
                 catalog.complete(claim.observation_id, run.run_id, detector.version, detections)
             except ObservationError as exc:
                 catalog.fail(claim.observation_id, run.run_id, str(exc))

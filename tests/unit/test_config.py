@@ -49,6 +49,9 @@ DEFAULTS = {
     "max_memory_percent": 95.0,
     "max_load_per_cpu": 8.0,
     "max_gpu_memory_percent": 95.0,
+    "zeropoint_key": "",
+    "stamps_enabled": True,
+    "stamps_max_per_observation": 200,
 }
 
 # (raw env value, parsed value) for fields whose values are constrained; the rest get a generic
@@ -69,6 +72,7 @@ OVERRIDES = {
     "max_gpu_memory_percent": ("12.5", 12.5),
     "max_load_per_cpu": ("1.5", 1.5),
     "star_residual_vetting": ("off", "off"),
+    "zeropoint_key": ("ZP_AB", "ZP_AB"),
 }
 
 
@@ -172,6 +176,11 @@ def test_booleans(raw, expected):
         ("star_residual_vetting", "-1"),
         ("star_residual_vetting", "0"),
         ("star_residual_vetting", "nan"),
+        # a FITS keyword: 1-8 letters, digits, _ or -
+        ("zeropoint_key", "MAG ZP"),
+        ("zeropoint_key", "MAGZP_AB_TOO_LONG"),
+        ("stamps_max_per_observation", "0"),
+        ("stamps_enabled", "sometimes"),
     ],
 )
 def test_invalid_values_name_the_variable_and_the_value(name, raw):
