@@ -388,7 +388,7 @@ class Ingestor:
     def _where(request: IngestRequest, exc: IngestError) -> IngestError:
         if not request.where:
             return exc
-        return IngestError(f"{request.where}: {exc}", field=exc.field)
+        return IngestError(f"{request.where}: {exc}", field=exc.field, conflict=exc.conflict)
 
     def _ingest(self, request: IngestRequest) -> IngestResult:
         from astrid.imaging.fits import load_triplet, max_file_bytes
@@ -515,7 +515,7 @@ class Ingestor:
         try:
             registered = self.catalog.register_unique(new, status=prepared.status)
         except CatalogError as exc:  # the id names other files (DB failures are not CatalogErrors)
-            raise IngestError(str(exc), field="id") from None
+            raise IngestError(str(exc), field="id", conflict=True) from None
         return IngestResult(
             observation_id=registered.observation_id,
             name=registered.name,

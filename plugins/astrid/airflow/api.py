@@ -493,9 +493,6 @@ def require_ingest(request: Request, user: GetUserDep) -> Any:
     return user
 
 
-INGEST_STATUS = {"id": status.HTTP_409_CONFLICT, "storage": status.HTTP_503_SERVICE_UNAVAILABLE}
-
-
 def ingest_observation(
     body: ObservationRequest,
     catalog: Any,
@@ -528,7 +525,13 @@ def ingest_observation(
         )
     except IngestError as exc:
         field = exc.field or "body"
-        code = INGEST_STATUS.get(field, status.HTTP_422_UNPROCESSABLE_CONTENT)
+        code = (
+            status.HTTP_409_CONFLICT
+            if exc.conflict
+            else status.HTTP_503_SERVICE_UNAVAILABLE  # the storage root refused the copy
+            if field == "storage"
+            else status.HTTP_422_UNPROCESSABLE_CONTENT
+        )
         loc = ["body", field] if field in ObservationRequest.model_fields else ["body"]
         raise HTTPException(code, [{"loc": loc, "msg": str(exc), "type": "ingest"}]) from None
     log.info(
