@@ -540,6 +540,7 @@ def test_reprocessing_results_sit_beside_the_live_ones_and_resume(catalog):
     assert catalog.store_results(b, "reprocess-1", "v2", [det(5, 5, 0.7)]) == 1
     # resumable: what is done is no longer a candidate; the rest still is
     assert [x.observation_id for x in catalog.reprocess_candidates("v2")] == [a, c, d]
+    assert [x.observation_id for x in catalog.reprocess_candidates("v2", after_id=a, limit=1)] == [c]
     assert catalog.store_results(b, "reprocess-2", "v2", [det(6, 6, 0.8)]) == 1  # replaced, not added
     assert [x["x"] for x in catalog.detections(b, "v2")] == [6.0]
     assert catalog.detections(model_version="v1") == live_before  # the live version untouched

@@ -642,9 +642,12 @@ class Catalog:
         mjd_from: float | None = None,
         mjd_to: float | None = None,
         limit: int = 100,
+        after_id: int = 0,
     ) -> list[Claim]:
         """Observations observed in ``[mjd_from, mjd_to)`` that ``model_version`` has not processed
-        yet (no ``inference_results`` row, not live-inferred by it), oldest first, not rejected.
+        yet (no ``inference_results`` row, not live-inferred by it), not rejected, by id from
+        ``after_id`` on (a caller pages with the last id it saw, so one that fails is not offered
+        again in the same pass).
 
         Read-only: nothing is claimed (``run_id``/``lease_until`` are ``None``), so the live queue
         keeps its work; whatever a stopped reprocessing run left is simply still a candidate.
@@ -653,6 +656,7 @@ class Catalog:
             _RES.c.observation_id == _O.c.id, _RES.c.model_version == model_version
         )
         stmt = sa.select(*_CLAIM_COLUMNS).where(
+            _O.c.id > after_id,
             _O.c.status != _S.REJECTED,
             ~sa.exists(done),
             ~sa.and_(_O.c.status == _S.INFERRED, _O.c.model_version == model_version),
@@ -661,7 +665,7 @@ class Catalog:
             stmt = stmt.where(_O.c.mjd >= mjd_from)
         if mjd_to is not None:
             stmt = stmt.where(_O.c.mjd < mjd_to)
-        stmt = stmt.order_by(_O.c.mjd.asc().nulls_last(), _O.c.id).limit(limit)
+        stmt = stmt.order_by(_O.c.id).limit(limit)
         with self._tx(write=False) as conn:
             return [_claim_from_row(r, lease=False) for r in conn.execute(stmt)]
 
