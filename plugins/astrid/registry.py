@@ -26,6 +26,13 @@ VALIDATION_EXPERIMENT = "astrid-validation"
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
+def reference_for(value: str) -> str:
+    """``champion``/``challenger`` → ``models:/astrid-unet@<alias>``; anything else as given (a
+    version number, a ``models:/`` URI or a path, for :meth:`ModelRegistry.resolve`)."""
+    value = str(value).strip()
+    return f"models:/{MODEL_NAME}@{value}" if value in (CHAMPION, CHALLENGER) else value
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     path: Path

@@ -8,6 +8,7 @@ importing the plugin costs the scheduler and workers nothing.
   detection count; catalog counts per status and stuck claims.
 * ``GET /runs``     — the catalog's inference-run history for the last ``hours`` (1-720).
 * ``POST /trigger`` — create a DAG run (realtime, batch or validation) with validated conf.
+* ``POST /observations`` — ingest one FITS triplet (as ``astrid ingest``; see the block at the end).
 * ``GET /ui``       — the AstrID page shown inside the Airflow UI (static HTML + JS).
 
 Authentication is Airflow's own: the dependency the core API uses (:func:`get_user`: a JWT from
@@ -416,4 +417,163 @@ def create_app() -> FastAPI:
         return HTMLResponse(text, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    add_observation_routes(app)
     return app
+
+
+# ----------------------------------------------------------------------------- POST /observations
+# Ingestion over HTTP: the same validation as `astrid ingest` (astrid.ingest), behind Airflow's
+# auth like /trigger (an ingested observation makes the realtime DAG run: the caller needs create
+# access to its runs). Files are read only under the storage root or ASTRID_INFERENCE_INGEST_ROOTS.
+
+
+class ObservationRequest(BaseModel):
+    """One triplet to register. Paths are relative to the storage root, or absolute URIs/paths
+    under it or under an ``ASTRID_INFERENCE_INGEST_ROOTS`` root."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "science": "incoming/2026-12-01/m31_sci.fits",
+                    "reference": "incoming/2026-12-01/m31_ref.fits",
+                    "difference": "incoming/2026-12-01/m31_diff.fits",
+                    "id": "m31-2026-12-01-0042",
+                    "meta": {"night": "2026-12-01", "seeing": 1.1},
+                }
+            ]
+        },
+    )
+
+    science: Annotated[str, Field(min_length=1, max_length=2048)]
+    reference: Annotated[str, Field(min_length=1, max_length=2048)]
+    difference: Annotated[str | None, Field(min_length=1, max_length=2048)] = Field(
+        None, description="Omitted: the observation waits as 'ingested' for the subtraction step"
+    )
+    id: Annotated[str | None, Field(max_length=128)] = Field(
+        None, description="Observation id; omitted: <science file stem>-<content hash>"
+    )
+    meta: Annotated[dict[str, str | int | float], Field(max_length=32)] = Field(default_factory=dict)
+    wcs: bool = Field(True, description="false: the frames have no WCS; accept them (no RA/Dec)")
+    mode: Literal["copy", "reference"] | None = Field(
+        None,
+        description="copy into the storage root, or reference in place (default: ASTRID_INFERENCE_INGEST_MODE)",
+    )
+
+
+class ObservationResponse(BaseModel):
+    observation_id: int
+    id: str
+    created: bool = Field(description="false: the same files were already registered (this is that one)")
+    status: str
+    content_hash: str
+    arrived_at: datetime | None
+    uris: dict[str, str]
+    announced: bool = Field(description="the arrival message was published")
+    problems: list[str]
+
+
+def open_storage() -> Any:
+    """The storage root the DAGs use (connection ``astrid_storage``, else the embedded default)."""
+    from astrid.airflow.hooks import ObservationStorageHook
+
+    return ObservationStorageHook().get_conn()
+
+
+def storage_opener() -> Callable[[], Any]:
+    """Dependency: how to open the storage root (tests override it)."""
+    return open_storage
+
+
+def require_ingest(request: Request, user: GetUserDep) -> Any:
+    requires_access_dag(
+        method="POST", access_entity=DagAccessEntity.RUN, param_dag_id=core.KIND_DAGS["realtime"]
+    )(request, user)
+    return user
+
+
+def ingest_observation(
+    body: ObservationRequest,
+    catalog: Any,
+    storage: Any,
+    config: InferenceSchedulingConfig,
+) -> Any:
+    from astrid.errors import IngestError
+    from astrid.events import doorbell
+    from astrid.ingest import Ingestor, IngestRequest
+    from astrid.storage import StorageRoot
+
+    try:
+        ingestor = Ingestor(
+            catalog,
+            storage,
+            mode=body.mode or config.ingest_mode,
+            max_side=config.max_image_side,
+            doorbell=doorbell(config),
+            sources=[StorageRoot.from_uri(uri) for uri in config.ingest_root_uris],
+        )
+        result = ingestor.ingest(
+            IngestRequest(
+                science=body.science,
+                reference=body.reference,
+                difference=body.difference,
+                name=body.id,
+                meta=body.meta,
+                require_wcs=body.wcs,
+            )
+        )
+    except IngestError as exc:
+        field = exc.field or "body"
+        code = (
+            status.HTTP_409_CONFLICT
+            if exc.conflict
+            else status.HTTP_503_SERVICE_UNAVAILABLE  # the storage root refused the copy
+            if field == "storage"
+            else status.HTTP_422_UNPROCESSABLE_CONTENT
+        )
+        loc = ["body", field] if field in ObservationRequest.model_fields else ["body"]
+        raise HTTPException(code, [{"loc": loc, "msg": str(exc), "type": "ingest"}]) from None
+    log.info(
+        "AstrID ingest: observation %s %s (created=%s)", result.observation_id, result.name, result.created
+    )
+    return JSONResponse(
+        status_code=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+        content=ObservationResponse(**result.to_json()).model_dump(mode="json"),
+    )
+
+
+def add_observation_routes(app: FastAPI) -> None:
+    @app.post(
+        "/observations",
+        response_model=ObservationResponse,
+        status_code=status.HTTP_201_CREATED,
+        tags=["ingest"],
+        dependencies=[Depends(action_logging(event="astrid_ingest"))],
+        responses={
+            200: {"description": "The same files were already registered: that observation"},
+            401: {"description": "Not authenticated"},
+            403: {"description": "Forbidden"},
+            409: {"description": "The id is taken by other files"},
+            422: {"description": "A file or field was refused (named in detail[].loc)"},
+            503: {"description": "Catalog or storage unreachable"},
+        },
+    )
+    def post_observation(
+        body: ObservationRequest,
+        _user: Annotated[Any, Depends(require_ingest)],
+        catalog: CatalogDep,
+        opener: Annotated[Callable[[], Any], Depends(storage_opener)],
+        config: ConfigDep,
+    ) -> Any:
+        """Register one science/reference(/difference) triplet, exactly as `astrid ingest` does:
+        validated before anything is registered, idempotent by content, then announced to the
+        realtime DAG. 201 when new, 200 when the same files were already registered."""
+        try:
+            storage = opener()
+        except Exception as exc:
+            log.exception("AstrID storage root unavailable")
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, f"storage unreachable ({type(exc).__name__})"
+            ) from exc
+        return ingest_observation(body, catalog, storage, config)

@@ -13,6 +13,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference, Param
 
+from astrid.airflow.arrival import realtime_schedule
 from astrid.airflow.notifiers import AstridNotifier
 from astrid.config import InferenceSchedulingConfig
 
@@ -78,7 +79,8 @@ def dag_kwargs(
     kind: str, config: InferenceSchedulingConfig, *, doc_md: str, tags: list[str], params: dict[str, Param]
 ) -> dict[str, Any]:
     return {
-        "schedule": config.schedule(kind),
+        # realtime: on each arrival message or on its cron (astrid.airflow.arrival)
+        "schedule": realtime_schedule(config) if kind == "realtime" else config.schedule(kind),
         "start_date": pendulum.parse(START_DATE_ISO, tz=config.timezone),
         "catchup": False,
         "tags": ["astrid", *tags],

@@ -4,20 +4,23 @@ idempotent writes). See :mod:`astrid.catalog.store` for the concurrency model.""
 from astrid.catalog.models import (
     AlertStateRow,
     DetectionRow,
+    InferenceResultRow,
     InferenceRunRow,
     ObservationRow,
     ObservationStatus,
 )
-from astrid.catalog.store import Catalog, Claim, NewObservation, default_catalog_url
+from astrid.catalog.store import Catalog, Claim, NewObservation, Registered, default_catalog_url
 
 __all__ = [
     "AlertStateRow",
     "Catalog",
     "Claim",
     "DetectionRow",
+    "InferenceResultRow",
     "InferenceRunRow",
     "NewObservation",
     "ObservationRow",
     "ObservationStatus",
+    "Registered",
     "default_catalog_url",
 ]

@@ -41,7 +41,7 @@ class ObservationStatus(enum.StrEnum):
     REJECTED = "rejected"
 
 
-RUN_KINDS = ("realtime", "batch", "validation", "cli")
+RUN_KINDS = ("realtime", "batch", "validation", "cli", "reprocess")
 
 
 def _in(column: str, values: Any) -> str:
@@ -126,6 +126,10 @@ class ObservationRow(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=_NOW)
     updated_at: Mapped[datetime] = mapped_column(server_default=_NOW)
     inferred_at: Mapped[datetime | None]
+    # 0002: ingestion from outside (astrid ingest / POST /astrid/observations)
+    content_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    arrived_at: Mapped[datetime | None]
+    meta: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
 
     detections: Mapped[list[DetectionRow]] = relationship(
         back_populates="observation", cascade="all, delete-orphan", passive_deletes=True
@@ -175,6 +179,27 @@ class DetectionRow(Base):
     __table_args__ = (
         sa.Index("ix_detections_observation_id_model_version", "observation_id", "model_version"),
         sa.Index("ix_detections_model_version", "model_version"),
+    )
+
+
+class InferenceResultRow(Base):
+    """That ``model_version`` has processed an observation (with ``detections`` found), whatever
+    the path: the live queue (:meth:`Catalog.complete`) or reprocessing
+    (:meth:`Catalog.store_results`). One row per (observation, model version): reprocessing is
+    resumable (done pairs are skipped) and an observation with no detections still counts as done."""
+
+    __tablename__ = "inference_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    observation_id: Mapped[int] = mapped_column(sa.ForeignKey("observations.id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(sa.String(128))
+    run_id: Mapped[str] = mapped_column(sa.String(255))
+    detections: Mapped[int] = mapped_column(default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(server_default=_NOW)
+
+    __table_args__ = (
+        sa.UniqueConstraint("observation_id", "model_version"),
+        sa.Index("ix_inference_results_model_version", "model_version"),
     )
 
 
