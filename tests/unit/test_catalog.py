@@ -584,3 +584,63 @@ def test_upgrade_from_0001_keeps_rows_and_backfills_results(empty_url):
             conn.execute(sa.text("UPDATE observations SET attempts = -1 WHERE id = :o"), {"o": old})
     finally:
         cat.dispose()
+
+
+# ---------------------------------------------------------------------- 0003: photometry, stamps
+
+
+def test_detections_keep_photometry_and_stamp_uri(catalog):
+    from astrid.ml.detect import Detection
+
+    (oid,) = catalog.register([obs(1)])
+    (claim,) = catalog.claim(1, "run-a", LEASE)
+    found = [
+        Detection(10.0, 20.0, 150.0, 2.0, 0.95, 500.0, 25.0, 20.0, 21.5, 0.054, "file:///s/stamps/1-o/0000"),
+        Detection(30.0, 40.0, None, None, 0.6, -3.0, 10.0, -0.3),  # no zero point, no stamp
+    ]
+    catalog.complete(claim, "run-a", "v1", found)
+    first, second = catalog.detections(oid)
+    assert (first["flux_err"], first["snr"], first["mag"], first["mag_err"]) == (25.0, 20.0, 21.5, 0.054)
+    assert first["stamp_uri"] == "file:///s/stamps/1-o/0000"
+    assert (second["mag"], second["mag_err"], second["stamp_uri"]) == (None, None, None)
+    assert second["snr"] == -0.3
+    # a non-finite measurement is refused, naming it, and nothing is written
+    (oid2,) = catalog.register([obs(2)])
+    (claim2,) = catalog.claim(1, "run-b", LEASE)
+    with pytest.raises(CatalogError, match="non-finite snr"):
+        catalog.complete(
+            claim2, "run-b", "v1", [Detection(1.0, 2.0, None, None, 0.9, 5.0, 1.0, float("inf"))]
+        )
+    assert catalog.detections(oid2) == []
+
+
+def test_0003_keeps_existing_detections_with_null_photometry(empty_url):
+    cat = Catalog(empty_url)
+    try:
+        cat.migrate("0002")
+        with cat.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO observations (name, survey, science_uri, reference_uri, status, model_version) "
+                    "VALUES ('old', 's', 'a.fits', 'b.fits', 'inferred', 'v1')"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO detections (observation_id, model_version, x, y, score, flux, run_id) "
+                    "SELECT id, 'v1', 1, 2, 0.9, 7.5, 'run-1' FROM observations"
+                )
+            )
+        cat.migrate()
+        (row,) = cat.detections()
+        assert (row["x"], row["flux"], row["flux_err"], row["snr"], row["stamp_uri"]) == (
+            1,
+            7.5,
+            None,
+            None,
+            None,
+        )
+        indexes = {i["name"] for i in sa.inspect(cat.engine).get_indexes("detections")}
+        assert {"ix_detections_run_id", "ix_detections_dec_ra"} <= indexes
+    finally:
+        cat.dispose()

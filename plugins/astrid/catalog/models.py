@@ -173,12 +173,20 @@ class DetectionRow(Base):
     flux: Mapped[float | None] = mapped_column(sa.Float)
     run_id: Mapped[str] = mapped_column(sa.String(255))
     created_at: Mapped[datetime] = mapped_column(server_default=_NOW)
+    # 0003: photometry (astrid.photometry) and the stamps' URI prefix (astrid.stamps)
+    flux_err: Mapped[float | None] = mapped_column(sa.Float)
+    snr: Mapped[float | None] = mapped_column(sa.Float)
+    mag: Mapped[float | None] = mapped_column(sa.Float)
+    mag_err: Mapped[float | None] = mapped_column(sa.Float)
+    stamp_uri: Mapped[str | None] = mapped_column(sa.Text)
 
     observation: Mapped[ObservationRow] = relationship(back_populates="detections")
 
     __table_args__ = (
         sa.Index("ix_detections_observation_id_model_version", "observation_id", "model_version"),
         sa.Index("ix_detections_model_version", "model_version"),
+        sa.Index("ix_detections_run_id", "run_id"),  # GET /astrid/detections?run_id=
+        sa.Index("ix_detections_dec_ra", "dec", "ra"),  # the cone search's box
     )
 
 

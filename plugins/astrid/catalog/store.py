@@ -67,6 +67,7 @@ _R = InferenceRunRow.__table__
 _A = AlertStateRow.__table__
 _RES = InferenceResultRow.__table__
 _S = ObservationStatus
+PHOTOMETRY = ("flux_err", "snr", "mag", "mag_err")  # optional detection measurements (astrid.photometry)
 
 
 def default_catalog_url() -> str:
@@ -234,6 +235,8 @@ def _detection_rows(
             "dec": _finite("dec", d.dec, observation_id, optional=True),
             "score": _finite("score", d.score, observation_id, optional=False),
             "flux": _finite("flux", getattr(d, "flux", None), observation_id, optional=True),
+            **{k: _finite(k, getattr(d, k, None), observation_id, optional=True) for k in PHOTOMETRY},
+            "stamp_uri": getattr(d, "stamp_uri", None),
             "run_id": run_id,
             "created_at": now,
         }
@@ -545,7 +548,8 @@ class Catalog:
     ) -> int:
         """Store the detections of one observation and mark it inferred, in one transaction.
 
-        ``detections`` are objects with ``x, y, ra, dec, score, flux`` attributes. The previous
+        ``detections`` are objects with ``x, y, ra, dec, score, flux`` attributes (and optionally
+        the photometry ``flux_err, snr, mag, mag_err`` and ``stamp_uri``). The previous
         detections of (observation, model_version) are replaced. Allowed only while ``run_id``
         holds the claim (even past its lease, as long as nobody took it over); if the observation
         is already inferred by ``model_version`` this is a no-op returning the stored count.

@@ -33,6 +33,7 @@ class Detection:
     snr: float | None = None  # flux / flux_err
     mag: float | None = None  # AB, from the header's zero point; None without one or for flux <= 0
     mag_err: float | None = None
+    stamp_uri: str | None = None  # storage URI prefix of its stamps (astrid.stamps), when written
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
