@@ -18,12 +18,16 @@ galaxies, transients: the per-frame statistics cost more on a starry sky than on
 exist before timing starts and are the same for every mode.
 With ``--write`` the markdown replaces the ``## Inference`` section of docs/benchmarks.md
 (other sections are left alone).
+
+``--stamps`` runs only the separate *stamps and photometry* measurement (see its section at the
+end of this file) and, with ``--write``, replaces the ``## Stamps and photometry`` section.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -229,16 +233,108 @@ def _precision_label(device: str) -> str:
     return "no autocast (this CPU has no native bf16, so precision auto is fp32 and *engine* equals *engine fp32* up to noise)"
 
 
-def write_section(text: str, path: Path = DOC) -> None:
-    """Replace (or append) the ``## Inference`` section of ``path``; other sections untouched."""
+def write_section(text: str, path: Path = DOC, title: str = "Inference") -> None:
+    """Replace (or append) the ``## {title}`` section of ``path``; other sections untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(r"^## Inference\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(doc):
         doc = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", doc, count=1)
     else:
         doc = doc.rstrip("\n") + "\n\n" + text
     path.write_text(doc.rstrip("\n") + "\n")
+
+
+# ==== Stamps and photometry (issue 16) ==========================================================
+# What a frame's detections cost on top of its inference: astrid.photometry.measure (noise model,
+# flux errors, magnitudes) and astrid.stamps.write_stamps (PNG + FITS per detection, local
+# storage), against InferenceEngine.analyse (inference, extraction, vetting) of the same frame,
+# in one process, best of the repeats. The budget is ~10 % of the inference time.
+
+STAMP_SEEDS = (900, 901, 902)
+STAMPS_SECTION = "Stamps and photometry"
+
+
+def stamps_benchmark(args: argparse.Namespace) -> list[dict]:
+    import tempfile
+
+    import torch
+
+    from astrid.config import InferenceSchedulingConfig
+    from astrid.imaging.synthetic import make_observation
+    from astrid.ml.engine import get_engine
+    from astrid.photometry import measure
+    from astrid.stamps import stamp_directory, write_stamps
+    from astrid.storage import StorageRoot
+
+    torch.set_num_threads(args.threads)
+    limit = InferenceSchedulingConfig().stamps_max_per_observation
+    engine = get_engine(args.model, device=args.device, batch_size=args.batch_size)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="astrid-bench-stamps-") as tmp:
+        storage = StorageRoot(Path(tmp))
+        for size in (int(s) for s in args.sizes.split(",")):
+            for seed in STAMP_SEEDS:
+                obs = make_observation(seed, size=size)
+                # warm-up: allocations, caches, and the first use of astropy/PIL's imports
+                probability, detections = engine.analyse(obs)
+                warm = stamp_directory(storage.path / "warm-up", seed, str(size))
+                write_stamps(warm, obs, probability, measure(detections, obs), storage=storage, limit=limit)
+                best = {"analyse": math.inf, "photometry": math.inf, "stamps": math.inf}
+                for repeat in range(args.repeats):
+                    t0 = time.perf_counter()
+                    probability, detections = engine.analyse(obs)
+                    t1 = time.perf_counter()
+                    measured = measure(detections, obs)
+                    t2 = time.perf_counter()
+                    directory = stamp_directory(storage.path / f"r{repeat}", seed, f"bench-{size}")
+                    write_stamps(directory, obs, probability, measured, storage=storage, limit=limit)
+                    t3 = time.perf_counter()
+                    for key, value in zip(best, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                        best[key] = min(best[key], value)
+                n = len(detections)
+                rows.append({"seed": seed, "size": size, "detections": n, "written": min(n, limit), **best})
+                print(f"  {size}² seed {seed}: {n} detections, {best}", file=sys.stderr, flush=True)
+    return rows
+
+
+def stamps_markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    import torch
+
+    lines = [
+        f"## {STAMPS_SECTION}",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {args.device} "
+        f"({platform.processor() or platform.machine()}, {args.threads} torch threads), torch {torch.__version__}, "
+        "shipped model, synthetic survey frames (the seeds of the vetting benchmark), local storage, best of "
+        f"{args.repeats}; the machine is shared, so only ratios within a row are meaningful:",
+        "",
+        "```",
+        f"PYTHONPATH=plugins .venv/bin/python bench/inference.py --stamps --device {args.device} "
+        f"--threads {args.threads} --sizes {args.sizes} --repeats {args.repeats}"
+        + (" --write" if args.write else ""),
+        "```",
+        "",
+        "*analyse*: `InferenceEngine.analyse` (inference, extraction, vetting). *photometry*: "
+        "`astrid.photometry.measure` (noise model, flux errors, magnitudes). *stamps*: `astrid.stamps.write_stamps` "
+        "(a PNG and a FITS file per detection, at most `ASTRID_INFERENCE_STAMPS_MAX_PER_OBSERVATION`).",
+        "",
+        "| frame | seed | detections | analyse s | photometry s | stamps s | ms per stamp | cost vs analyse |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        cost = (r["photometry"] + r["stamps"]) / r["analyse"]
+        per = 1000 * r["stamps"] / r["written"] if r["written"] else 0.0
+        lines.append(
+            f"| {r['size']}² | {r['seed']} | {r['detections']} | {r['analyse']:.2f} | {r['photometry']:.3f} "
+            f"| {r['stamps']:.3f} | {per:.2f} | {100 * cost:.1f} % |"
+        )
+    total = sum(r["photometry"] + r["stamps"] for r in rows) / sum(r["analyse"] for r in rows)
+    lines += ["", f"Photometry and stamps add {100 * total:.1f} % to the frames' analysis overall."]
+    return "\n".join(lines) + "\n"
+
+
+# ==== end of stamps and photometry =============================================================
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,9 +355,20 @@ def main(argv: list[str] | None = None) -> int:
         "--write", action="store_true", help="update the Inference section of docs/benchmarks.md"
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--stamps", action="store_true", help="measure only the cost of photometry + stamps (own section)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the --stamps measurement")
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+    if args.stamps:
+        text = stamps_markdown(stamps_benchmark(args), args)
+        print(text)
+        if args.write:
+            write_section(text, title=STAMPS_SECTION)
+            print(f"updated {DOC}", file=sys.stderr)
         return 0
     started = time.perf_counter()
     base = {

@@ -9,10 +9,11 @@ Noise model, per pixel (in the difference image's units)::
 
     σ² = σ_sky²(x, y) + max(science − sky_science(x, y), 0) / g
 
-* ``σ_sky`` is the difference image's own local noise: a sigma-clipped MAD per ``MESH``-px box
-  (as SExtractor and ``photutils.background.Background2D`` do), 3×3-median-filtered across boxes
-  and interpolated bilinearly, so gradients in depth or sky are followed and a bright star in one
-  box does not inflate its noise.
+* ``σ_sky`` is the difference image's own local noise: the 3σ-clipped spread of ``MESH_SAMPLES``
+  pixels on a regular sub-grid of each ``MESH``-px box (as SExtractor and
+  ``photutils.background.Background2D`` mesh the sky), 3×3-median-filtered across boxes and
+  interpolated bilinearly, so gradients in depth or sky are followed and a bright star
+  in one box does not inflate its noise. Sampling keeps it at ~20 ms for a 2048² frame.
 * The second term is the photon noise of what sits on the pixel in the science image (the
   transient itself, a host galaxy, a star), with the *effective gain* ``g = sky / σ_sky²`` of the
   frame (the same definition the U-Net's normalisation uses). It is omitted, and said so in the
@@ -46,27 +47,50 @@ log = logging.getLogger(__name__)
 
 ZEROPOINT_KEYS = ("MAGZP", "PHOTZP", "MAGZPT")
 ZEROPOINT_RANGE = (0.0, 50.0)  # mag: anything outside is a broken header, not a zero point
-MESH = 64  # px per noise box
-MESH_SAMPLES = 1024  # pixels sampled per box (a regular sub-grid): σ to ~3 %, 4x cheaper than all
+MESH = 128  # px per noise box
+MESH_SAMPLES = 1024  # pixels sampled per box (a regular sub-grid every 4 px): σ to ~3 % per box
 MIN_SKY_SNR = 5.0  # the science sky must be this many σ above 0 to estimate the gain from it
 APERTURE_RADIUS = 3.0  # px, the aperture of astrid.ml.detect.extract_detections' flux
 ANNULUS = (6.0, 10.0)
-_MAD_TO_SIGMA = 1.482602218505602
 _PER_MAG = 2.5 / math.log(10.0)
 
 
-def _box_stats(values: np.ndarray) -> tuple[float, float]:
-    """(median, σ) of one box's finite values: MAD-σ after one 3σ clip (nan when too few)."""
-    values = values[np.isfinite(values)]
-    if values.size < 16:
-        return math.nan, math.nan
-    center = float(np.median(values))
-    sigma = _MAD_TO_SIGMA * float(np.median(np.abs(values - center)))
-    kept = values[np.abs(values - center) <= 3.0 * sigma] if sigma > 0 else values
-    if kept.size >= 16:
-        center = float(np.median(kept))
-        sigma = _MAD_TO_SIGMA * float(np.median(np.abs(kept - center)))
-    return center, sigma
+def _blocks(image: np.ndarray, box: int, step: int) -> np.ndarray:
+    """``image`` sampled every ``step`` px and cut into ``box``-px boxes: shape (ny, nx, samples).
+    Boxes that overrun the frame's far edges are padded with NaN."""
+    sample = np.asarray(image, dtype=np.float32)[::step, ::step]
+    k = box // step
+    h, w = sample.shape
+    ny, nx = max(1, math.ceil(h / k)), max(1, math.ceil(w / k))
+    if (h, w) != (ny * k, nx * k):
+        sample = np.pad(sample, ((0, ny * k - h), (0, nx * k - w)), constant_values=np.nan)
+    return sample.reshape(ny, k, nx, k).swapaxes(1, 2).reshape(ny, nx, k * k)
+
+
+def _box_stats(blocks: np.ndarray, clip: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, σ) of each box's finite samples after one ``clip``-σ clip (NaN for a box with
+    fewer than 16). Vectorised over boxes: one sort, then the median and the 15.87/84.13
+    percentiles (±1σ of a Gaussian) are read at index positions of the kept range."""
+    ordered = np.sort(blocks, axis=-1)  # NaN last
+    count = np.isfinite(ordered).sum(axis=-1)
+
+    def stats(first: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def at(q: float) -> np.ndarray:
+            index = first + np.clip(np.floor(q * (n - 1) + 0.5), 0, None).astype(np.intp)
+            index = np.minimum(index, ordered.shape[-1] - 1)
+            return np.take_along_axis(ordered, index[..., None], axis=-1)[..., 0].astype(np.float64)
+
+        return at(0.5), (at(0.841345) - at(0.158655)) / 2.0
+
+    centre, sigma = stats(np.zeros_like(count), count)
+    with np.errstate(invalid="ignore"):
+        lo = (ordered < (centre - clip * sigma)[..., None]).sum(axis=-1)
+        hi = (ordered <= (centre + clip * sigma)[..., None]).sum(axis=-1)
+    kept = np.where(sigma > 0, hi - lo, count)
+    first = np.where(sigma > 0, lo, 0)
+    centre, sigma = stats(first, kept)
+    few = kept < 16
+    return np.where(few, np.nan, centre), np.where(few, np.nan, sigma)
 
 
 def _fill(mesh: np.ndarray, fallback: float) -> np.ndarray:
@@ -89,20 +113,12 @@ class NoiseModel:
         self._science = None if science is None else np.asarray(science)
         if self._science is not None and self._science.shape != self.shape:
             raise ValueError(f"science shape {self._science.shape} != difference shape {self.shape}")
-        h, w = self.shape
-        ny, nx = max(1, math.ceil(h / box)), max(1, math.ceil(w / box))
-        step = max(1, int(math.sqrt(box * box / MESH_SAMPLES)))
-        noise = np.full((ny, nx), np.nan)
-        sky = np.full((ny, nx), np.nan)
-        diff = np.asarray(difference)
-        for j in range(ny):
-            for i in range(nx):
-                cells = (slice(j * box, (j + 1) * box, step), slice(i * box, (i + 1) * box, step))
-                noise[j, i] = _box_stats(np.asarray(diff[cells], dtype=np.float64).ravel())[1]
-                if self._science is not None:
-                    sky[j, i] = _box_stats(np.asarray(self._science[cells], dtype=np.float64).ravel())[0]
+        step = max(1, box // math.isqrt(MESH_SAMPLES))
+        step = step if box % step == 0 else 1  # boxes of whole samples, centred where _mesh_at puts them
+        noise = _box_stats(_blocks(difference, box, step))[1]
+        sky = _box_stats(_blocks(self._science, box, step))[0] if self._science is not None else None
         self.sky_noise = _fill(noise, 1.0)
-        self.sky_level = _fill(sky, 0.0) if self._science is not None else None
+        self.sky_level = _fill(sky, 0.0) if sky is not None else None
         self.gain = self._effective_gain()
 
     def _effective_gain(self) -> float | None:

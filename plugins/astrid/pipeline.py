@@ -207,12 +207,15 @@ def run_inference(
     on_observation: Callable[[Claim, list], None] | None = None,
     min_excess: float | str | None = "card",
     zeropoint_key: str | None = None,
+    max_stamps: int | None = None,
 ) -> RunSummary:
     """Infer every claim, write detections + statuses, write artifacts; return the summary.
 
     ``min_excess`` is the star-residual vetting level (``"card"``: the model card's, ``None``: off).
     Each detection's flux error, SNR and (with a zero point in the header, ``zeropoint_key`` first)
-    AB magnitude are measured by :func:`astrid.photometry.measure`.
+    AB magnitude are measured by :func:`astrid.photometry.measure`. With ``artifacts`` and
+    ``max_stamps``, the stamps of each observation's ``max_stamps`` best detections are written
+    beside the catalog (:mod:`astrid.stamps`) and their URIs stored with the detections.
 
     ``artifacts`` is a directory path-like (under the storage root) for the run's detection
     catalog CSV and probability thumbnails; ``None`` skips artifacts.
@@ -237,6 +240,10 @@ def run_inference(
                 triplet = load_claim(claim, storage, max_side)
                 probability, detections = detector.analyse(triplet, threshold, min_excess)
                 detections = measure(detections, triplet, zeropoint_key=zeropoint_key)
+                if artifacts is not None and max_stamps:
+                    detections = _with_stamps(
+                        artifacts, claim, triplet, probability, detections, storage, max_stamps, run
+                    )
                 catalog.complete(claim.observation_id, run.run_id, detector.version, detections)
             except ObservationError as exc:
                 catalog.fail(claim.observation_id, run.run_id, str(exc))
@@ -287,6 +294,46 @@ def run_inference(
     return summary
 
 
+def _with_stamps(
+    artifacts: Any,
+    claim: Claim,
+    triplet: Any,
+    probability: np.ndarray,
+    detections: list[Any],
+    storage: Any,
+    limit: int,
+    run: RunInfo,
+) -> list[Any]:
+    """``detections`` with the URIs of the stamps written for them. A storage failure costs the
+    stamps only (logged), never the detections: they are the result, the stamps a view of it."""
+    from dataclasses import replace
+
+    from astrid.stamps import stamp_directory, write_stamps
+
+    try:
+        uris = write_stamps(
+            stamp_directory(artifacts, claim.observation_id, claim.name),
+            triplet,
+            probability,
+            detections,
+            storage=storage,
+            observation=claim.name,
+            limit=limit,
+        )
+    except Exception as exc:
+        log_event(
+            "stamps.failed",
+            level=30,
+            run_id=run.run_id,
+            dag_id=run.dag_id,
+            exc=exc,
+            observation_id=claim.observation_id,
+            observation=claim.name,
+        )
+        return detections
+    return [replace(d, stamp_uri=uri) if uri else d for d, uri in zip(detections, uris, strict=True)]
+
+
 def _emit_run_metrics(metrics: Metrics, dag_id: str, s: RunSummary) -> None:
     """Counters and this process's memory; run-level gauges come once per run from the report."""
     metrics.incr(metric_name("astrid.observations.processed", dag_id), s.processed_count)
@@ -333,7 +380,7 @@ def detections_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] = CATA
 def _write_catalog(path: Any, rows: Sequence[dict[str, Any]]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
-        fh.write(detections_csv(rows, ("observation_id", "observation", *CATALOG_COLUMNS)))
+        fh.write(detections_csv(rows, ("observation_id", "observation", *CATALOG_COLUMNS, "stamp_uri")))
     return str(path)
 
 

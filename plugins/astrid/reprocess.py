@@ -85,9 +85,13 @@ def reprocess(
     observed_to: str | float | None = None,
     limit: int | None = None,
     min_excess: float | str | None = "card",
+    zeropoint_key: str | None = None,
 ) -> ReprocessSummary:
     """Process every not-yet-done observation of ``[observed_from, observed_to)`` with ``detector``
-    (at most ``limit``); a bad observation fails alone and stays a candidate for the next run."""
+    (at most ``limit``); a bad observation fails alone and stays a candidate for the next run.
+    Detections are measured like the live queue's (:func:`astrid.photometry.measure`)."""
+    from astrid.photometry import measure
+
     mjd_from = mjd_of(observed_from, "observed_from")
     mjd_to = mjd_of(observed_to, "observed_to")
     if mjd_from is not None and mjd_to is not None and mjd_to <= mjd_from:
@@ -116,6 +120,7 @@ def reprocess(
             try:
                 triplet = load_claim(claim, storage, max_side)
                 _probability, detections = detector.analyse(triplet, threshold, min_excess)
+                detections = measure(detections, triplet, zeropoint_key=zeropoint_key)
                 stored = catalog.store_results(claim.observation_id, run.run_id, version, detections)
             except ObservationError as exc:
                 summary.failed += 1

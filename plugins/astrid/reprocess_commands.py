@@ -76,6 +76,7 @@ def run_reprocess(args: argparse.Namespace) -> int:
         observed_to=args.observed_to,
         limit=args.limit,
         min_excess=config.vetting_level,
+        zeropoint_key=config.zeropoint_key,
     )
     catalog.record_run(
         run_id=run_id,

@@ -12,7 +12,7 @@ from astrid.errors import FitsError, StorageError
 from astrid.imaging.fits import load_triplet
 from astrid.imaging.synthetic import make_observation, read_truth, write_observation
 from astrid.storage import StorageRoot, to_path
-from tests.conftest import s3_storage_options
+from tests.conftest import s3_endpoint, s3_storage_options  # noqa: F401 - s3_endpoint re-exported for older imports
 
 
 @pytest.fixture()
@@ -163,7 +163,7 @@ def test_memory_filesystem_round_trip() -> None:
 # -- s3 against a moto server (the s3_endpoint fixture is in tests/conftest.py) ----------------
 
 
-def test_s3_round_trip_through_storage_root(s3_endpoint) -> None:
+def test_s3_round_trip_through_storage_root(s3_endpoint) -> None:  # noqa: F811
     endpoint, client = s3_endpoint
     options = s3_storage_options(endpoint)
     root = StorageRoot(UPath("s3://astrid-survey/survey", **options))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
+from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
 from PIL import Image
 from upath import UPath
@@ -19,6 +20,7 @@ from astrid.stamps import (
     PAD_RGB,
     STAMP_SIZE,
     cutout,
+    fits_card,
     stamp_directory,
     stamp_fits,
     stamp_png,
@@ -84,7 +86,13 @@ def test_frame_edges_are_padded_never_shifted(observation, probability, x, y):
             image[inside],
             frame[np.broadcast_to(rows, inside.shape)[inside], np.broadcast_to(cols, inside.shape)[inside]],
         )
-    # the WCS of a partial stamp is the frame's, translated by the stamp's true origin
+    # exactly astropy's Cutout2D (its data, and its WCS: the frame's, moved by the true origin)
+    ref = Cutout2D(
+        observation.science, (x, y), STAMP_SIZE, wcs=observation.wcs, mode="partial", fill_value=np.nan
+    )
+    np.testing.assert_array_equal(stamp.images["science"], ref.data)
+    np.testing.assert_array_equal(stamp.wcs.wcs.crpix, ref.wcs.wcs.crpix)
+    assert stamp.wcs.array_shape == ref.wcs.array_shape
     sky = observation.wcs.pixel_to_world(x, y)
     px, py = stamp.wcs.world_to_pixel(sky)
     assert (float(px), float(py)) == pytest.approx((x - stamp.origin[0], y - stamp.origin[1]), abs=1e-6)
@@ -97,7 +105,9 @@ def test_fits_stamp_has_wcs_flags_and_detection(observation, probability):
     ra, dec = observation.wcs.pixel_to_world_values(det.x, det.y)
     det = Detection(det.x, det.y, float(ra), float(dec), 0.93, 812.0, 40.0, 20.3, 20.1, 0.05)
     stamp = cutout(observation, probability, det.x, det.y)
+    reference = Cutout2D(observation.science, (det.x, det.y), STAMP_SIZE, wcs=observation.wcs, mode="partial")
     with fits.open(io.BytesIO(stamp_fits(stamp, det, "obs-1"))) as hdus:
+        hdus.verify("exception")  # a valid FITS file, by astropy's rules
         assert [h.name for h in hdus] == ["PRIMARY", *(k.upper() for k in KINDS)]
         assert hdus[0].header["OBSNAME"] == "obs-1" and hdus[0].header["DETSCORE"] == pytest.approx(0.93)
         assert hdus[0].header["DETSNR"] == pytest.approx(20.3)
@@ -109,6 +119,11 @@ def test_fits_stamp_has_wcs_flags_and_detection(observation, probability):
             # 1-based FITS pixel of the detection, through the file's own WCS
             px, py = WCS(h).world_to_pixel_values(ra, dec)
             assert (float(px) + 1, float(py) + 1) == pytest.approx((h["DETX"], h["DETY"]), abs=1e-3)
+            # the file's WCS is astropy Cutout2D's WCS of this stamp, everywhere on it
+            grid = np.array([[0, 0], [62, 0], [0, 62], [31.5, 17.25]], dtype=float)
+            np.testing.assert_allclose(
+                WCS(h).all_pix2world(grid, 0), reference.wcs.all_pix2world(grid, 0), rtol=0, atol=1e-10
+            )
             # IRAF LTV: stamp pixel = frame pixel + LTV
             assert (det.x + 1 + h["LTV1"], det.y + 1 + h["LTV2"]) == pytest.approx(
                 (h["DETX"], h["DETY"]), abs=1e-3
@@ -118,14 +133,16 @@ def test_fits_stamp_has_wcs_flags_and_detection(observation, probability):
 def test_png_is_four_panels_scaled_with_padding_marked(observation, probability):
     t = observation.truth[0]
     image = Image.open(io.BytesIO(stamp_png(cutout(observation, probability, t.x, t.y))))
-    assert image.format == "PNG" and image.mode == "RGB" and image.size == (4 * STAMP_SIZE, STAMP_SIZE)
-    pixels = np.asarray(image)
+    assert image.format == "PNG" and image.size == (4 * STAMP_SIZE, STAMP_SIZE)
+    pixels = np.asarray(image.convert("RGB"))
     assert not (pixels == PAD_RGB).all(axis=2).any()  # fully inside: no padding colour
     for i in range(4):
         panel = pixels[:, i * STAMP_SIZE : (i + 1) * STAMP_SIZE, 0]
         assert panel.std() > 5, f"panel {KINDS[i]} is flat"  # scaled, not a blank square
     # at the lower-left corner of the frame, padding fills the PNG's bottom rows (FITS rows go up)
-    edge = np.asarray(Image.open(io.BytesIO(stamp_png(cutout(observation, probability, 2.0, 2.0)))))
+    edge = np.asarray(
+        Image.open(io.BytesIO(stamp_png(cutout(observation, probability, 2.0, 2.0)))).convert("RGB")
+    )
     pad = (edge == PAD_RGB).all(axis=2)
     assert pad[-1, :].all() and not pad[0, STAMP_SIZE - 1]
     assert pad[:, 0].all()
@@ -180,3 +197,20 @@ def test_write_stamps_to_s3(s3_endpoint, observation, probability):
     )
     assert Image.open(io.BytesIO(body["Body"].read())).size == (4 * STAMP_SIZE, STAMP_SIZE)
     assert storage.resolve(uris[1] + ".fits").read_bytes()[:6] == b"SIMPLE"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0.0, -0.0, 1.0, 3, -17, 123.456789012345, -1e-05, 1e20, 2.5e-300, 0.1 + 0.2, 31.000000001, True, False],
+)
+def test_fast_cards_parse_back_exactly_in_astropy(value):
+    card = fits_card("DETX", value, "a comment")
+    assert len(card) == 80
+    parsed = fits.Card.fromstring(card)
+    parsed.verify("exception")
+    assert parsed.keyword == "DETX" and parsed.value == value and type(parsed.value) is type(value)
+    assert parsed.comment == "a comment"
+    # and where the fast path does not apply, astropy formats it
+    assert fits.Card.fromstring(fits_card("OBSNAME", "a 'quoted' name")).value == "a 'quoted' name"
+    long = -1.2345678901234567e-300  # repr needs 24 characters: astropy shortens it, as it always does
+    assert fits_card("LONGFLT", long, "c") == fits.Card("LONGFLT", long, "c").image

@@ -250,6 +250,8 @@ class UNetInferenceOperator(BaseOperator):
             metrics=stats,
             artifacts=artifacts,
             min_excess=config.vetting_level,
+            zeropoint_key=config.zeropoint_key,
+            max_stamps=config.stamps_max_per_observation if config.stamps_enabled else None,
         ).to_xcom()
         summary["device"] = str(engine.device)
         level = engine.min_excess if config.vetting_level == "card" else config.vetting_level

@@ -136,6 +136,7 @@ class ReprocessOperator(BaseOperator):
             observed_to=self.observed_to or None,
             limit=int(self.max_observations),
             min_excess=config.vetting_level,
+            zeropoint_key=config.zeropoint_key,
         )
         catalog.record_run(
             run_id=context["run_id"],
