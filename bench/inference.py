@@ -264,7 +264,7 @@ def stamps_benchmark(args: argparse.Namespace) -> list[dict]:
     from astrid.imaging.synthetic import make_observation
     from astrid.ml.engine import get_engine
     from astrid.photometry import measure
-    from astrid.stamps import stamp_directory, write_stamps
+    from astrid.stamps import stamp_prefix, write_stamps
     from astrid.storage import StorageRoot
 
     torch.set_num_threads(args.threads)
@@ -278,7 +278,7 @@ def stamps_benchmark(args: argparse.Namespace) -> list[dict]:
                 obs = make_observation(seed, size=size)
                 # warm-up: allocations, caches, and the first use of astropy/PIL's imports
                 probability, detections = engine.analyse(obs)
-                warm = stamp_directory(storage.path / "warm-up", seed, str(size))
+                warm = stamp_prefix(storage.path / "warm-up", seed, str(size))
                 write_stamps(warm, obs, probability, measure(detections, obs), storage=storage, limit=limit)
                 best = {"analyse": math.inf, "photometry": math.inf, "stamps": math.inf}
                 for repeat in range(args.repeats):
@@ -287,7 +287,7 @@ def stamps_benchmark(args: argparse.Namespace) -> list[dict]:
                     t1 = time.perf_counter()
                     measured = measure(detections, obs)
                     t2 = time.perf_counter()
-                    directory = stamp_directory(storage.path / f"r{repeat}", seed, f"bench-{size}")
+                    directory = stamp_prefix(storage.path / f"r{repeat}", seed, f"bench-{size}")
                     write_stamps(directory, obs, probability, measured, storage=storage, limit=limit)
                     t3 = time.perf_counter()
                     for key, value in zip(best, (t1 - t0, t2 - t1, t3 - t2), strict=True):
@@ -317,7 +317,7 @@ def stamps_markdown(rows: list[dict], args: argparse.Namespace) -> str:
         "",
         "*analyse*: `InferenceEngine.analyse` (inference, extraction, vetting). *photometry*: "
         "`astrid.photometry.measure` (noise model, flux errors, magnitudes). *stamps*: `astrid.stamps.write_stamps` "
-        "(a PNG and a FITS file per detection, at most `ASTRID_INFERENCE_STAMPS_MAX_PER_OBSERVATION`).",
+        "(a PNG strip and a FITS file per observation holding its best `ASTRID_INFERENCE_STAMPS_MAX_PER_OBSERVATION` detections).",
         "",
         "| frame | seed | detections | analyse s | photometry s | stamps s | ms per stamp | cost vs analyse |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -308,11 +308,11 @@ def _with_stamps(
     stamps only (logged), never the detections: they are the result, the stamps a view of it."""
     from dataclasses import replace
 
-    from astrid.stamps import stamp_directory, write_stamps
+    from astrid.stamps import stamp_prefix, write_stamps
 
     try:
         uris = write_stamps(
-            stamp_directory(artifacts, claim.observation_id, claim.name),
+            stamp_prefix(artifacts, claim.observation_id, claim.name),
             triplet,
             probability,
             detections,

@@ -20,10 +20,13 @@ from astrid.stamps import (
     PAD_RGB,
     STAMP_SIZE,
     cutout,
+    detection_fits,
+    detection_png,
     fits_card,
-    stamp_directory,
+    split_stamp_uri,
     stamp_fits,
     stamp_png,
+    stamp_prefix,
     write_stamps,
 )
 from astrid.storage import StorageRoot
@@ -159,44 +162,76 @@ def _detections(observation):
 
 def test_write_stamps_local_with_limit(tmp_path, observation, probability):
     storage = StorageRoot(tmp_path)
-    directory = stamp_directory(tmp_path / "runs" / "r1", 7, "obs/../seven")
-    assert directory.name == "7-obs_.._seven" and directory.parent.name == "stamps"
+    prefix = stamp_prefix(tmp_path / "runs" / "r1", 7, "obs/../seven")
+    assert prefix.name == "7-obs_.._seven" and prefix.parent.name == "stamps"
     dets = _detections(observation)
-    uris = write_stamps(
-        directory, observation, probability, dets, storage=storage, observation="obs7", limit=3
-    )
-    assert len(uris) == len(dets) and uris[3:] == [None] * (len(dets) - 3)
-    for rank, uri in enumerate(uris[:3]):
-        assert uri == (directory / f"{rank:04d}").as_uri()
-        png = storage.resolve(uri + ".png")
-        assert Image.open(png).size == (4 * STAMP_SIZE, STAMP_SIZE)
-        with fits.open(storage.resolve(uri + ".fits")) as hdus:
-            assert len(hdus) == 5
-    assert sorted(p.name for p in directory.iterdir()) == [
-        f"{r:04d}.{e}" for r in range(3) for e in ("fits", "png")
-    ]
-    # nothing to write: no directory
+    uris = write_stamps(prefix, observation, probability, dets, storage=storage, observation="obs7", limit=3)
+    assert uris == [f"{prefix.as_uri()}#{rank}" for rank in range(3)] + [None] * (len(dets) - 3)
+    assert sorted(p.name for p in prefix.parent.iterdir()) == ["7-obs_.._seven.fits", "7-obs_.._seven.png"]
+    strip = Image.open(storage.resolve(split_stamp_uri(uris[0])[0] + ".png"))
+    assert strip.size == (4 * STAMP_SIZE, 3 * STAMP_SIZE)
+    with fits.open(storage.resolve(split_stamp_uri(uris[0])[0] + ".fits")) as hdus:
+        hdus.verify("exception")
+        assert [h.name for h in hdus] == ["PRIMARY", "DET0000", "DET0001", "DET0002"]
+        assert hdus[0].header["NSTAMPS"] == 3 and hdus[0].header["OBSNAME"] == "obs7"
+        for rank, det in enumerate(dets[:3]):
+            hdu = hdus[f"DET{rank:04d}"]
+            stamp = cutout(observation, probability, det.x, det.y)
+            assert hdu.data.shape == (4, STAMP_SIZE, STAMP_SIZE)
+            for plane, kind in enumerate(KINDS):
+                assert hdu.header[f"PLANE{plane + 1}"] == kind.upper()
+                np.testing.assert_array_equal(hdu.data[plane], stamp.images[kind])
+            # the cube's WCS on its first two axes is astropy Cutout2D's for this stamp
+            reference = Cutout2D(
+                observation.science, (det.x, det.y), STAMP_SIZE, wcs=observation.wcs, mode="partial"
+            )
+            grid = np.array([[0, 0], [62, 0], [0, 62], [31.5, 17.25]], dtype=float)
+            np.testing.assert_allclose(
+                WCS(hdu.header).celestial.all_pix2world(grid, 0),
+                reference.wcs.all_pix2world(grid, 0),
+                atol=1e-10,
+                rtol=0,
+            )
+            assert hdu.header["DETSCORE"] == pytest.approx(det.score)
+            # one detection's row of the strip, and its own FITS file, as the API serves them
+            row = Image.open(io.BytesIO(detection_png(strip, rank)))
+            assert np.array_equal(np.asarray(row), np.asarray(Image.open(io.BytesIO(stamp_png(stamp)))))
+        with pytest.raises(IndexError):
+            detection_png(strip, 3)
+    with pytest.raises(IndexError):
+        detection_fits(storage.resolve(split_stamp_uri(uris[0])[0] + ".fits"), 3)
+    # nothing to write: no files
     empty = tmp_path / "runs" / "r2" / "stamps" / "x"
     assert write_stamps(empty, observation, probability, [], storage=storage) == []
     assert write_stamps(empty, observation, probability, dets, storage=storage, limit=0) == [None] * len(dets)
-    assert not empty.exists()
+    assert not empty.parent.exists()
 
 
-def test_write_stamps_to_s3(s3_endpoint, observation, probability):
+@pytest.mark.parametrize(
+    "bad", ["", "file:///a/b", "file:///a/b#", "file:///a/b#x", "#3", "file:///a#-1", "f#1234567"]
+)
+def test_stamp_uris_are_prefix_hash_index(bad):
+    assert split_stamp_uri("s3://b/runs/stamps/7-o#12") == ("s3://b/runs/stamps/7-o", 12)
+    with pytest.raises(ValueError, match="stamp URI"):
+        split_stamp_uri(bad)
+
+
+def test_write_stamps_to_s3_is_two_objects(s3_endpoint, observation, probability):
     endpoint, client = s3_endpoint
     storage = StorageRoot(UPath("s3://astrid-survey/survey", **s3_storage_options(endpoint)))
-    directory = stamp_directory(storage.path / "runs" / "dag" / "run1" / "infer--1", 3, "obs3")
-    uris = write_stamps(directory, observation, probability, _detections(observation), storage=storage)
-    assert uris[0] == "s3://astrid-survey/survey/runs/dag/run1/infer--1/stamps/3-obs3/0000"
-    keys = {
-        o["Key"] for o in client.list_objects_v2(Bucket="astrid-survey", Prefix="survey/runs/")["Contents"]
+    prefix = stamp_prefix(storage.path / "runs" / "dag" / "run1" / "infer--1", 3, "obs3")
+    uris = write_stamps(prefix, observation, probability, _detections(observation), storage=storage)
+    assert uris[1] == "s3://astrid-survey/survey/runs/dag/run1/infer--1/stamps/3-obs3#1"
+    listing = client.list_objects_v2(Bucket="astrid-survey", Prefix="survey/runs/")["Contents"]
+    assert {o["Key"] for o in listing} == {
+        f"survey/runs/dag/run1/infer--1/stamps/3-obs3.{e}" for e in ("png", "fits")
     }
-    assert len(keys) == 2 * len(uris)
-    body = client.get_object(
-        Bucket="astrid-survey", Key="survey/runs/dag/run1/infer--1/stamps/3-obs3/0001.png"
-    )
-    assert Image.open(io.BytesIO(body["Body"].read())).size == (4 * STAMP_SIZE, STAMP_SIZE)
-    assert storage.resolve(uris[1] + ".fits").read_bytes()[:6] == b"SIMPLE"
+    body = client.get_object(Bucket="astrid-survey", Key="survey/runs/dag/run1/infer--1/stamps/3-obs3.png")
+    assert Image.open(io.BytesIO(body["Body"].read())).size == (4 * STAMP_SIZE, len(uris) * STAMP_SIZE)
+    with storage.resolve(split_stamp_uri(uris[1])[0] + ".fits").open("rb") as fh:
+        served = detection_fits(fh, 1)
+    with fits.open(io.BytesIO(served)) as hdus:
+        assert [h.name for h in hdus][1:] == [k.upper() for k in KINDS]
 
 
 @pytest.mark.parametrize(

@@ -208,6 +208,7 @@ class InferenceResultRow(Base):
     __table_args__ = (
         sa.UniqueConstraint("observation_id", "model_version"),
         sa.Index("ix_inference_results_model_version", "model_version"),
+        sa.Index("ix_inference_results_run_id", "run_id"),  # 0003: GET /astrid/observations?run_id=
     )
 
 
