@@ -51,7 +51,11 @@ COLUMNS: dict[str, tuple[str | None, str | None, str]] = {
     "flux": (None, "phot.flux", "aperture flux (r = 3 px) on the difference image, in its units (ADU)"),
     "flux_err": (None, "stat.error;phot.flux", "1 sigma error of flux"),
     "snr": (None, "stat.snr", "flux / flux_err"),
-    "mag": ("mag", "phot.mag", "AB magnitude of the aperture flux (header zero point), no aperture correction"),
+    "mag": (
+        "mag",
+        "phot.mag",
+        "AB magnitude of the aperture flux (header zero point), no aperture correction",
+    ),
     "mag_err": ("mag", "stat.error;phot.mag", "1 sigma error of mag"),
     "separation": ("arcsec", "pos.angDistance", "distance from the cone's centre (cone searches only)"),
     "created_at": (None, "time.creation", "when the detection was stored (ISO 8601, UTC)"),
@@ -275,7 +279,9 @@ def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None)
     return buffer.getvalue()
 
 
-def to_votable(rows: Sequence[dict[str, Any]], description: str = "", columns: Sequence[str] | None = None) -> bytes:
+def to_votable(
+    rows: Sequence[dict[str, Any]], description: str = "", columns: Sequence[str] | None = None
+) -> bytes:
     """A VOTable (astropy.io.votable) with units, UCDs and descriptions on every column."""
     from astropy.io.votable.tree import Field, Resource, TableElement, VOTableFile
 
