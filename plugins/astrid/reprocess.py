@@ -46,6 +46,32 @@ class ReprocessSummary:
         return asdict(self)
 
 
+def record(
+    catalog: Any,
+    run: RunInfo,
+    run_id: str,
+    summary: ReprocessSummary,
+    started: datetime,
+    details: dict[str, Any],
+) -> None:
+    """The run's row in ``inference_runs`` (kind ``reprocess``): what the status API and page list."""
+    catalog.record_run(
+        run_id=run_id,
+        dag_id=run.dag_id,
+        kind=REPROCESS_KIND,
+        model_version=summary.model_version,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        processed=summary.processed,
+        failed=summary.failed,
+        detections=summary.detections,
+        processing_seconds=summary.seconds,
+        success_rate=round(summary.processed / max(1, summary.processed + summary.failed), 4),
+        status="success",
+        details={**details, "remaining": summary.remaining, "errors": summary.errors[:20]},
+    )
+
+
 def mjd_of(value: str | float | None, name: str) -> float | None:
     """An observation time bound: an ISO date or date-time (naive = UTC), an MJD number, or
     nothing (``None``/``""``: unbounded)."""

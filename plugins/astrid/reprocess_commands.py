@@ -46,7 +46,7 @@ def run_reprocess(args: argparse.Namespace) -> int:
     from astrid.paths import default_mlflow_uri, default_storage_uri, shipped_model_path
     from astrid.pipeline import RunInfo, VersionedDetector
     from astrid.registry import ModelRegistry, reference_for
-    from astrid.reprocess import REPROCESS_KIND, mjd_of, reprocess
+    from astrid.reprocess import REPROCESS_KIND, mjd_of, record, reprocess
     from astrid.storage import StorageRoot
 
     config = load_config()
@@ -65,11 +65,12 @@ def run_reprocess(args: argparse.Namespace) -> int:
     )
     run_id = f"cli-reprocess-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     started = datetime.now(UTC)
+    run = RunInfo(run_id=run_id, dag_id="cli", kind=REPROCESS_KIND)
     summary = reprocess(
         catalog=catalog,
         storage=storage,
         detector=VersionedDetector(engine, resolved.version),
-        run=RunInfo(run_id=run_id, dag_id="cli", kind=REPROCESS_KIND),
+        run=run,
         threshold=threshold,
         max_side=config.max_image_side,
         observed_from=args.observed_from,
@@ -77,23 +78,13 @@ def run_reprocess(args: argparse.Namespace) -> int:
         limit=args.limit,
         min_excess=config.vetting_level,
     )
-    catalog.record_run(
-        run_id=run_id,
-        dag_id="cli",
-        kind=REPROCESS_KIND,
-        model_version=resolved.version,
-        started_at=started,
-        finished_at=datetime.now(UTC),
-        processed=summary.processed,
-        failed=summary.failed,
-        detections=summary.detections,
-        processing_seconds=summary.seconds,
-        status="success",
-        details={
-            "observed_from": args.observed_from,
-            "observed_to": args.observed_to,
-            "remaining": summary.remaining,
-        },
+    record(
+        catalog,
+        run,
+        run_id,
+        summary,
+        started,
+        {"observed_from": args.observed_from, "observed_to": args.observed_to},
     )
     print(
         f"reprocessed {summary.processed} observation(s) with model version {resolved.version}: "

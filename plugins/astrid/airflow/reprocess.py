@@ -114,7 +114,7 @@ class ReprocessOperator(BaseOperator):
         from astrid.ml.engine import get_engine
         from astrid.paths import shipped_model_path
         from astrid.pipeline import RunInfo, VersionedDetector
-        from astrid.reprocess import REPROCESS_KIND, reprocess
+        from astrid.reprocess import REPROCESS_KIND, record, reprocess
 
         config = load_config()
         registry = ModelRegistryHook(self.mlflow_conn_id).get_conn()
@@ -123,13 +123,14 @@ class ReprocessOperator(BaseOperator):
         engine = get_engine(resolved.path, device=self.device, batch_size=int(self.batch_size))
         catalog = CatalogHook(self.catalog_conn_id).get_conn()
         started = datetime.now(UTC)
+        run = RunInfo(
+            run_id=catalog_run_id(context), dag_id=self.dag_id, kind=REPROCESS_KIND, task_id=self.task_id
+        )
         summary = reprocess(
             catalog=catalog,
             storage=ObservationStorageHook(self.storage_conn_id).get_conn(),
             detector=VersionedDetector(engine, resolved.version),
-            run=RunInfo(
-                run_id=catalog_run_id(context), dag_id=self.dag_id, kind=REPROCESS_KIND, task_id=self.task_id
-            ),
+            run=run,
             threshold=float(self.confidence_threshold),
             max_side=config.max_image_side,
             observed_from=self.observed_from or None,
@@ -137,25 +138,13 @@ class ReprocessOperator(BaseOperator):
             limit=int(self.max_observations),
             min_excess=config.vetting_level,
         )
-        catalog.record_run(
-            run_id=context["run_id"],
-            dag_id=self.dag_id,
-            kind=REPROCESS_KIND,
-            model_version=resolved.version,
-            started_at=started,
-            finished_at=datetime.now(UTC),
-            processed=summary.processed,
-            failed=summary.failed,
-            detections=summary.detections,
-            processing_seconds=summary.seconds,
-            success_rate=round(summary.processed / max(1, summary.processed + summary.failed), 4),
-            status="success",
-            details={
-                "observed_from": self.observed_from,
-                "observed_to": self.observed_to,
-                "remaining": summary.remaining,
-                "errors": summary.errors[:20],
-            },
+        record(
+            catalog,
+            run,
+            context["run_id"],
+            summary,
+            started,
+            {"observed_from": self.observed_from, "observed_to": self.observed_to},
         )
         self.log.info(
             "model version %s: %d reprocessed, %d failed, %d detections%s",
