@@ -669,10 +669,10 @@ def ingestor_from_config(
     catalog: Any = None, storage: Any = None, *, mode: str | None = None, **kwargs: Any
 ) -> Ingestor:
     """An :class:`Ingestor` on the configured catalog, storage root, mode, frame limit and doorbell."""
-    from astrid.catalog import Catalog, default_catalog_url
+    from astrid.catalog import Catalog
     from astrid.config import load_config
     from astrid.events import doorbell
-    from astrid.paths import default_storage_uri
+    from astrid.paths import default_catalog_url, default_storage_uri
     from astrid.storage import StorageRoot
 
     config = load_config()

@@ -47,16 +47,11 @@ class ReprocessSummary:
 
 
 def record(
-    catalog: Any,
-    run: RunInfo,
-    run_id: str,
-    summary: ReprocessSummary,
-    started: datetime,
-    details: dict[str, Any],
+    catalog: Any, run: RunInfo, summary: ReprocessSummary, started: datetime, details: dict[str, Any]
 ) -> None:
     """The run's row in ``inference_runs`` (kind ``reprocess``): what the status API and page list."""
     catalog.record_run(
-        run_id=run_id,
+        run_id=run.orchestrator_run_id,
         dag_id=run.dag_id,
         kind=REPROCESS_KIND,
         model_version=summary.model_version,
@@ -99,6 +94,23 @@ def mjd_of(value: str | float | None, name: str) -> float | None:
     return number
 
 
+def check_request(
+    observed_from: str | float | None,
+    observed_to: str | float | None,
+    limit: int | None,
+    names: tuple[str, str] = ("observed_from", "observed_to"),
+) -> tuple[float | None, float | None]:
+    """The MJD bounds of a request, refused (ConfigError naming the value as ``names`` call the
+    two bounds: params or CLI options) before any work."""
+    mjd_from = mjd_of(observed_from, names[0])
+    mjd_to = mjd_of(observed_to, names[1])
+    if mjd_from is not None and mjd_to is not None and mjd_to <= mjd_from:
+        raise ConfigError(f"{names[1]} ({observed_to}) must be after {names[0]} ({observed_from})")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit={limit} must be at least 1")
+    return mjd_from, mjd_to
+
+
 def reprocess(
     *,
     catalog: Any,
@@ -114,12 +126,7 @@ def reprocess(
 ) -> ReprocessSummary:
     """Process every not-yet-done observation of ``[observed_from, observed_to)`` with ``detector``
     (at most ``limit``); a bad observation fails alone and stays a candidate for the next run."""
-    mjd_from = mjd_of(observed_from, "observed_from")
-    mjd_to = mjd_of(observed_to, "observed_to")
-    if mjd_from is not None and mjd_to is not None and mjd_to <= mjd_from:
-        raise ConfigError(f"observed_to ({observed_to}) must be after observed_from ({observed_from})")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit={limit} must be at least 1")
+    mjd_from, mjd_to = check_request(observed_from, observed_to, limit)
     version = detector.version
     summary = ReprocessSummary(model_version=version)
     started, after = time.perf_counter(), 0
@@ -163,3 +170,53 @@ def reprocess(
         remaining=summary.remaining,
     )
     return summary
+
+
+def run_reprocess(
+    *,
+    catalog: Any,
+    storage: Any,
+    registry: Any,
+    run: RunInfo,
+    model: str,
+    threshold: float | str,
+    max_side: int,
+    batch_size: int = 8,
+    device: str = "auto",
+    vetting: float | str | None = "card",
+    observed_from: str | float | None = None,
+    observed_to: str | float | None = None,
+    limit: int | None = None,
+    metrics: Any = None,
+) -> dict[str, Any]:
+    """One reprocessing run as the DAG and the CLI run it: check the request, load ``model`` from the
+    registry (``champion``, ``challenger``, a version, ``models:/...`` or a path), :func:`reprocess`,
+    record the run. Returns the summary (plus ``device``) for XCom or printing."""
+    from astrid.pipeline import confidence_threshold, load_detector
+    from astrid.registry import reference_for
+
+    threshold = confidence_threshold(threshold)
+    check_request(observed_from, observed_to, limit)
+    loaded = load_detector(
+        registry,
+        reference_for(model),
+        device=device,
+        batch_size=batch_size,
+        metrics=metrics,
+        dag_id=run.dag_id,
+    )
+    started = datetime.now(UTC)
+    summary = reprocess(
+        catalog=catalog,
+        storage=storage,
+        detector=loaded.detector,
+        run=run,
+        threshold=threshold,
+        max_side=max_side,
+        observed_from=observed_from,
+        observed_to=observed_to,
+        limit=limit,
+        min_excess=vetting,
+    )
+    record(catalog, run, summary, started, {"observed_from": observed_from, "observed_to": observed_to})
+    return {**summary.to_xcom(), "device": loaded.device}

@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from astrid.airflow.demo import task_output
-from tests.dags.test_dag_runs import catalog, env, run_dag, storage  # noqa: F401 - module fixtures
+from tests.dag_runner import run_dag
+from tests.dags.test_dag_runs import catalog, env, storage  # noqa: F401 - module fixtures
 
 SIZE = 256
 
@@ -27,7 +28,7 @@ def test_reprocessing_writes_v2_beside_v1_and_resumes(env, catalog, storage):  #
     from astrid.survey import seed_survey
 
     seed_survey(5, size=SIZE, seed=7300, catalog_url=str(catalog.url), storage_root=storage, prefix="rp")
-    live, _ = run_dag("astrid_realtime_inference", {"max_observations": 4})
+    live = run_dag("astrid_realtime_inference", {"max_observations": 4})
     assert str(live.state) == "success"
     inferred = {o["id"]: o for o in catalog.observations(status="inferred")}
     assert len(inferred) == 4 and {o["model_version"] for o in inferred.values()} == {"1"}
@@ -40,11 +41,11 @@ def test_reprocessing_writes_v2_beside_v1_and_resumes(env, catalog, storage):  #
     registry = ModelRegistryHook().get_conn()
     assert registry.register(shipped_model_path(), alias="challenger") == "2"
 
-    first, _ = run_dag("astrid_reprocess", {"model_version": "challenger", "max_observations": 3})
+    first = run_dag("astrid_reprocess", {"model_version": "challenger", "max_observations": 3})
     assert str(first.state) == "success"
     part = task_output(first, "reprocess")
     assert (part["model_version"], part["processed"], part["failed"], part["remaining"]) == ("2", 3, 0, True)
-    second, _ = run_dag("astrid_reprocess", {"model_version": "2"})  # goes on where it stopped
+    second = run_dag("astrid_reprocess", {"model_version": "2"})  # goes on where it stopped
     rest = task_output(second, "reprocess")
     assert (rest["processed"], rest["remaining"]) == (2, False)
     assert set(part["observation_ids"]) | set(rest["observation_ids"]) == {*inferred, held.observation_id}
@@ -63,7 +64,7 @@ def test_reprocessing_writes_v2_beside_v1_and_resumes(env, catalog, storage):  #
         lease,
     )
     # idempotent: again, nothing to do, nothing changed
-    again, _ = run_dag("astrid_reprocess", {"model_version": "challenger"})
+    again = run_dag("astrid_reprocess", {"model_version": "challenger"})
     assert task_output(again, "reprocess")["processed"] == 0
     runs = catalog.runs(dag_id="astrid_reprocess")
     assert {r["kind"] for r in runs} == {"reprocess"} and sum(r["processed"] for r in runs) == 5
