@@ -143,7 +143,7 @@ class Stack:
     """A standalone with arrival events on, its Redis DB, its catalog, its source files."""
 
     def __init__(self, resources: ExitStack, profile: dict[str, str], cron: str, poll: float) -> None:
-        from tests.integration.standalone import RedisDb, cleanup, make_standalone
+        from tests.integration.standalone import RedisDb, cleanup, events_env, make_standalone
 
         self.redis = RedisDb()
         resources.callback(self.redis.release)
@@ -174,6 +174,8 @@ class Stack:
         self.sa.start(timeout=420)
         self.catalog = Catalog(self.sa.env["ASTRID_CATALOG_URL"])
         self.catalog.migrate()
+        from tests.integration.standalone import wait_for_listener
+
         self.sa.api("PATCH", f"/api/v2/dags/{REALTIME}", json={"is_paused": False}).raise_for_status()
         wait_for_listener(self.redis.client, self.channel)
 
@@ -232,27 +234,6 @@ class Stack:
             except psutil.NoSuchProcess:
                 continue
         return killed
-
-
-def events_env(redis_url: str, channel: str, poll: float) -> dict[str, str]:
-    """Arrival events on one Redis database and channel: the publishers' and the triggerer's side."""
-    return {
-        "ASTRID_INFERENCE_EVENTS_ENABLED": "true",
-        "ASTRID_INFERENCE_EVENTS_URL": redis_url,
-        "ASTRID_INFERENCE_EVENTS_CHANNEL": channel,
-        "ASTRID_INFERENCE_EVENTS_POLL_SECONDS": str(poll),
-        "AIRFLOW_CONN_ASTRID_EVENTS": redis_url,
-    }
-
-
-def wait_for_listener(client: Any, channel: str, timeout: float = 180) -> None:
-    """Until the triggerer has subscribed to ``channel`` (a message before that is lost)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if client.pubsub_numsub(channel)[0][1] > 0:
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"no subscriber on {channel} within {timeout}s: is the triggerer running?")
 
 
 # ------------------------------------------------------------------------------------ 2. series

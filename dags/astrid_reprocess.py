@@ -2,9 +2,7 @@
 
 from airflow.sdk import DAG
 
-from astrid.airflow.dag_defaults import dag_kwargs
-from astrid.airflow.reprocess import DAG_ID, ReprocessOperator, reprocess_params
-from astrid.airflow.tasks import RecordFailedRun
+from astrid.airflow.reprocess import ReprocessOperator, reprocess_dag_kwargs
 from astrid.config import load_config
 
 config = load_config()
@@ -17,16 +15,11 @@ Runs a model version (default: the `challenger`) over the observations of a time
 live ones, under that version: nothing is claimed, no status changes, the live queue carries on.
 Idempotent per (observation, model version) and resumable: trigger it again and it goes on where
 it stopped (at most `max_observations` per run). CLI equivalent: `astrid reprocess --model 2
---from 2026-11-01 --to 2026-12-01`. Manual only; it shares the batch DAG's retry, timeout and SLA
-policy. Runbook: `docs/runbook.md`.
+--from 2026-11-01 --to 2026-12-01`. Manual only; the batch DAG's retry and timeout policy.
+Runbook: `docs/runbook.md`.
 """
 
-policy = dag_kwargs(
-    "batch", config, doc_md=DOC, tags=["reprocess", "inference"], params=reprocess_params(config)
-)
-policy["schedule"] = None  # manual: UI, REST API, `airflow dags trigger`
-
-with DAG(DAG_ID, max_active_runs=1, on_failure_callback=RecordFailedRun("reprocess"), **policy) as dag:
+with DAG(**reprocess_dag_kwargs(config, doc_md=DOC)) as dag:
     ReprocessOperator(
         task_id="reprocess",
         model="{{ params.model_version }}",
@@ -35,7 +28,6 @@ with DAG(DAG_ID, max_active_runs=1, on_failure_callback=RecordFailedRun("reproce
         max_observations="{{ params.max_observations }}",
         confidence_threshold="{{ params.confidence_threshold }}",
         batch_size=config.inference_batch_size,
-        device=config.device,
         pool=config.gpu_pool,
         queue=config.gpu_queue,
     )

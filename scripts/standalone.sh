@@ -37,6 +37,14 @@ airflow pools set gpu 2 "U-Net tasks (GPU slots)" >/dev/null
         "import json,sys; print(json.load(open(sys.argv[1]))['admin'])" \
         "$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated")"
       echo "Seed observations with: make seed, or register your own: astrid ingest --help (in another terminal)"
+      # the realtime DAG runs on arrivals only when unpaused (new DAGs start paused)
+      for _ in $(seq 1 60); do
+        if airflow dags unpause astrid_realtime_inference >/dev/null 2>&1; then
+          echo "astrid_realtime_inference unpaused: it runs on each arrival and on its cron"
+          break
+        fi
+        sleep 2
+      done
       break
     fi
     sleep 2

@@ -43,6 +43,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -197,17 +198,24 @@ class SpooledFile:
         return ".fits.gz" if self.gzipped else ".fits"
 
 
-def spool(source: Any, role: str, label: str, directory: Path, limit: int) -> SpooledFile:
-    """Stream ``source`` into ``directory``, hashing it; refuse it past ``limit`` bytes."""
-    what = f"{role} file {label}"
+@contextmanager
+def _reading(what: str, role: str) -> Iterator[None]:
+    """A missing or unreadable source as one IngestError naming it."""
     try:
-        size = int(source.stat().st_size)
+        yield
     except FileNotFoundError:
         raise IngestError(f"{what} does not exist: check the path", field=role) from None
     except (OSError, ValueError) as exc:
         raise IngestError(
             f"{what} cannot be read ({exc}): check the path and credentials", field=role
         ) from None
+
+
+def spool(source: Any, role: str, label: str, directory: Path, limit: int) -> SpooledFile:
+    """Stream ``source`` into ``directory``, hashing it; refuse it past ``limit`` bytes."""
+    what = f"{role} file {label}"
+    with _reading(what, role):
+        size = int(source.stat().st_size)
     if size > limit:
         raise IngestError(
             f"{what} is {size} bytes, more than the largest accepted frame needs ({limit} bytes): cut it into "
@@ -216,26 +224,15 @@ def spool(source: Any, role: str, label: str, directory: Path, limit: int) -> Sp
         )
     digest = hashlib.sha256()
     target = directory / role
-    total = 0
-    try:
-        with source.open("rb") as src, target.open("wb") as out:
-            first = b""
-            while chunk := src.read(_CHUNK):
-                if not first:
-                    first = chunk[:2]
-                total += len(chunk)
-                if total > limit:
-                    raise IngestError(f"{what} grew past {limit} bytes while being read", field=role)
-                digest.update(chunk)
-                out.write(chunk)
-    except IngestError:
-        raise
-    except FileNotFoundError:
-        raise IngestError(f"{what} does not exist: check the path", field=role) from None
-    except (OSError, ValueError) as exc:
-        raise IngestError(
-            f"{what} cannot be read ({exc}): check the path and credentials", field=role
-        ) from None
+    total, first = 0, b""
+    with _reading(what, role), source.open("rb") as src, target.open("wb") as out:
+        while chunk := src.read(_CHUNK):
+            first = first or chunk[:2]
+            total += len(chunk)
+            if total > limit:
+                raise IngestError(f"{what} grew past {limit} bytes while being read", field=role)
+            digest.update(chunk)
+            out.write(chunk)
     return SpooledFile(target, label, digest.hexdigest(), total, first == b"\x1f\x8b")
 
 
@@ -672,10 +669,10 @@ def ingestor_from_config(
     catalog: Any = None, storage: Any = None, *, mode: str | None = None, **kwargs: Any
 ) -> Ingestor:
     """An :class:`Ingestor` on the configured catalog, storage root, mode, frame limit and doorbell."""
-    from astrid.catalog import Catalog, default_catalog_url
+    from astrid.catalog import Catalog
     from astrid.config import load_config
     from astrid.events import doorbell
-    from astrid.paths import default_storage_uri
+    from astrid.paths import default_catalog_url, default_storage_uri
     from astrid.storage import StorageRoot
 
     config = load_config()

@@ -46,6 +46,27 @@ class ReprocessSummary:
         return asdict(self)
 
 
+def record(
+    catalog: Any, run: RunInfo, summary: ReprocessSummary, started: datetime, details: dict[str, Any]
+) -> None:
+    """The run's row in ``inference_runs`` (kind ``reprocess``): what the status API and page list."""
+    catalog.record_run(
+        run_id=run.orchestrator_run_id,
+        dag_id=run.dag_id,
+        kind=REPROCESS_KIND,
+        model_version=summary.model_version,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        processed=summary.processed,
+        failed=summary.failed,
+        detections=summary.detections,
+        processing_seconds=summary.seconds,
+        success_rate=round(summary.processed / max(1, summary.processed + summary.failed), 4),
+        status="success",
+        details={**details, "remaining": summary.remaining, "errors": summary.errors[:20]},
+    )
+
+
 def mjd_of(value: str | float | None, name: str) -> float | None:
     """An observation time bound: an ISO date or date-time (naive = UTC), an MJD number, or
     nothing (``None``/``""``: unbounded)."""
@@ -73,6 +94,23 @@ def mjd_of(value: str | float | None, name: str) -> float | None:
     return number
 
 
+def check_request(
+    observed_from: str | float | None,
+    observed_to: str | float | None,
+    limit: int | None,
+    names: tuple[str, str] = ("observed_from", "observed_to"),
+) -> tuple[float | None, float | None]:
+    """The MJD bounds of a request, refused (ConfigError naming the value as ``names`` call the
+    two bounds: params or CLI options) before any work."""
+    mjd_from = mjd_of(observed_from, names[0])
+    mjd_to = mjd_of(observed_to, names[1])
+    if mjd_from is not None and mjd_to is not None and mjd_to <= mjd_from:
+        raise ConfigError(f"{names[1]} ({observed_to}) must be after {names[0]} ({observed_from})")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit={limit} must be at least 1")
+    return mjd_from, mjd_to
+
+
 def reprocess(
     *,
     catalog: Any,
@@ -85,19 +123,10 @@ def reprocess(
     observed_to: str | float | None = None,
     limit: int | None = None,
     min_excess: float | str | None = "card",
-    zeropoint_key: str | None = None,
 ) -> ReprocessSummary:
     """Process every not-yet-done observation of ``[observed_from, observed_to)`` with ``detector``
-    (at most ``limit``); a bad observation fails alone and stays a candidate for the next run.
-    Detections are measured like the live queue's (:func:`astrid.photometry.measure`)."""
-    from astrid.photometry import measure
-
-    mjd_from = mjd_of(observed_from, "observed_from")
-    mjd_to = mjd_of(observed_to, "observed_to")
-    if mjd_from is not None and mjd_to is not None and mjd_to <= mjd_from:
-        raise ConfigError(f"observed_to ({observed_to}) must be after observed_from ({observed_from})")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit={limit} must be at least 1")
+    (at most ``limit``); a bad observation fails alone and stays a candidate for the next run."""
+    mjd_from, mjd_to = check_request(observed_from, observed_to, limit)
     version = detector.version
     summary = ReprocessSummary(model_version=version)
     started, after = time.perf_counter(), 0
@@ -120,7 +149,6 @@ def reprocess(
             try:
                 triplet = load_claim(claim, storage, max_side)
                 _probability, detections = detector.analyse(triplet, threshold, min_excess)
-                detections = measure(detections, triplet, zeropoint_key=zeropoint_key)
                 stored = catalog.store_results(claim.observation_id, run.run_id, version, detections)
             except ObservationError as exc:
                 summary.failed += 1
@@ -142,3 +170,53 @@ def reprocess(
         remaining=summary.remaining,
     )
     return summary
+
+
+def run_reprocess(
+    *,
+    catalog: Any,
+    storage: Any,
+    registry: Any,
+    run: RunInfo,
+    model: str,
+    threshold: float | str,
+    max_side: int,
+    batch_size: int = 8,
+    device: str = "auto",
+    vetting: float | str | None = "card",
+    observed_from: str | float | None = None,
+    observed_to: str | float | None = None,
+    limit: int | None = None,
+    metrics: Any = None,
+) -> dict[str, Any]:
+    """One reprocessing run as the DAG and the CLI run it: check the request, load ``model`` from the
+    registry (``champion``, ``challenger``, a version, ``models:/...`` or a path), :func:`reprocess`,
+    record the run. Returns the summary (plus ``device``) for XCom or printing."""
+    from astrid.pipeline import confidence_threshold, load_detector
+    from astrid.registry import reference_for
+
+    threshold = confidence_threshold(threshold)
+    check_request(observed_from, observed_to, limit)
+    loaded = load_detector(
+        registry,
+        reference_for(model),
+        device=device,
+        batch_size=batch_size,
+        metrics=metrics,
+        dag_id=run.dag_id,
+    )
+    started = datetime.now(UTC)
+    summary = reprocess(
+        catalog=catalog,
+        storage=storage,
+        detector=loaded.detector,
+        run=run,
+        threshold=threshold,
+        max_side=max_side,
+        observed_from=observed_from,
+        observed_to=observed_to,
+        limit=limit,
+        min_excess=vetting,
+    )
+    record(catalog, run, summary, started, {"observed_from": observed_from, "observed_to": observed_to})
+    return {**summary.to_xcom(), "device": loaded.device}

@@ -39,68 +39,44 @@ def run_reprocess(args: argparse.Namespace) -> int:
     import uuid
     from datetime import UTC, datetime
 
-    from astrid.catalog import Catalog, default_catalog_url
+    from astrid.catalog import Catalog
     from astrid.config import load_config
     from astrid.errors import ConfigError
-    from astrid.ml.engine import get_engine
-    from astrid.paths import default_mlflow_uri, default_storage_uri, shipped_model_path
-    from astrid.pipeline import RunInfo, VersionedDetector
-    from astrid.registry import ModelRegistry, reference_for
-    from astrid.reprocess import REPROCESS_KIND, mjd_of, reprocess
+    from astrid.paths import default_catalog_url, default_mlflow_uri, default_storage_uri
+    from astrid.pipeline import RunInfo
+    from astrid.registry import ModelRegistry
+    from astrid.reprocess import REPROCESS_KIND, check_request, run_reprocess
     from astrid.storage import StorageRoot
 
     config = load_config()
     threshold = config.confidence_threshold if args.threshold is None else args.threshold
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"--threshold {args.threshold} must lie strictly between 0 and 1")
-    mjd_of(args.observed_from, "--from"), mjd_of(args.observed_to, "--to")  # bad input fails before any load
+    # bad input fails before anything is opened or loaded, naming the option
+    check_request(args.observed_from, args.observed_to, args.limit, names=("--from", "--to"))
     catalog = Catalog(args.catalog or default_catalog_url())
     catalog.migrate()
-    storage = StorageRoot.from_uri(args.storage or default_storage_uri())
-    registry = ModelRegistry(args.tracking_uri or default_mlflow_uri())
-    registry.ensure_champion(shipped_model_path())
-    resolved = registry.resolve(reference_for(args.model))
-    engine = get_engine(
-        resolved.path, device=args.device or config.device, batch_size=config.inference_batch_size
-    )
     run_id = f"cli-reprocess-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    started = datetime.now(UTC)
-    summary = reprocess(
+    summary = run_reprocess(
         catalog=catalog,
-        storage=storage,
-        detector=VersionedDetector(engine, resolved.version),
+        storage=StorageRoot.from_uri(args.storage or default_storage_uri()),
+        registry=ModelRegistry(args.tracking_uri or default_mlflow_uri()),
         run=RunInfo(run_id=run_id, dag_id="cli", kind=REPROCESS_KIND),
+        model=args.model,
         threshold=threshold,
         max_side=config.max_image_side,
+        batch_size=config.inference_batch_size,
+        device=args.device or config.device,
+        vetting=config.vetting_level,
         observed_from=args.observed_from,
         observed_to=args.observed_to,
         limit=args.limit,
-        min_excess=config.vetting_level,
-        zeropoint_key=config.zeropoint_key,
-    )
-    catalog.record_run(
-        run_id=run_id,
-        dag_id="cli",
-        kind=REPROCESS_KIND,
-        model_version=resolved.version,
-        started_at=started,
-        finished_at=datetime.now(UTC),
-        processed=summary.processed,
-        failed=summary.failed,
-        detections=summary.detections,
-        processing_seconds=summary.seconds,
-        status="success",
-        details={
-            "observed_from": args.observed_from,
-            "observed_to": args.observed_to,
-            "remaining": summary.remaining,
-        },
     )
     print(
-        f"reprocessed {summary.processed} observation(s) with model version {resolved.version}: "
-        f"{summary.detections} detections, {summary.failed} failed"
-        + ("; more remain: run it again to go on" if summary.remaining else "")
+        f"reprocessed {summary['processed']} observation(s) with model version {summary['model_version']}: "
+        f"{summary['detections']} detections, {summary['failed']} failed"
+        + ("; more remain: run it again to go on" if summary["remaining"] else "")
     )
-    for error in summary.errors:
+    for error in summary["errors"]:
         print(f"  failed: {error['observation']}: {error['error']}")
-    return 0 if not summary.failed else 1
+    return 0 if not summary["failed"] else 1

@@ -11,13 +11,50 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator, Param
+from airflow.sdk import Param
 
-from astrid.airflow.hooks import CatalogHook, ModelRegistryHook, ObservationStorageHook
+from astrid.airflow.base import AstridBaseOperator, astrid_template_fields
 
 DAG_ID = "astrid_reprocess"
 # ISO date or date-time (naive = UTC), or empty for "unbounded"
 WHEN_PATTERN = r"^$|^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?)?$"
+
+
+def reprocess_dag_kwargs(config: Any, *, doc_md: str) -> dict[str, Any]:
+    """``DAG(...)`` arguments of ``astrid_reprocess``: manual, one run at a time, the batch kind's
+    retry/timeout policy (it does batch-sized work), the configured operator settings."""
+    from datetime import timedelta
+
+    import pendulum
+
+    from astrid.airflow.callbacks import RecordFailedRun
+    from astrid.airflow.dag_defaults import START_DATE_ISO, operator_settings, retry_policy
+    from astrid.dag_kinds import dag_kind
+    from astrid.reprocess import REPROCESS_KIND
+
+    batch = dag_kind("batch")
+    return {
+        "dag_id": DAG_ID,
+        "schedule": None,  # manual: the UI, the REST API, `airflow dags trigger`
+        "start_date": pendulum.parse(START_DATE_ISO, tz=config.timezone),
+        "catchup": False,
+        "max_active_runs": 1,
+        "max_consecutive_failed_dag_runs": 3,
+        "render_template_as_native_obj": True,
+        "tags": ["astrid", "reprocess", "inference"],
+        "default_args": {
+            **retry_policy(
+                config,
+                execution_timeout=timedelta(minutes=batch.execution_timeout_minutes),
+                retry_delay=timedelta(seconds=batch.retry_delay_seconds),
+                max_retry_delay=timedelta(minutes=batch.max_retry_delay_minutes),
+            ),
+            **operator_settings(config),
+        },
+        "on_failure_callback": RecordFailedRun(REPROCESS_KIND),
+        "params": reprocess_params(config),
+        "doc_md": doc_md,
+    }
 
 
 def reprocess_params(config: Any) -> dict[str, Param]:
@@ -63,21 +100,27 @@ def reprocess_params(config: Any) -> dict[str, Param]:
     }
 
 
-class ReprocessOperator(BaseOperator):
-    """Reprocess the observations of a time range with one model version (results side by side).
+class ReprocessOperator(AstridBaseOperator):
+    """Reprocess the observations of a time range with one model version (results side by side):
+    :func:`astrid.reprocess.run_reprocess`.
 
     :param model: ``champion``, ``challenger``, a registry version, ``models:/...`` or a path
-    :param observed_from: / :param observed_to: ISO date(-time) bounds on MJD-OBS ('' = open)
+    :param observed_from: ISO date(-time) lower bound on MJD-OBS ('' = open)
+    :param observed_to: ISO date(-time) upper bound on MJD-OBS ('' = open)
     :param max_observations: at most this many in this run
+    :param max_image_side: / :param device: / :param star_residual_vetting: as for the U-Net
+        task (the DAG's ``default_args`` carry the configured values)
     """
 
-    template_fields: Sequence[str] = (
+    template_fields: Sequence[str] = astrid_template_fields(
         "model",
         "observed_from",
         "observed_to",
         "max_observations",
         "confidence_threshold",
         "device",
+        "max_image_side",
+        "star_residual_vetting",
     )
     ui_color = "#ede7f6"
 
@@ -85,85 +128,48 @@ class ReprocessOperator(BaseOperator):
         self,
         *,
         model: str,
+        max_image_side: int | str,
         observed_from: str = "",
         observed_to: str = "",
         max_observations: int | str = 1000,
         confidence_threshold: float | str = 0.5,
+        batch_size: int | str = 8,
         device: str = "auto",
-        batch_size: int = 8,
-        catalog_conn_id: str = CatalogHook.default_conn_name,
-        storage_conn_id: str = ObservationStorageHook.default_conn_name,
-        mlflow_conn_id: str = ModelRegistryHook.default_conn_name,
+        star_residual_vetting: str = "card",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.model, self.observed_from, self.observed_to = model, observed_from, observed_to
         self.max_observations, self.confidence_threshold = max_observations, confidence_threshold
-        self.device, self.batch_size = device, batch_size
-        self.catalog_conn_id, self.storage_conn_id, self.mlflow_conn_id = (
-            catalog_conn_id,
-            storage_conn_id,
-            mlflow_conn_id,
-        )
+        self.batch_size, self.device, self.max_image_side = batch_size, device, max_image_side
+        self.star_residual_vetting = star_residual_vetting
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from datetime import UTC, datetime
+        from astrid.config import parse_vetting
+        from astrid.reprocess import REPROCESS_KIND, run_reprocess
 
-        from astrid.airflow.operators import catalog_run_id, model_reference
-        from astrid.config import load_config
-        from astrid.ml.engine import get_engine
-        from astrid.paths import shipped_model_path
-        from astrid.pipeline import RunInfo, VersionedDetector
-        from astrid.reprocess import REPROCESS_KIND, reprocess
-
-        config = load_config()
-        registry = ModelRegistryHook(self.mlflow_conn_id).get_conn()
-        registry.ensure_champion(shipped_model_path())
-        resolved = registry.resolve(model_reference(self.model))
-        engine = get_engine(resolved.path, device=self.device, batch_size=int(self.batch_size))
-        catalog = CatalogHook(self.catalog_conn_id).get_conn()
-        started = datetime.now(UTC)
-        summary = reprocess(
-            catalog=catalog,
-            storage=ObservationStorageHook(self.storage_conn_id).get_conn(),
-            detector=VersionedDetector(engine, resolved.version),
-            run=RunInfo(
-                run_id=catalog_run_id(context), dag_id=self.dag_id, kind=REPROCESS_KIND, task_id=self.task_id
-            ),
-            threshold=float(self.confidence_threshold),
-            max_side=config.max_image_side,
+        summary = run_reprocess(
+            catalog=self.catalog,
+            storage=self.storage,
+            registry=self.registry,
+            run=self.run_info(context, kind=REPROCESS_KIND),
+            model=str(self.model),
+            threshold=self.confidence_threshold,
+            max_side=int(self.max_image_side),
+            batch_size=int(self.batch_size),
+            device=self.device,
+            vetting=parse_vetting("star_residual_vetting", str(self.star_residual_vetting)),
             observed_from=self.observed_from or None,
             observed_to=self.observed_to or None,
             limit=int(self.max_observations),
-            min_excess=config.vetting_level,
-            zeropoint_key=config.zeropoint_key,
-        )
-        catalog.record_run(
-            run_id=context["run_id"],
-            dag_id=self.dag_id,
-            kind=REPROCESS_KIND,
-            model_version=resolved.version,
-            started_at=started,
-            finished_at=datetime.now(UTC),
-            processed=summary.processed,
-            failed=summary.failed,
-            detections=summary.detections,
-            processing_seconds=summary.seconds,
-            success_rate=round(summary.processed / max(1, summary.processed + summary.failed), 4),
-            status="success",
-            details={
-                "observed_from": self.observed_from,
-                "observed_to": self.observed_to,
-                "remaining": summary.remaining,
-                "errors": summary.errors[:20],
-            },
+            metrics=self.metrics,
         )
         self.log.info(
             "model version %s: %d reprocessed, %d failed, %d detections%s",
-            resolved.version,
-            summary.processed,
-            summary.failed,
-            summary.detections,
-            "; more remain: trigger again to go on" if summary.remaining else "",
+            summary["model_version"],
+            summary["processed"],
+            summary["failed"],
+            summary["detections"],
+            "; more remain: trigger again to go on" if summary["remaining"] else "",
         )
-        return summary.to_xcom()
+        return summary

@@ -9,7 +9,7 @@ from astrid.catalog.models import (
     ObservationRow,
     ObservationStatus,
 )
-from astrid.catalog.store import Catalog, Claim, NewObservation, Registered, default_catalog_url
+from astrid.catalog.store import Catalog, Claim, NewObservation, Registered
 
 __all__ = [
     "AlertStateRow",
@@ -22,5 +22,4 @@ __all__ = [
     "ObservationRow",
     "ObservationStatus",
     "Registered",
-    "default_catalog_url",
 ]
