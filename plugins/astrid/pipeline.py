@@ -518,9 +518,12 @@ def infer_observations(
     vetting: float | str | None = "card",
     track: bool = True,
     metrics: Metrics | None = None,
+    zeropoint_key: str | None = None,
+    max_stamps: int | None = None,
 ) -> dict[str, Any]:
-    """Load ``model`` from the registry, infer ``claims`` (:func:`run_inference`), write the run's
-    artifacts and, when ``track``, log the run to MLflow. Returns the XCom summary: the
+    """Load ``model`` from the registry, infer ``claims`` (:func:`run_inference`: photometry with
+    ``zeropoint_key``, the stamps of each observation's ``max_stamps`` best detections), write the
+    run's artifacts and, when ``track``, log the run to MLflow. Returns the XCom summary: the
     :class:`RunSummary` fields plus ``device``, ``star_residual_vetting`` and, when tracked,
     ``mlflow_run_id``."""
     from astrid.tracking import log_inference
@@ -541,6 +544,8 @@ def infer_observations(
         metrics=metrics,
         artifacts=artifacts_dir(storage, run),
         min_excess=vetting,
+        zeropoint_key=zeropoint_key,
+        max_stamps=max_stamps,
     ).to_xcom()
     summary["device"] = loaded.device
     summary["star_residual_vetting"] = loaded.vetting_label(vetting)

@@ -123,9 +123,13 @@ def reprocess(
     observed_to: str | float | None = None,
     limit: int | None = None,
     min_excess: float | str | None = "card",
+    zeropoint_key: str | None = None,
 ) -> ReprocessSummary:
     """Process every not-yet-done observation of ``[observed_from, observed_to)`` with ``detector``
-    (at most ``limit``); a bad observation fails alone and stays a candidate for the next run."""
+    (at most ``limit``); a bad observation fails alone and stays a candidate for the next run.
+    Detections are measured as the live queue's are (:func:`astrid.photometry.measure`)."""
+    from astrid.photometry import measure
+
     mjd_from, mjd_to = check_request(observed_from, observed_to, limit)
     version = detector.version
     summary = ReprocessSummary(model_version=version)
@@ -149,6 +153,7 @@ def reprocess(
             try:
                 triplet = load_claim(claim, storage, max_side)
                 _probability, detections = detector.analyse(triplet, threshold, min_excess)
+                detections = measure(detections, triplet, zeropoint_key=zeropoint_key)
                 stored = catalog.store_results(claim.observation_id, run.run_id, version, detections)
             except ObservationError as exc:
                 summary.failed += 1
@@ -188,6 +193,7 @@ def run_reprocess(
     observed_to: str | float | None = None,
     limit: int | None = None,
     metrics: Any = None,
+    zeropoint_key: str | None = None,
 ) -> dict[str, Any]:
     """One reprocessing run as the DAG and the CLI run it: check the request, load ``model`` from the
     registry (``champion``, ``challenger``, a version, ``models:/...`` or a path), :func:`reprocess`,
@@ -217,6 +223,7 @@ def run_reprocess(
         observed_to=observed_to,
         limit=limit,
         min_excess=vetting,
+        zeropoint_key=zeropoint_key,
     )
     record(catalog, run, summary, started, {"observed_from": observed_from, "observed_to": observed_to})
     return {**summary.to_xcom(), "device": loaded.device}

@@ -71,6 +71,7 @@ def run_reprocess(args: argparse.Namespace) -> int:
         observed_from=args.observed_from,
         observed_to=args.observed_to,
         limit=args.limit,
+        zeropoint_key=config.zeropoint_key,
     )
     print(
         f"reprocessed {summary['processed']} observation(s) with model version {summary['model_version']}: "

@@ -42,6 +42,9 @@ OPERATOR_SETTINGS = (
     "max_memory_percent",
     "max_load_per_cpu",
     "max_gpu_memory_percent",
+    "zeropoint_key",
+    "stamps_enabled",
+    "stamps_max_per_observation",
 )
 
 

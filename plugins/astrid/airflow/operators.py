@@ -156,6 +156,9 @@ class UNetInferenceOperator(AstridBaseOperator):
     :param max_image_side: largest accepted frame side in pixels
     :param star_residual_vetting: ``card``, ``off`` or a level in σ
     :param performance_tracking: log the step (params, metrics, catalog) to MLflow
+    :param zeropoint_key: header keyword of the AB zero point tried before MAGZP, PHOTZP, MAGZPT
+    :param stamps_enabled: write each observation's detection stamps beside the run's catalog
+    :param stamps_max_per_observation: stamps for at most this many detections of an observation
     """
 
     template_fields: Sequence[str] = astrid_template_fields(
@@ -167,6 +170,9 @@ class UNetInferenceOperator(AstridBaseOperator):
         "max_image_side",
         "star_residual_vetting",
         "performance_tracking",
+        "zeropoint_key",
+        "stamps_enabled",
+        "stamps_max_per_observation",
     )
     operator_extra_links = (MLflowRunLink(), DetectionCatalogLink())
     ui_color = "#e6f4ea"
@@ -182,12 +188,17 @@ class UNetInferenceOperator(AstridBaseOperator):
         device: str = "auto",
         star_residual_vetting: str = "card",
         performance_tracking: bool | str = True,
+        zeropoint_key: str = "",
+        stamps_enabled: bool | str = True,
+        stamps_max_per_observation: int | str = 200,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.observations, self.model, self.confidence_threshold = observations, model, confidence_threshold
         self.batch_size, self.device, self.max_image_side = batch_size, device, max_image_side
         self.star_residual_vetting, self.performance_tracking = star_residual_vetting, performance_tracking
+        self.zeropoint_key, self.stamps_enabled = zeropoint_key, stamps_enabled
+        self.stamps_max_per_observation = stamps_max_per_observation
 
     def execute(self, context: Any) -> dict[str, Any]:
         from astrid.catalog import Claim
@@ -209,6 +220,8 @@ class UNetInferenceOperator(AstridBaseOperator):
             vetting=parse_vetting("star_residual_vetting", str(self.star_residual_vetting)),
             track=flag(self.performance_tracking),
             metrics=self.metrics,
+            zeropoint_key=str(self.zeropoint_key or "") or None,
+            max_stamps=int(self.stamps_max_per_observation) if flag(self.stamps_enabled) else None,
         )
         if summary["catalog_uri"]:
             context["ti"].xcom_push(key=DetectionCatalogLink().xcom_key, value=summary["catalog_uri"])

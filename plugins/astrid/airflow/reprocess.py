@@ -108,8 +108,8 @@ class ReprocessOperator(AstridBaseOperator):
     :param observed_from: ISO date(-time) lower bound on MJD-OBS ('' = open)
     :param observed_to: ISO date(-time) upper bound on MJD-OBS ('' = open)
     :param max_observations: at most this many in this run
-    :param max_image_side: / :param device: / :param star_residual_vetting: as for the U-Net
-        task (the DAG's ``default_args`` carry the configured values)
+    :param max_image_side: / :param device: / :param star_residual_vetting: / :param zeropoint_key:
+        as for the U-Net task (the DAG's ``default_args`` carry the configured values)
     """
 
     template_fields: Sequence[str] = astrid_template_fields(
@@ -121,6 +121,7 @@ class ReprocessOperator(AstridBaseOperator):
         "device",
         "max_image_side",
         "star_residual_vetting",
+        "zeropoint_key",
     )
     ui_color = "#ede7f6"
 
@@ -136,9 +137,11 @@ class ReprocessOperator(AstridBaseOperator):
         batch_size: int | str = 8,
         device: str = "auto",
         star_residual_vetting: str = "card",
+        zeropoint_key: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.zeropoint_key = zeropoint_key
         self.model, self.observed_from, self.observed_to = model, observed_from, observed_to
         self.max_observations, self.confidence_threshold = max_observations, confidence_threshold
         self.batch_size, self.device, self.max_image_side = batch_size, device, max_image_side
@@ -163,6 +166,7 @@ class ReprocessOperator(AstridBaseOperator):
             observed_to=self.observed_to or None,
             limit=int(self.max_observations),
             metrics=self.metrics,
+            zeropoint_key=str(self.zeropoint_key or "") or None,
         )
         self.log.info(
             "model version %s: %d reprocessed, %d failed, %d detections%s",
