@@ -448,6 +448,9 @@ def test_run_observations_and_the_observation_view(client, sky):
     assert client.get(f"/observations/{real}/frame.png", params={"kind": "reference"}).status_code == 422
     sky_obs = r.json()[0]["id"]  # catalog-only: its files do not exist
     assert client.get(f"/observations/{sky_obs}/frame.png").status_code == 404
+    without_files = client.get(f"/observations/{sky_obs}").json()  # its detections still show
+    assert without_files["frame_png"] is None and without_files["width"] is None
+    assert len(without_files["detections"]) > 0
     assert client.get("/observations/999999").status_code == 404
 
 

@@ -678,10 +678,10 @@ class ObservationView(BaseModel):
     mjd: float | None
     filter: str | None
     status: str
-    width: int = Field(description="frame width [pix]")
-    height: int = Field(description="frame height [pix]")
-    frame_png: str = Field(description="the whole frame, downsampled, relative to /astrid/")
-    frame_factor: int = Field(
+    width: int | None = Field(description="frame width [pix]; null when its file is not readable")
+    height: int | None = Field(description="frame height [pix]")
+    frame_png: str | None = Field(description="the whole frame, downsampled, relative to /astrid/")
+    frame_factor: int | None = Field(
         description="frame pixel (x, y) is PNG pixel ((x + 0.5) / f, rows - (y + 0.5) / f)"
     )
     detections: list[DetectionOut]
@@ -953,7 +953,10 @@ def add_detection_routes(app: FastAPI) -> None:
         """An observation, its frame's size and image, and its detections (one model version's, or
         all)."""
         obs = _observation(catalog, observation_id)
-        _png, factor, height, width = _frame(_storage(opener), obs, "science")
+        try:
+            _png, factor, height, width = _frame(_storage(opener), obs, "science")
+        except HTTPException:  # its files are gone or unreadable: the detections still stand
+            factor = height = width = None
         page = found.search(
             catalog,
             found.DetectionQuery(
@@ -965,7 +968,7 @@ def add_detection_routes(app: FastAPI) -> None:
             "status": getattr(obs["status"], "value", obs["status"]),
             "width": width,
             "height": height,
-            "frame_png": f"observations/{observation_id}/frame.png",
+            "frame_png": f"observations/{observation_id}/frame.png" if factor else None,
             "frame_factor": factor,
             "detections": [_with_links(r) for r in page.rows],
         }

@@ -49,8 +49,44 @@ class MLflowRunLink(_XComLink):
     name = "MLflow run"
 
 
-class DetectionCatalogLink(_XComLink):
+class _RunPageLink(BaseOperatorLink):
+    """A page of the status API about the task's DAG run, found by the run's catalog key.
+
+    The URL is relative (no leading ``/``): the Airflow UI resolves it against its own base URL,
+    so it works wherever Airflow is served (``[api] base_url`` with a path, a proxy prefix)."""
+
+    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
+        from astrid.airflow.base import catalog_run_key
+
+        return self.url(catalog_run_key(ti_key.dag_id, ti_key.run_id))
+
+    def url(self, run_key: str) -> str:
+        raise NotImplementedError
+
+
+class DetectionsLink(_RunPageLink):
+    """The AstrID page's view of the run: its observations and a gallery of its detections."""
+
+    name = "Detections"
+
+    def url(self, run_key: str) -> str:
+        from urllib.parse import quote
+
+        return f"astrid/ui#run={quote(run_key, safe='')}"
+
+
+class DetectionCatalogLink(_RunPageLink):
+    """The run's detection catalog as CSV, served by the status API from the catalog (a browser
+    cannot open the run's s3:// or file:// artifacts)."""
+
     name = "Detection catalog"
+
+    def url(self, run_key: str) -> str:
+        from urllib.parse import urlencode
+
+        from astrid.detections import MAX_LIMIT
+
+        return "astrid/detections?" + urlencode({"run_id": run_key, "format": "csv", "limit": MAX_LIMIT})
 
 
 class ClaimObservationsOperator(AstridBaseOperator):
@@ -174,7 +210,7 @@ class UNetInferenceOperator(AstridBaseOperator):
         "stamps_enabled",
         "stamps_max_per_observation",
     )
-    operator_extra_links = (MLflowRunLink(), DetectionCatalogLink())
+    operator_extra_links = (DetectionsLink(), DetectionCatalogLink(), MLflowRunLink())
     ui_color = "#e6f4ea"
 
     def __init__(
@@ -223,8 +259,6 @@ class UNetInferenceOperator(AstridBaseOperator):
             zeropoint_key=str(self.zeropoint_key or "") or None,
             max_stamps=int(self.stamps_max_per_observation) if flag(self.stamps_enabled) else None,
         )
-        if summary["catalog_uri"]:
-            context["ti"].xcom_push(key=DetectionCatalogLink().xcom_key, value=summary["catalog_uri"])
         if summary.get("mlflow_run_id"):
             context["ti"].xcom_push(
                 key=MLflowRunLink().xcom_key, value=registry.run_url(summary["mlflow_run_id"])
