@@ -24,10 +24,11 @@ inside), ``LTV1``/``LTV2`` (IRAF's offset: stamp pixel = frame pixel + LTV, 1-ba
 uses to show frame coordinates) and ``DETX``/``DETY`` (the detection in 1-based stamp pixels);
 the detection's measurements are ``DETSCORE``, ``DETFLUX``, ``DETSNR``, ``DETMAG``, ``DETRA``...
 
-Display (``astropy.visualization``): science, reference and difference get an asinh stretch
-between their own 0.25 and 99.75 percentiles (a faint host and a bright transient both stay
-visible), the probability a linear 0-1 scale. PNG rows run top-down, so north-up frames show as
-DS9 shows them (FITS row 0 at the bottom).
+Display (stretches of ``astropy.visualization``, limits per stamp): the difference linear over
+its median ± 5σ, which is what ZScale gives a noise-dominated stamp (ZScale itself costs ~2 ms a
+stamp); science and reference asinh from median − 3σ up to their 99.75th percentile; the
+probability linear 0-1. PNG rows run top-down, so north-up frames show as DS9 shows them (FITS
+row 0 at the bottom).
 
 Speed (see docs/benchmarks.md): a 2048² synthetic frame has ~90 detections and its inference
 takes about a second on this CPU, so a stamp must cost well under a millisecond. Display scaling
@@ -54,7 +55,7 @@ import numpy as np
 STAMP_SIZE = 63
 KINDS = ("science", "reference", "difference", "probability")
 PAD_RGB = (72, 52, 110)  # PNG colour of pixels outside the frame (no grey level can mean "no data")
-PERCENTILES = (0.25, 99.75)  # display range of science, reference, difference
+_QUANTILES = (15.8655, 50.0, 84.1345, 99.75)  # -1σ, median, +1σ of a Gaussian; the bright end
 _GREYS = 255  # palette indices 0-254 are greys, 255 is PAD_RGB
 _BLOCK = 2880
 
@@ -134,24 +135,41 @@ def cutout(triplet: Any, probability: np.ndarray, x: float, y: float, size: int 
 # -- PNG -------------------------------------------------------------------------------------------
 
 
+def _limits(flat: np.ndarray) -> np.ndarray:
+    """Per stamp (rows of ``flat``): the 15.87, 50, 84.13 and 99.75 percentiles of its finite
+    pixels, vectorised over the stamps inside the frame (padded ones one by one)."""
+    out = np.zeros((len(flat), len(_QUANTILES)))
+    whole = np.isfinite(flat).all(axis=1)
+    if whole.any():
+        out[whole] = np.percentile(flat[whole], _QUANTILES, axis=1).T
+    for i in np.flatnonzero(~whole):
+        finite = flat[i][np.isfinite(flat[i])]
+        if finite.size:
+            out[i] = np.percentile(finite, _QUANTILES)
+    return out
+
+
 def _display(images: np.ndarray, kind: str) -> np.ndarray:
-    """Palette indices (uint8) of a stack of stamps of one kind: 0-254 greys, 255 outside the frame."""
+    """Palette indices (uint8) of a stack of stamps of one kind: 0-254 greys, 255 outside the frame.
+
+    Difference: linear over median ± 5σ, what ZScale gives a noise-dominated stamp (a transient
+    saturates white, a subtraction residual shows dark and light). Science and reference: asinh
+    from median − 3σ to the 99.75th percentile (at least median + 10σ): sky visible, stars and
+    hosts not burnt out.
+    Probability: linear 0-1. σ is half the 15.87-84.13 percentile range (robust to the source)."""
     from astropy.visualization import AsinhStretch, LinearStretch
 
     data = np.asarray(images, dtype=np.float32)
-    flat = data.reshape(len(data), -1)
     if kind == "probability":
         lo, hi = np.zeros(len(data)), np.ones(len(data))
         stretch = LinearStretch()
     else:
-        lo, hi = np.empty(len(data)), np.empty(len(data))
-        whole = np.isfinite(flat).all(axis=1)
-        if whole.any():  # one vectorised call for the stamps inside the frame
-            lo[whole], hi[whole] = np.percentile(flat[whole], PERCENTILES, axis=1)
-        for i in np.flatnonzero(~whole):  # padded stamps: their finite pixels only
-            finite = flat[i][np.isfinite(flat[i])]
-            lo[i], hi[i] = np.percentile(finite, PERCENTILES) if finite.size else (0.0, 1.0)
-        stretch = AsinhStretch()
+        low, median, high, top = _limits(data.reshape(len(data), -1)).T
+        sigma = (high - low) / 2.0
+        if kind == "difference":
+            lo, hi, stretch = median - 5.0 * sigma, median + 5.0 * sigma, LinearStretch()
+        else:
+            lo, hi, stretch = median - 3.0 * sigma, np.maximum(top, median + 10.0 * sigma), AsinhStretch(0.3)
     span = np.where(hi > lo, hi - lo, 1.0)
     scaled = stretch(np.clip((data - lo[:, None, None]) / span[:, None, None], 0.0, 1.0))
     index = np.floor(scaled * (_GREYS - 1) + 0.5)

@@ -270,7 +270,8 @@ function detectionCard(d) {
   const stamp = d.stamp_png
     ? el("img", { class: "stamp", src: d.stamp_png, alt: `stamps of detection ${d.id}`, loading: "lazy", width: "252", height: "63" })
     : el("div", { class: "stamp none muted" }, "no stamps written (beyond the per-observation limit, or off)");
-  const card = el("article", { class: "card", id: `det-${d.id}`, dataset: { id: String(d.id), score: String(d.score) } },
+  // no id attribute: the run's gallery and an observation's may both hold this detection's card
+  const card = el("article", { class: "card", dataset: { id: String(d.id), score: String(d.score) } },
     stamp,
     el("div", { class: "stamp-labels muted" }, el("span", {}, "science"), el("span", {}, "reference"), el("span", {}, "difference"), el("span", {}, "probability")),
     el("dl", {}, ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
@@ -376,7 +377,7 @@ function drawFrame(obs) {
 
 function highlight(id, scroll) {
   for (const node of document.querySelectorAll(".card.selected, #frame-overlay circle.selected")) node.classList.remove("selected");
-  const card = document.getElementById(`det-${id}`);
+  const card = document.querySelector(`.view:not([hidden]) .card[data-id="${id}"]`);
   const circle = document.querySelector(`#frame-overlay circle[data-id="${id}"]`);
   if (card) { card.classList.add("selected"); if (scroll) card.scrollIntoView({ block: "center" }); }
   if (circle) circle.classList.add("selected");
