@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -228,10 +229,59 @@ class InferenceSchedulingConfig:
         "pre-flight: skip run above this GPU memory use",
         default=95.0,
     )
+    # -- arrival: ingestion and the "observation arrived" doorbell (astrid.ingest, astrid.events)
+    ingest_mode: str = _env(
+        "ASTRID_INFERENCE_INGEST_MODE",
+        "copy (files copied into the storage root: immutable, the default) or reference (registered "
+        "in place; they must already lie under the storage root)",
+        default="copy",
+    )
+    ingest_roots: str = _env(
+        "ASTRID_INFERENCE_INGEST_ROOTS",
+        "extra roots (comma separated file:// or s3:// URIs) POST /astrid/observations may read "
+        "from, besides the storage root; the CLI reads any path its user can",
+        default="",
+    )
+    events_enabled: bool = _env(
+        "ASTRID_INFERENCE_EVENTS_ENABLED",
+        "publish an observation-arrived message after each ingest and run the realtime DAG on it "
+        "(false: cron only)",
+        default=True,
+    )
+    events_url: str = _env(
+        "ASTRID_INFERENCE_EVENTS_URL",
+        "where arrivals are published: redis://host:port/db (pub/sub) or an SQS queue URL; the "
+        "triggerer listens through the Airflow connection astrid_events (same Redis) or aws_default (SQS)",
+        default="redis://127.0.0.1:6379/0",
+    )
+    events_channel: str = _env(
+        "ASTRID_INFERENCE_EVENTS_CHANNEL", "Redis pub/sub channel of arrivals", default="astrid.observations"
+    )
+    events_poll_seconds: float = _env(
+        "ASTRID_INFERENCE_EVENTS_POLL_SECONDS",
+        "how often the triggerer polls for an arrival (0.05-60; see docs/benchmarks.md)",
+        default=0.5,
+    )
+    zeropoint_key: str = _env(
+        "ASTRID_INFERENCE_ZEROPOINT_KEY",
+        "science-header keyword of the AB zero point, tried before MAGZP, PHOTZP and MAGZPT",
+        default="",
+    )
+    stamps_enabled: bool = _env(
+        "ASTRID_INFERENCE_STAMPS_ENABLED",
+        "write science/reference/difference/probability cutouts of each detection (PNG + FITS)",
+        default=True,
+    )
+    stamps_max_per_observation: int = _env(
+        "ASTRID_INFERENCE_STAMPS_MAX_PER_OBSERVATION",
+        "stamps for at most this many detections per observation (highest scores first)",
+        default=200,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
             _validate(f.name, f.metadata["env"], getattr(self, f.name))
+        object.__setattr__(self, "events_url", self.events_url.strip())
         # validated case-insensitively (so errors show the value as given), stored upper-case
         object.__setattr__(self, "log_level", self.log_level.upper())
 
@@ -265,6 +315,17 @@ class InferenceSchedulingConfig:
     def vetting_level(self) -> float | str | None:
         """``"card"``, ``None`` (off) or a z level: what ``InferenceEngine.analyse(min_excess=)`` takes."""
         return parse_vetting("ASTRID_INFERENCE_STAR_RESIDUAL_VETTING", self.star_residual_vetting)
+
+    @property
+    def events_kind(self) -> str | None:
+        """``"redis"``, ``"sqs"``, or ``None`` when events are switched off."""
+        if not self.events_enabled:
+            return None
+        return "redis" if self.events_url.startswith(("redis://", "rediss://")) else "sqs"
+
+    @property
+    def ingest_root_uris(self) -> list[str]:
+        return [r.strip() for r in self.ingest_roots.split(",") if r.strip()]
 
     @property
     def alert_recipients(self) -> list[str]:
@@ -354,12 +415,53 @@ def _vetting(env: str, value: str) -> None:
     parse_vetting(env, value)
 
 
+_SQS_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?/[0-9]+/[A-Za-z0-9_-]{1,80}(\.fifo)?$")
+_REDIS_URL = re.compile(r"^rediss?://[^\s/]+(/[0-9]{1,2})?$")
+
+
+def _events_url(env: str, value: str) -> None:
+    value = value.strip()
+    if not (_REDIS_URL.match(value) or _SQS_URL.match(value)):
+        raise ConfigError(
+            f"{env}={_shown(value)} is neither a Redis URL (redis://host:6379/0) nor an SQS queue URL "
+            "(https://sqs.<region>.amazonaws.com/<account>/<queue>)"
+        )
+
+
+def _shown(value: str) -> str:
+    """A URL for an error message, its password masked."""
+    return repr(re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", value))
+
+
+def _channel(env: str, value: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", value):
+        raise ConfigError(f"{env}={value!r} must be 1-128 letters, digits or . _ : -")
+
+
+def _poll_seconds(env: str, value: float) -> None:
+    if not 0.05 <= value <= 60:
+        raise ConfigError(f"{env}={value!r} must lie between 0.05 and 60 seconds")
+
+
+def _ingest_roots(env: str, value: str) -> None:
+    for root in (r.strip() for r in value.split(",")):
+        if root and not re.match(r"^(file://|s3://[a-z0-9][a-z0-9.-]{1,62}|/)", root):
+            raise ConfigError(f"{env}: {root!r} is not a file://, s3://bucket or absolute-path root")
+
+
 def _one_of(choices: tuple[str, ...], fold: Callable[[str], str] = str) -> Callable[[str, str], None]:
     def check(env: str, value: str) -> None:
         if fold(value) not in choices:
             raise ConfigError(f"{env}={value!r} is not one of {', '.join(choices)}")
 
     return check
+
+
+def _fits_keyword(env: str, value: str) -> None:
+    if value and not re.fullmatch(r"[A-Za-z0-9_-]{1,8}", value):
+        raise ConfigError(
+            f"{env}={value!r} is not a FITS keyword: 1-8 letters, digits, '_' or '-' (e.g. MAGZP)"
+        )
 
 
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
@@ -375,6 +477,12 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "drift_p_value": _open_fraction,
     "max_memory_percent": _percent,
     "max_gpu_memory_percent": _percent,
+    "ingest_mode": _one_of(("copy", "reference")),
+    "ingest_roots": _ingest_roots,
+    "events_url": _events_url,
+    "events_channel": _channel,
+    "events_poll_seconds": _poll_seconds,
+    "zeropoint_key": _fits_keyword,
 }
 
 
@@ -414,6 +522,8 @@ def configuration_markdown() -> str:
         "`mlflow_default` (tracking URI), `smtp_default`, optional `slack_webhook_default`.",
         "Without them: `ASTRID_CATALOG_URL`, `ASTRID_STORAGE_ROOT`, `MLFLOW_TRACKING_URI`, then the",
         "embedded defaults under `AIRFLOW_HOME/astrid/`. `ASTRID_MODEL_PATH` overrides the shipped model.",
+        "`astrid_events` (Redis, the triggerer's side of `ASTRID_INFERENCE_EVENTS_URL`; `make up` and the",
+        "compose file define it from that variable) or `aws_default` (SQS).",
         "",
     ]
     return "\n".join(lines)

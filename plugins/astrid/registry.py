@@ -24,7 +24,15 @@ MODEL_NAME = "astrid-unet"
 INFERENCE_EXPERIMENT = "astrid-inference"
 VALIDATION_EXPERIMENT = "astrid-validation"
 TRAINING_EXPERIMENT = "astrid-training"
+MLFLOW_UI_ENV = "ASTRID_MLFLOW_UI_URL"  # where browsers reach the MLflow UI (links in Airflow)
 CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def reference_for(value: str) -> str:
+    """``champion``/``challenger`` → ``models:/astrid-unet@<alias>``; anything else as given (a
+    version number, a ``models:/`` URI or a path, for :meth:`ModelRegistry.resolve`)."""
+    value = str(value).strip()
+    return f"models:/{MODEL_NAME}@{value}" if value in (CHAMPION, CHALLENGER) else value
 
 
 def verify_model_dir(model_dir: str | Path) -> Any:
@@ -159,12 +167,14 @@ class ModelRegistry:
                 self.client.log_metric(run_id, key, float(value))
 
     def run_url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI: under ``ASTRID_MLFLOW_UI_URL`` when set (the address a
+        browser reaches; the tracking URI is often a container-only name like http://mlflow:5000),
+        else under an http(s) tracking URI, else http://localhost:5000."""
+        from astrid.status import safe_http_url
+
         run = self.client.get_run(run_id)
-        base = (
-            self.tracking_uri
-            if self.tracking_uri.startswith("http")
-            else os.environ.get("ASTRID_MLFLOW_UI_URL", "http://localhost:5000")
-        )
+        ui = safe_http_url(os.environ.get(MLFLOW_UI_ENV), default="")
+        base = ui or (self.tracking_uri if self.tracking_uri.startswith("http") else "http://localhost:5000")
         return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
     # -- registry -------------------------------------------------------------------------

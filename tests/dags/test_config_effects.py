@@ -237,6 +237,23 @@ def inference(key: str) -> Callable[[], Any]:
     return probe
 
 
+def stored(measure: Callable[[list[dict[str, Any]]], Any]) -> Callable[[], Any]:
+    """One real U-Net run of the realtime infer task; ``measure`` of the detections it stored."""
+
+    def probe() -> Any:
+        from astrid.airflow.hooks import CatalogHook
+
+        inference("processed_count")()
+        return measure(CatalogHook().get_conn().detections())
+
+    return probe
+
+
+def stamped(rows: list[dict[str, Any]]) -> int:
+    assert len(rows) >= 2, "the probe needs two detections to tell a stamp limit of 1 apart"
+    return sum(bool(r["stamp_uri"]) for r in rows)
+
+
 def report_effect(summary: dict[str, Any], earlier_zero_runs: int, notified: list) -> Callable[[], int]:
     """Degradation alerts the realtime report task raises for ``summary`` after earlier runs that
     processed observations and found nothing."""
@@ -341,6 +358,9 @@ RUNTIME = {  # probes that need the seeded catalog, storage and MLflow store
     "ASTRID_INFERENCE_STAR_RESIDUAL_VETTING",
     "ASTRID_INFERENCE_MIN_SUCCESS_RATE",
     "ASTRID_INFERENCE_ZERO_DETECTION_RUNS",
+    "ASTRID_INFERENCE_ZEROPOINT_KEY",
+    "ASTRID_INFERENCE_STAMPS_ENABLED",
+    "ASTRID_INFERENCE_STAMPS_MAX_PER_OBSERVATION",
 }
 
 
@@ -404,6 +424,11 @@ def effects(tmp: Path, notified: list) -> dict[str, tuple[str, Callable[[], Any]
         "ASTRID_INFERENCE_MAX_MEMORY_PERCENT": ("50", preflight(memory_percent=60), None),
         "ASTRID_INFERENCE_MAX_LOAD_PER_CPU": ("1", preflight(load_per_cpu=2), None),
         "ASTRID_INFERENCE_MAX_GPU_MEMORY_PERCENT": ("50", preflight(gpu_percent=60), None),
+        # the synthetic header's zero point is MAGZPT; a configured key is tried first (EXPTIME: a
+        # number in the plausible range, so the magnitudes move by EXPTIME - MAGZPT)
+        "ASTRID_INFERENCE_ZEROPOINT_KEY": ("EXPTIME", stored(lambda rows: [r["mag"] for r in rows]), None),
+        "ASTRID_INFERENCE_STAMPS_ENABLED": ("false", stored(stamped), 0),
+        "ASTRID_INFERENCE_STAMPS_MAX_PER_OBSERVATION": ("1", stored(stamped), 1),
     }
 
 

@@ -25,7 +25,8 @@ SCHEDULES = {
 
 
 def _cron_of(dag) -> str | None:
-    return getattr(dag.timetable, "expression", None)
+    timetable = getattr(dag.timetable, "timetable", dag.timetable)  # AssetOrTimeSchedule wraps a cron
+    return getattr(timetable, "expression", None)
 
 
 @pytest.fixture(scope="module")

@@ -296,10 +296,10 @@ def test_plugin_import_is_light_and_declares_app_view_and_links() -> None:
     assert info["name"] == "astrid"
     assert info["apps"] == [["/astrid", "AstrID status API"]]
     page = info["views"][0]
-    assert page["name"] == "AstrID" and page["href"] == "/astrid/ui" and page["url_route"] == "astrid"
+    assert page["name"] == "AstrID" and page["href"] == "astrid/ui" and page["url_route"] == "astrid"
     assert page["nav_top_level"] is True
     assert info["views"][1]["href"] == "https://grafana.example/d/astrid"
-    assert info["links"] == ["MLflow run", "Detection catalog"]
+    assert info["links"] == ["Detections", "Detection catalog", "MLflow run"]
 
 
 def test_plugin_discovery_loads_the_plugin_once_without_errors(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference, Param
 
+from astrid.airflow.arrival import realtime_schedule
 from astrid.airflow.callbacks import RecordFailedRun
 from astrid.airflow.hooks import CatalogHook
 from astrid.airflow.notifiers import AstridNotifier
@@ -41,6 +42,9 @@ OPERATOR_SETTINGS = (
     "max_memory_percent",
     "max_load_per_cpu",
     "max_gpu_memory_percent",
+    "zeropoint_key",
+    "stamps_enabled",
+    "stamps_max_per_observation",
 )
 
 
@@ -87,8 +91,13 @@ def default_args(
             catalog_conn_id=catalog_conn_id,
         ),
         "catalog_conn_id": catalog_conn_id,
-        **{name: getattr(config, name) for name in OPERATOR_SETTINGS},
+        **operator_settings(config),
     }
+
+
+def operator_settings(config: InferenceSchedulingConfig) -> dict[str, Any]:
+    """:data:`OPERATOR_SETTINGS` with their configured values (for ``default_args``)."""
+    return {name: getattr(config, name) for name in OPERATOR_SETTINGS}
 
 
 def deadline(kind: str, config: InferenceSchedulingConfig, catalog_conn_id: str) -> DeadlineAlert:
@@ -205,6 +214,8 @@ def dag_kwargs(
     row = dag_kind(kind)
     if row.schedule_setting is None:
         schedule = assets if config.enabled(kind) else None
+    elif kind == "realtime":  # on each arrival message or on its cron (astrid.airflow.arrival)
+        schedule = realtime_schedule(config)
     else:
         schedule = config.schedule(kind)
     failure_callback = RecordFailedRun(kind, catalog_conn_id=catalog_conn_id) if row.records_runs else None

@@ -242,6 +242,12 @@ def _celestial_wcs(header: fits.Header, shape: tuple[int, int], what: str, probl
         return None
 
 
+def read_image(path: Any, role: str = "image", *, max_side: int = 8192) -> tuple[np.ndarray, fits.Header]:
+    """One image and its header, read and checked as :func:`load_triplet` reads each of its files
+    (``FitsError`` naming the file and the problem)."""
+    return _read_image(to_path(path), role, max_side, [])
+
+
 def load_triplet(
     science: Any,
     reference: Any,

@@ -5,10 +5,12 @@
     astrid detect --science S.fits --reference R.fits [--difference D.fits] [--threshold 0.5]
                   [--model PATH] [--device auto] [--vetting card|off|Z] --output catalog.csv
 
-writes a CSV whose header is exactly ``x,y,ra,dec,score,flux`` (one row per detection, 0-based
-pixel coordinates, ``ra``/``dec`` in degrees and empty without a WCS). Bad inputs exit non-zero
-with one clear line on stderr and leave no output file: the catalog is written to a temporary
-file next to ``--output`` and renamed into place only when complete.
+writes a CSV whose header starts with exactly ``x,y,ra,dec,score,flux`` (one row per detection,
+0-based pixel coordinates, ``ra``/``dec`` in degrees and empty without a WCS), followed by the
+photometry ``flux_err,snr,mag,mag_err`` (:mod:`astrid.photometry`; ``mag``/``mag_err`` empty
+without a zero point in the header). Bad inputs exit non-zero with one clear line on stderr and
+leave no output file: the catalog is written to a temporary file next to ``--output`` and renamed
+into place only when complete.
 """
 
 from __future__ import annotations
@@ -263,7 +265,11 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         default="card",
         help="star-residual vetting: card (the model card's level, default), off, or a z level such as 2.5",
     )
-    p.add_argument("--output", required=True, help="CSV catalog to write (x,y,ra,dec,score,flux)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="CSV catalog to write (x,y,ra,dec,score,flux,flux_err,snr,mag,mag_err)",
+    )
     p.set_defaults(func=_run_detect)
 
 
@@ -296,8 +302,10 @@ def write_catalog_atomic(path: str | os.PathLike, detections: list) -> Path:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
+    from astrid.config import load_config
     from astrid.imaging.fits import load_triplet
     from astrid.ml.engine import get_engine
+    from astrid.photometry import measure
 
     started = time.perf_counter()
     triplet = load_triplet(args.science, args.reference, args.difference)
@@ -305,6 +313,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         print(f"astrid detect: warning: {problem}", file=sys.stderr)
     engine = get_engine(args.model or _default_model(), device=args.device, batch_size=args.batch_size)
     detections = engine.analyse(triplet, args.threshold, args.vetting)[1]
+    detections = measure(detections, triplet, zeropoint_key=load_config().zeropoint_key)
     write_catalog_atomic(args.output, detections)
     h, w = triplet.difference.shape
     print(
