@@ -283,7 +283,9 @@ def make_pair(
                 kind = "blank"
                 x, y = t_rng.uniform(edge, size - 1 - edge, 2)
             far_bright = np.all((sx[bright] - x) ** 2 + (sy[bright] - y) ** 2 > (8 * max(seeing_fwhm)) ** 2)
-            far_other = all((x - a) ** 2 + (y - b) ** 2 > (6 * max(seeing_fwhm)) ** 2 for a, b in zip(tx, ty))
+            far_other = all(
+                (x - a) ** 2 + (y - b) ** 2 > (6 * max(seeing_fwhm)) ** 2 for a, b in zip(tx, ty, strict=True)
+            )
             if edge < x < size - 1 - edge and edge < y < size - 1 - edge and far_bright and far_other:
                 tx.append(float(x))
                 ty.append(float(y))

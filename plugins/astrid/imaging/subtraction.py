@@ -78,14 +78,16 @@ SATURATED = 2
 MIN_SIDE = 64  # below this there is no room for a kernel, its stamps and a background mesh
 DETECT_SIGMA = 5.0
 ALIGN_STARS = 300  # brightest stars of each image used to register them
-MIN_ALIGN_MATCHES = 6
+ASTERISM_STARS = 30  # brightest of those given to asterism matching (50: 4× slower to fail, no better)
+MIN_ALIGN_MATCHES = 6  # star pairs for an asterism registration (and for an affine WCS correction)
+MIN_WCS_MATCHES = 3  # star pairs that confirm a WCS (fewer than 6: only a shift is corrected)
 AFFINE_TOLERANCE = 0.01  # px: a map this close to affine is resampled with the affine fast path
-# Alard-Lupton basis: Gaussian σ in units of the seeing-difference σ, and the polynomial degree of
-# each. The fourth, wide and plain Gaussian carries the PSF wings: without it the kernel sum came out
-# 0.7 % low on Moffat PSFs (measured, docs/subtraction.md).
-BASIS_WIDTHS = (0.5, 1.0, 2.0, 4.0)
-BASIS_DEGREES = (6, 4, 2, 0)
-KERNEL_REACH_SIGMA = 2.5  # kernel half-width in units of the widest σ
+# Alard-Lupton basis (the ISIS/HOTPANTS default): Gaussian σ in units of the seeing-difference σ, and
+# the polynomial degree of each. A fourth, wide Gaussian fitted Moffat wings better on large frames
+# but made the kernel sum unstable (±8 %) with the ~10 stars of a small frame (docs/subtraction.md).
+BASIS_WIDTHS = (0.5, 1.0, 2.0)
+BASIS_DEGREES = (6, 4, 2)
+KERNEL_REACH_SIGMA = 3.0  # kernel half-width in units of the widest σ
 MIN_BASIS_SIGMA = 0.8  # px: floor of that σ (same seeing still needs shifts and shape terms)
 HOLDOUT_EVERY = 5  # one kernel star in this many grades the fit instead of entering it
 HALF_FWHM = 1.5  # fitted stamp half-size in units of the larger FWHM
@@ -187,6 +189,11 @@ def _as_image(array: Any, role: str) -> np.ndarray:
         raise SubtractionError(
             f"the {role} image is mostly NaN/inf ({finite.mean():.1%} finite): it has no usable pixels"
         )
+    values = a[finite]
+    if values.min() == values.max():
+        raise SubtractionError(
+            f"the {role} image is constant ({values[0]:g}): it has no noise, so it is not a sky image"
+        )
     return a
 
 
@@ -224,7 +231,9 @@ def _prepare(image: np.ndarray, header: fits.Header | None, role: str) -> _Image
     data[bad] = 0.0
     global_rms = float(bkg.globalrms)
     if not global_rms > 0:
-        raise SubtractionError(f"the {role} image has no noise (constant pixels): it is not a sky image")
+        raise SubtractionError(
+            f"the {role} image has no noise (its background RMS is {global_rms:g}): it is not a sky image"
+        )
     sky = float(np.median(back[:: max(1, back.shape[0] // 256), :: max(1, back.shape[1] // 256)]))
     gain, gain_source = _header_float(header, "GAIN"), "header GAIN"
     if gain is None:
@@ -419,25 +428,34 @@ def _match(px: np.ndarray, py: np.ndarray, rx: np.ndarray, ry: np.ndarray, radiu
 
 
 def _refine(
-    shape: tuple[int, int], guess: _PixelMap, sci: np.ndarray, ref: np.ndarray, radius: float
+    shape: tuple[int, int],
+    guess: _PixelMap,
+    sci: np.ndarray,
+    ref: np.ndarray,
+    radius: float,
+    min_matches: int,
 ) -> tuple[_PixelMap, float, int] | None:
     """Match science stars (mapped by ``guess``) to reference stars within ``radius`` and fit an
-    affine correction with 3σ clipping: ``(corrected map, rms, matches)``, or ``None``."""
+    affine correction (a shift with fewer than MIN_ALIGN_MATCHES pairs) with 3σ clipping:
+    ``(corrected map, rms, matches)``, or ``None`` with fewer than ``min_matches`` pairs."""
     px, py = guess(sci["x"], sci["y"])
     i, j = _match(px, py, ref["x"], ref["y"], radius)
-    if len(i) < MIN_ALIGN_MATCHES:
+    if len(i) < min_matches:
         return None
     sx, sy, dx, dy = sci["x"][i], sci["y"][i], ref["x"][j] - px[i], ref["y"][j] - py[i]
     keep = np.ones(len(i), bool)
     for _ in range(5):
-        corr = _PixelMap.fit(guess.frame, sx[keep], sy[keep], dx[keep], dy[keep], 1)
+        order = 1 if keep.sum() >= MIN_ALIGN_MATCHES else 0
+        corr = _PixelMap.fit(guess.frame, sx[keep], sy[keep], dx[keep], dy[keep], order)
         cx, cy = corr(sx, sy)
         resid = np.hypot(dx - cx, dy - cy)
-        rms = float(np.sqrt(np.mean(resid[keep] ** 2)))
-        new = resid <= max(3.0 * rms, 0.05)
-        if new.sum() < MIN_ALIGN_MATCHES or np.array_equal(new, keep):
+        # robust clipping: the median 2-D residual (≈ 1.18 σ) is blind to the few false pairs
+        # (a transient next to a star) that would inflate an rms-based threshold
+        new = resid <= max(3.0 * float(np.median(resid[keep])), 0.1)
+        if new.sum() < min_matches or np.array_equal(new, keep):
             break
         keep = new
+    rms = float(np.sqrt(np.mean(resid[keep] ** 2)))
     gx, gy = _grid(shape)
     bx, by = guess(gx, gy)
     cx, cy = corr(gx, gy)
@@ -470,7 +488,9 @@ def _asterism_map(s: np.ndarray, r: np.ndarray, shape: tuple[int, int]) -> _Pixe
         return None
     try:
         transform, _ = astroalign.find_transform(
-            np.column_stack([s["x"], s["y"]]), np.column_stack([r["x"], r["y"]]), max_control_points=50
+            np.column_stack([s["x"], s["y"]]),
+            np.column_stack([r["x"], r["y"]]),
+            max_control_points=ASTERISM_STARS,
         )
     except (astroalign.MaxIterError, ValueError, TypeError, IndexError) as exc:
         log.info("asterism matching failed: %s", exc)
@@ -489,17 +509,17 @@ def _align(sci: _Image, ref: _Image, max_rms: float) -> _Alignment:
     wcs_map = _wcs_map(sci, ref, shape) if sci.wcs is not None and ref.wcs is not None else None
     if wcs_map is not None:
         for radius in (3.0, 8.0):
-            refined = _refine(shape, wcs_map, s, r, radius)
+            refined = _refine(shape, wcs_map, s, r, radius, MIN_WCS_MATCHES)
             if refined is not None and refined[1] <= max_rms:
                 return _Alignment(refined[0], "wcs+stars", refined[1], refined[2], notes)
-        if len(s) < MIN_ALIGN_MATCHES or len(r) < MIN_ALIGN_MATCHES:
+        if len(s) < MIN_WCS_MATCHES or len(r) < MIN_WCS_MATCHES:
             notes.append(f"too few stars to check the WCS ({len(s)} science, {len(r)} reference): used as is")
             return _Alignment(wcs_map, "wcs", None, 0, notes)
         notes.append("the WCS disagrees with the stars: registered by asterism matching instead")
     else:
         notes += [f"{img.role}: {img.wcs_problem or 'no celestial WCS'}" for img in (sci, ref)]
     guess = _asterism_map(s, r, shape)
-    refined = _refine(shape, guess, s, r, 2.0) if guess is not None else None
+    refined = _refine(shape, guess, s, r, 2.0, MIN_ALIGN_MATCHES) if guess is not None else None
     if refined is not None and refined[1] <= max_rms:
         return _Alignment(refined[0], "asterism", refined[1], refined[2], notes)
     if wcs_map is not None:
@@ -977,7 +997,7 @@ def _subtract(
     fit_idx, qa_idx = candidates[~holdout], candidates[holdout]
     if len(fit_idx) < min_kernel_stars:
         raise KernelFitError(
-            f"only {len(fit_idx)} isolated, unsaturated stars with whole stamps in the overlap (need "
+            f"only {len(fit_idx)} unsaturated stars bright enough, with whole stamps in the overlap (need "
             f"≥ {min_kernel_stars}) to fit the PSF-matching kernel: pass deeper or larger images, or a "
             f"ready-made difference"
         )
