@@ -67,6 +67,32 @@ class Pair:
         w = _blend_weight(np.array([x]), np.array([y]), self.science.shape)[0]
         return (1.0 - w) * self.params["_psf_a"] + w * self.params["_psf_b"]
 
+    def matching_kernel_power(self) -> float:
+        """Σ K² of the ideal kernel (sum 1) that turns the reference PSF into the science PSF at the
+        frame centre: how much of the reference's per-pixel variance a PSF-matched subtraction
+        carries into the difference (per unit flux scale²)."""
+        c = (self.science.shape[0] - 1) / 2
+        target, source = self.science_psf(c, c), self.params["_psf_r"]
+        n = target.shape[0]
+        ft, fs = np.fft.rfft2(np.fft.ifftshift(target)), np.fft.rfft2(np.fft.ifftshift(source))
+        power = (fs * fs.conj()).real
+        k = np.fft.irfft2(ft * fs.conj() / (power + 1e-6 * power.max()), s=(n, n))
+        k /= k.sum()
+        return float((k * k).sum())
+
+    def expected_variance(self, kernel_power: float | None = None) -> np.ndarray:
+        """Noiseless variance of a PSF-matched difference on the science grid: the science's own
+        variance plus the reference's (sampled at the true positions, scaled to science flux) through
+        a kernel of Σ K² = ``kernel_power`` (default :meth:`matching_kernel_power`)."""
+        from scipy import ndimage
+
+        k2 = self.matching_kernel_power() if kernel_power is None else kernel_power
+        h, w = self.science.shape
+        ys, xs = np.mgrid[0:h, 0:w]
+        rx, ry = self.reference_wcs.world_to_pixel_values(*self.science_wcs.pixel_to_world_values(xs, ys))
+        ref_var = ndimage.map_coordinates(self.reference_variance, [ry, rx], order=1, mode="nearest")
+        return self.science_variance + k2 * ref_var / self.params["flux_ratio"] ** 2
+
 
 def moffat(radius: int, fwhm: float, beta: float, ell: float = 0.0, angle: float = 0.0) -> np.ndarray:
     """Pixel-integrated (5× super-sampled) elliptical Moffat on a (2r+1)² stamp, sum 1."""

@@ -100,15 +100,6 @@ def _chi2(difference: np.ndarray, variance: np.ndarray, x: float, y: float, radi
     return float(np.mean(difference[rr[ap], cc[ap]] ** 2 / variance[rr[ap], cc[ap]]))
 
 
-def _true_variance(pair: Pair, result: Subtraction) -> np.ndarray:
-    """Science variance (truth) + the reference's, through the kernel: the fitted noise map's
-    reference term is what the kernel really did to the reference noise, so take it from the map
-    minus the map's own science term estimate is circular; instead use the truth reference
-    variance at the star (same pixel scale) scaled by the flux ratio², times Σ K² ≤ 1."""
-    ref_var = float(np.median(pair.reference_variance)) / pair.params["flux_ratio"] ** 2
-    return pair.science_variance + ref_var  # Σ K² ≤ 1: an upper bound of the reference term
-
-
 @pytest.fixture(scope="module")
 def pair() -> Pair:
     return make_pair(11, SIZE, **COMMON)
@@ -184,7 +175,7 @@ def test_stars_are_subtracted_to_the_noise(pair: Pair, result: Subtraction) -> N
     idx = _bright_stars(pair, result)
     assert len(idx) >= 8
     radius = 1.5 * max(pair.params["seeing_fwhm"])
-    var = _true_variance(pair, result)
+    var = pair.expected_variance()
     ours = [_chi2(result.difference, var, pair.stars["x"][i], pair.stars["y"][i], radius) for i in idx]
     plain = pair.science - pair.reference  # what load_triplet does today without a difference
     naive = [

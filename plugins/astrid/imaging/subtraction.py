@@ -871,13 +871,38 @@ def _star_chi2(
     return np.where(np.all(np.isfinite(chi), axis=1), np.mean(chi * chi, axis=1), np.nan)
 
 
+def _photons(data: np.ndarray, gain: float | None) -> np.ndarray:
+    """Photon-noise variance of what sits on the sky (0 when the gain is unknown)."""
+    if gain is None:
+        return np.zeros(data.shape, dtype=np.float32)
+    return np.maximum(data, 0.0) * np.float32(1.0 / gain)
+
+
 def _variance(data: np.ndarray, background_var: Any, gain: float | None) -> np.ndarray:
-    """Background variance plus the photon noise of what sits on the sky (when the gain is known)."""
-    var = np.zeros(data.shape, dtype=np.float32)
-    var += np.asarray(background_var, dtype=np.float32)
-    if gain is not None:
-        var += np.maximum(data, 0.0) / np.float32(gain)
-    return var
+    """Background variance plus the photon noise of what sits on the sky."""
+    return _photons(data, gain) + np.asarray(background_var, dtype=np.float32)
+
+
+def _spread(variance: np.ndarray, k2: np.ndarray) -> np.ndarray:
+    """A variance map through a convolution: ``variance ⊗ K²`` (0 stays 0)."""
+    if not variance.any():
+        return variance
+    return np.maximum(_convolve(variance, k2[None])[0], 0.0)
+
+
+def _calibrate(difference: np.ndarray, bg_var: np.ndarray, src_var: np.ndarray, masked: np.ndarray) -> float:
+    """Factor for the background variance that makes sky pixels of the difference scatter as the
+    noise map says (robust: 1.4826 × MAD of their pulls). SEP's background RMS of a crowded field
+    includes the confusion noise of unresolved stars, which the subtraction removes: without this
+    the noise map came out 12 % high there (docs/subtraction.md). 1.0 when too few sky pixels."""
+    step = max(1, int(math.sqrt(difference.size / 250_000)))
+    d, b, p, m = (a[::step, ::step] for a in (difference, bg_var, src_var, masked))
+    sky = ~m & (p < 0.1 * b) & np.isfinite(d)
+    if sky.sum() < 1000:
+        return 1.0
+    pull = d[sky] / np.sqrt(b[sky] + p[sky])
+    sigma = 1.4826 * float(np.median(np.abs(pull - np.median(pull))))
+    return float(np.clip(sigma * sigma, 0.25, 4.0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -987,7 +1012,6 @@ def _subtract(
     sci_bad = np.pad(sci.bad, pad, constant_values=True)
     sci_sat = np.pad(sci.saturated, pad)
     var_sci = _variance(sci_data, np.pad(sci.rms, pad, mode="edge") ** 2, sci.gain)
-    var_ref = _variance(ref_al, ref.global_rms**2, ref.gain)
     half = int(np.clip(math.ceil(HALF_FWHM * max(fwhm_sci, fwhm_ref)), 5, 40))
     usable = footprint & ~sci_bad & ~sci_sat & ~ref_sat
     candidates = _kernel_stars(sci, usable, pad, half, half + pad, max_kernel_stars * HOLDOUT_EVERY // 4)
@@ -1007,7 +1031,8 @@ def _subtract(
     if convolve_reference:
         source, target, target_var, target_gain = ref_al, sci_data, var_sci, sci.gain
     else:
-        source, target, target_var, target_gain = sci_data, ref_al, var_ref, ref.gain
+        source, target, target_gain = sci_data, ref_al, ref.gain
+        target_var = _variance(ref_al, ref.global_rms**2, ref.gain)
     kernel, fit_stats, kept = _fit_kernel(
         source, target, target_var, target_gain, sci.stars["x"][fit_idx], sci.stars["y"][fit_idx],
         alignment.pixel_map.frame, pad, basis, half, order, background_order, min_kernel_stars,
@@ -1033,15 +1058,21 @@ def _subtract(
             kernel.bg_coef, _polynomial_image(frame, padded, pad, background_order), strict=True
         )
     )
+    # noise: a background part (sky + read noise as SEP measured it) and the photon noise of the
+    # sources, the convolved side's through K² (the kernel at the frame centre)
     k_centre = kernel.at(frame.cx, frame.cy)
-    (spread,) = _convolve(var_ref if convolve_reference else var_sci, (k_centre * k_centre)[None])
+    k2 = (k_centre * k_centre).astype(np.float32)
+    sci_bg, ref_bg = var_sci - _photons(sci_data, sci.gain), np.float32(ref.global_rms**2)
     if convolve_reference:
         difference = sci_data - matched - background
-        variance = var_sci + np.maximum(spread, 0.0)
+        bg_var = sci_bg + ref_bg * k2.sum()
+        src_var = _photons(sci_data, sci.gain) + _spread(_photons(ref_al, ref.gain), k2)
         flux_scale = kernel.scale
     else:
-        difference = (matched - ref_al - background) / np.float32(kernel.scale)
-        variance = (np.maximum(spread, 0.0) + var_ref) / np.float32(kernel.scale**2)
+        norm = np.float32(kernel.scale**-2)
+        difference = (matched - ref_al - background) * np.float32(1.0 / kernel.scale)
+        bg_var = (sci_bg * k2.sum() + ref_bg) * norm
+        src_var = (_spread(_photons(sci_data, sci.gain), k2) + _photons(ref_al, ref.gain)) * norm
         flux_scale = 1.0 / kernel.scale
     # honest pixels: the kernel's whole reach lies on real data of the convolved image
     convolved_ok = footprint if convolve_reference else ~sci_bad
@@ -1051,7 +1082,9 @@ def _subtract(
     )[inner] & ~no_data
     nan = np.float32(np.nan)
     difference = np.where(no_data, nan, difference[inner]).astype(np.float32)
-    noise = np.where(no_data, nan, np.sqrt(variance[inner])).astype(np.float32)
+    bg_var, src_var = bg_var[inner], src_var[inner]
+    rescale = _calibrate(difference, bg_var, src_var, no_data | saturated)
+    noise = np.where(no_data, nan, np.sqrt(bg_var * np.float32(rescale) + src_var)).astype(np.float32)
     mask = (no_data * NO_DATA | saturated * SATURATED).astype(np.uint8)
     aligned_reference = np.where(footprint, ref_al, nan)[inner].astype(np.float32)
     seconds["subtract"] = time.perf_counter() - t
@@ -1090,7 +1123,8 @@ def _subtract(
         "star_chi2_stars": len(chi2),
         "star_chi2_sample": "held-out" if graded is qa_idx else "fitted",
         "noise_model": f"science gain: {sci.gain_source}; reference gain: {ref.gain_source}",
-        "noise_median": _round(float(np.nanmedian(noise))),
+        "noise_median": _round(float(np.nanmedian(noise[::4, ::4]))),
+        "noise_background_rescale": _round(rescale),
         "saturated_fraction": _round(float(np.mean(mask & SATURATED > 0))),
         "notes": notes,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
