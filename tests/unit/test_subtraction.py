@@ -385,3 +385,19 @@ def test_meta_is_plain_json_and_writes_into_the_fits_header(
         np.testing.assert_array_equal(np.isnan(data), np.isnan(result.difference))
     with fits.open(written["noise_uri"]) as hdul:
         assert hdul[0].header["IMAGETYP"] == "NOISE"
+
+
+def test_without_gain_or_sky_the_noise_map_says_it_lacks_photon_noise() -> None:
+    pair = make_pair(25, SIZE, **COMMON)
+    h_sci, h_ref = pair.science_header.copy(), pair.reference_header.copy()
+    del h_sci["GAIN"], h_ref["GAIN"]
+    sky_subtracted = [image - np.median(image) for image in (pair.science, pair.reference)]
+    result = subtract(*sky_subtracted, science_header=h_sci, reference_header=h_ref)
+    assert result.meta["gain_science"] is None and result.meta["gain_reference"] is None
+    assert sum("add GAIN" in note for note in result.meta["notes"]) == 2
+    assert "background noise only" in result.meta["noise_model"]
+    # with the sky left in, the gain comes from it (sky / sky variance): close to the true one
+    h_ref_sky = pair.reference_header.copy()
+    del h_ref_sky["GAIN"]
+    with_sky = subtract(pair.science, pair.reference, science_header=h_sci, reference_header=h_ref_sky)
+    assert with_sky.meta["gain_science"] == pytest.approx(pair.params["gain"], rel=0.25)

@@ -748,6 +748,7 @@ def _fit_kernel(
         + [nb * n_terms + j for j in range(p_b.shape[1])]
     )
     weights = 1.0 / var0
+    background_var = var0 - (np.maximum(tgt, 0) / target_gain if target_gain is not None else 0.0)
     keep = np.ones(n, bool)
     good = np.ones((n, npix), bool)
     for iteration in range(FIT_ITERATIONS + 1):
@@ -769,9 +770,7 @@ def _fit_kernel(
         coef = full.reshape(nb + 1, n_terms)
         model = np.matmul(np.einsum("nkj,kj->nk", poly, coef)[:, None, :], ext)[:, 0, :]
         if target_gain is not None:  # the photon noise of the model, not of the noisy data
-            weights = 1.0 / np.maximum(
-                var0 + (np.maximum(model, 0) - np.maximum(tgt, 0)) / target_gain, 1e-12
-            )
+            weights = 1.0 / np.maximum(background_var + np.maximum(model, 0) / target_gain, 1e-12)
         chi = (tgt - model) * np.sqrt(weights)
         chi2 = np.sum(np.where(good, chi * chi, 0.0), axis=1) / np.maximum(good.sum(axis=1), 1)
         if iteration == FIT_ITERATIONS:
@@ -790,7 +789,7 @@ def _fit_kernel(
         coef[:nb, : p_k.shape[1]].copy(),
         coef[nb, : p_b.shape[1]].copy(),
     )
-    stats = {
+    stats: dict[str, Any] = {
         "kernel_fit_chi2": float(np.median(chi2[keep])),
         "kernel_stars": int(keep.sum()),
         "kernel_stars_rejected": int(n - keep.sum()),
@@ -1017,7 +1016,8 @@ def _subtract(
     sci_data = np.pad(sci.data, pad)
     sci_bad = np.pad(sci.bad, pad, constant_values=True)
     sci_sat = np.pad(sci.saturated, pad)
-    var_sci = _variance(sci_data, np.pad(sci.rms, pad, mode="edge") ** 2, sci.gain)
+    sci_bg = np.pad(sci.rms, pad, mode="edge") ** 2
+    var_sci = _variance(sci_data, sci_bg, sci.gain)
     half = int(np.clip(math.ceil(HALF_FWHM * max(fwhm_sci, fwhm_ref)), 5, 40))
     usable = footprint & ~sci_bad & ~sci_sat & ~ref_sat
     candidates = _kernel_stars(sci, usable, pad, half, half + pad, max_kernel_stars * HOLDOUT_EVERY // 4)
@@ -1068,15 +1068,16 @@ def _subtract(
     # sources, the convolved side's through K² (the kernel at the frame centre)
     k_centre = kernel.at(frame.cx, frame.cy)
     k2 = (k_centre * k_centre).astype(np.float32)
-    sci_bg, ref_bg = var_sci - _photons(sci_data, sci.gain), np.float32(ref.global_rms**2)
+    ref_bg = np.float32(ref.global_rms**2)
+    raw = sci_data - matched - background if convolve_reference else matched - ref_al - background
     if convolve_reference:
-        difference = sci_data - matched - background
+        difference = raw
         bg_var = sci_bg + ref_bg * k2.sum()
         src_var = _photons(sci_data, sci.gain) + _spread(_photons(ref_al, ref.gain), k2)
         flux_scale = kernel.scale
     else:
         norm = np.float32(kernel.scale**-2)
-        difference = (matched - ref_al - background) * np.float32(1.0 / kernel.scale)
+        difference = raw * np.float32(1.0 / kernel.scale)
         bg_var = (sci_bg * k2.sum() + ref_bg) * norm
         src_var = (_spread(_photons(sci_data, sci.gain), k2) + _photons(ref_al, ref.gain)) * norm
         flux_scale = 1.0 / kernel.scale
@@ -1103,8 +1104,15 @@ def _subtract(
     chi2 = chi2[np.isfinite(chi2)]
     star_chi2 = float(np.median(chi2)) if len(chi2) else None
     seconds["total"] = time.perf_counter() - t0
-    notes = alignment.notes + (
-        [f"kernel spatial order lowered to {order} (few stars)"] if order < spatial_order else []
+    notes = (
+        alignment.notes
+        + [
+            f"{img.role}: no GAIN and no sky level to infer it from; the noise map has no photon noise for it "
+            f"(add GAIN, e-/ADU, to the header)"
+            for img in (sci, ref)
+            if img.gain is None
+        ]
+        + ([f"kernel spatial order lowered to {order} (few stars)"] if order < spatial_order else [])
     )
     meta = {
         "method": METHOD,
@@ -1129,6 +1137,8 @@ def _subtract(
         "star_chi2_stars": len(chi2),
         "star_chi2_sample": "held-out" if graded is qa_idx else "fitted",
         "noise_model": f"science gain: {sci.gain_source}; reference gain: {ref.gain_source}",
+        "gain_science": _round(sci.gain),
+        "gain_reference": _round(ref.gain),
         "noise_median": _round(float(np.nanmedian(noise[::4, ::4]))),
         "noise_background_rescale": _round(rescale),
         "saturated_fraction": _round(float(np.mean(mask & SATURATED > 0))),
