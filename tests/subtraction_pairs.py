@@ -226,11 +226,14 @@ def make_pair(
     hot_pixels: float = 20.0,
     lf_slope: float = 0.7,
     pixscale: float = 0.6,
+    reference_distortion: float = 0.0,
 ) -> Pair:
     """Render one seeded pair (science ``size``², reference ``reference_size``², default the same).
 
     ``seeing_fwhm`` is the science FWHM at the top-left and at the bottom-right corner; densities
-    are per 1024² px; ``shift`` is the reference pointing offset in science px (x, y).
+    are per 1024² px; ``shift`` is the reference pointing offset in science px (x, y);
+    ``reference_distortion`` adds a quadratic SIP distortion to the reference WCS that moves its
+    corners by that many px.
     """
     rng = np.random.default_rng([seed, 0x5AB])
     shape = (size, size)
@@ -250,6 +253,15 @@ def make_pair(
         rshape, float(rra), float(rdec), pixscale * (1 + scale_change), rot + math.radians(rotation_deg)
     )
     ref_wcs.wcs.crpix = [(rshape[1] - 1) / 2 + 1, (rshape[0] - 1) / 2 + 1]
+    if reference_distortion:
+        from astropy.wcs import Sip
+
+        half = (rshape[0] - 1) / 2
+        a, b = np.zeros((3, 3)), np.zeros((3, 3))
+        a[2, 0] = b[0, 2] = reference_distortion / (2 * half * half)  # u², v² terms
+        a[1, 1] = reference_distortion / (2 * half * half)
+        ref_wcs.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+        ref_wcs.sip = Sip(a, b, None, None, ref_wcs.wcs.crpix)
     ref_wcs.wcs.set()
 
     def to_ref(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -373,7 +385,7 @@ def make_pair(
 
     # ---- headers -----------------------------------------------------------------------------
     def header(wcs: WCS, fwhm: float, g: float, what: str) -> fits.Header:
-        h = wcs.to_header()
+        h = wcs.to_header(relax=True)
         h["IMAGETYP"] = what
         h["GAIN"] = (g, "[e-/ADU]")
         h["SATURATE"] = (SATURATE, "[ADU]")
@@ -407,6 +419,7 @@ def make_pair(
         "shift": list(shift),
         "rotation_deg": rotation_deg,
         "scale_change": scale_change,
+        "reference_distortion": reference_distortion,
         "flux_ratio": flux_ratio,
         "depth": depth,
         "gain": gain,
