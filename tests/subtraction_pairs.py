@@ -180,18 +180,13 @@ def _galaxies(
 
 
 def _wcs(shape: tuple[int, int], ra: float, dec: float, pixscale: float, rot: float) -> WCS:
-    h, w = shape
-    out = WCS(naxis=2)
-    out.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    out.wcs.cunit = ["deg", "deg"]
-    out.wcs.crpix = [w / 2 + 0.5, h / 2 + 0.5]
-    out.wcs.crval = [ra, dec]
-    s = pixscale / 3600.0
-    c, sn = math.cos(rot), math.sin(rot)
-    out.wcs.cd = np.array([[-s * c, s * sn], [s * sn, s * c]])
-    out.wcs.radesys = "ICRS"
-    out.wcs.set()
-    return out
+    """A TAN WCS centred on the frame, ``pixscale`` arcsec/px, rotated by ``rot`` radians."""
+    s, c, sn = pixscale / 3600.0, math.cos(rot), math.sin(rot)
+    cd = {"CD1_1": -s * c, "CD1_2": s * sn, "CD2_1": s * sn, "CD2_2": s * c}
+    return WCS(
+        {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CUNIT1": "deg", "CUNIT2": "deg", "RADESYS": "ICRS",
+         "CRPIX1": shape[1] / 2 + 0.5, "CRPIX2": shape[0] / 2 + 0.5, "CRVAL1": ra, "CRVAL2": dec, **cd}
+    )  # fmt: skip
 
 
 def _sky(shape: tuple[int, int], level: float, gradient: float, rng: np.random.Generator) -> np.ndarray:

@@ -946,19 +946,22 @@ def subtract(
     ``KernelFitError``) for pairs that cannot give an honest difference, ``ValueError`` for
     options out of range.
     """
-    _check_options(
-        spatial_order, background_order, kernel_half_width, min_overlap, min_kernel_stars, max_kernel_stars,
-        max_alignment_rms, max_star_chi2,
-    )  # fmt: skip
+    options = _Options(
+        spatial_order=spatial_order,
+        background_order=background_order,
+        kernel_half_width=kernel_half_width,
+        min_overlap=min_overlap,
+        min_kernel_stars=min_kernel_stars,
+        max_kernel_stars=max_kernel_stars,
+        max_alignment_rms=max_alignment_rms,
+        max_star_chi2=max_star_chi2,
+    )
     from threadpoolctl import threadpool_limits
 
     # the fit's matrices are small (≤ 300²): BLAS threads only contend, and on a busy 2-core worker
     # OpenBLAS's spinning threads made the fit 15× slower (measured)
     with threadpool_limits(limits=1, user_api="blas"):
-        return _subtract(
-            science, reference, science_header, reference_header, spatial_order, background_order,
-            kernel_half_width, min_overlap, min_kernel_stars, max_kernel_stars, max_alignment_rms, max_star_chi2,
-        )  # fmt: skip
+        return _subtract(science, reference, science_header, reference_header, options)
 
 
 def _subtract(
@@ -966,14 +969,7 @@ def _subtract(
     reference: np.ndarray,
     science_header: fits.Header | None,
     reference_header: fits.Header | None,
-    spatial_order: int,
-    background_order: int,
-    kernel_half_width: int | None,
-    min_overlap: float,
-    min_kernel_stars: int,
-    max_kernel_stars: int,
-    max_alignment_rms: float,
-    max_star_chi2: float,
+    options: _Options,
 ) -> Subtraction:
     seconds: dict[str, float] = {}
     t0 = t = time.perf_counter()
@@ -983,11 +979,11 @@ def _subtract(
     seconds["background_and_stars"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    alignment = _align(sci, ref, max_alignment_rms)
+    alignment = _align(sci, ref, options.max_alignment_rms)
     predicted = _overlap(alignment.pixel_map, shape, ref.data.shape)
-    if predicted < min_overlap:
+    if predicted < options.min_overlap:
         raise NoOverlapError(
-            f"the reference covers only {predicted:.1%} of the science frame (minimum {min_overlap:.0%}): "
+            f"the reference covers only {predicted:.1%} of the science frame (minimum {options.min_overlap:.0%}): "
             f"pass a reference of this field, or lower min_overlap"
         )
     geometry = alignment.pixel_map.describe(shape)
@@ -1000,14 +996,16 @@ def _subtract(
         )
     fwhm_ref = fwhm_ref_own / geometry["scale"]  # in science pixels
     convolve_reference = fwhm_ref <= fwhm_sci
-    basis = _Basis.build(math.sqrt(abs(fwhm_sci**2 - fwhm_ref**2)) / FWHM_PER_SIGMA, kernel_half_width)
+    basis = _Basis.build(
+        math.sqrt(abs(fwhm_sci**2 - fwhm_ref**2)) / FWHM_PER_SIGMA, options.kernel_half_width
+    )
     pad = basis.hw
     ref_al, footprint, ref_sat, resampling = _resample(alignment.pixel_map, shape, pad, ref)
     inner = (slice(pad, pad + shape[0]), slice(pad, pad + shape[1]))
     overlap = float(footprint[inner].mean())
-    if overlap < min_overlap:
+    if overlap < options.min_overlap:
         raise NoOverlapError(
-            f"the reference covers only {overlap:.1%} of the science frame (minimum {min_overlap:.0%}): "
+            f"the reference covers only {overlap:.1%} of the science frame (minimum {options.min_overlap:.0%}): "
             f"pass a reference of this field, or lower min_overlap"
         )
     seconds["align"] = time.perf_counter() - t
@@ -1020,18 +1018,20 @@ def _subtract(
     var_sci = _variance(sci_data, sci_bg, sci.gain)
     half = int(np.clip(math.ceil(HALF_FWHM * max(fwhm_sci, fwhm_ref)), 5, 40))
     usable = footprint & ~sci_bad & ~sci_sat & ~ref_sat
-    candidates = _kernel_stars(sci, usable, pad, half, half + pad, max_kernel_stars * HOLDOUT_EVERY // 4)
+    candidates = _kernel_stars(
+        sci, usable, pad, half, half + pad, options.max_kernel_stars * HOLDOUT_EVERY // 4
+    )
     holdout = np.zeros(len(candidates), bool)
-    if len(candidates) >= 2 * min_kernel_stars:
+    if len(candidates) >= 2 * options.min_kernel_stars:
         holdout[HOLDOUT_EVERY - 1 :: HOLDOUT_EVERY] = True
     fit_idx, qa_idx = candidates[~holdout], candidates[holdout]
-    if len(fit_idx) < min_kernel_stars:
+    if len(fit_idx) < options.min_kernel_stars:
         raise KernelFitError(
             f"only {len(fit_idx)} unsaturated stars bright enough, with whole stamps in the overlap (need "
-            f"≥ {min_kernel_stars}) to fit the PSF-matching kernel: pass deeper or larger images, or a "
+            f"≥ {options.min_kernel_stars}) to fit the PSF-matching kernel: pass deeper or larger images, or a "
             f"ready-made difference"
         )
-    order = spatial_order
+    order = options.spatial_order
     while order > 0 and len(fit_idx) < 5 * (order + 1) * (order + 2) // 2:
         order -= 1
     if convolve_reference:
@@ -1041,7 +1041,7 @@ def _subtract(
         target_var = _variance(ref_al, ref.global_rms**2, ref.gain)
     kernel, fit_stats, kept = _fit_kernel(
         source, target, target_var, target_gain, sci.stars["x"][fit_idx], sci.stars["y"][fit_idx],
-        alignment.pixel_map.frame, pad, basis, half, order, background_order, min_kernel_stars,
+        alignment.pixel_map.frame, pad, basis, half, order, options.background_order, options.min_kernel_stars,
     )  # fmt: skip
     if not kernel.scale > 0:
         raise KernelFitError(
@@ -1061,7 +1061,7 @@ def _subtract(
     background = sum(
         np.float32(c) * term
         for c, term in zip(
-            kernel.bg_coef, _polynomial_image(frame, padded, pad, background_order), strict=True
+            kernel.bg_coef, _polynomial_image(frame, padded, pad, options.background_order), strict=True
         )
     )
     # noise: a background part (sky + read noise as SEP measured it) and the photon noise of the
@@ -1112,7 +1112,7 @@ def _subtract(
             for img in (sci, ref)
             if img.gain is None
         ]
-        + ([f"kernel spatial order lowered to {order} (few stars)"] if order < spatial_order else [])
+        + ([f"kernel spatial order lowered to {order} (few stars)"] if order < options.spatial_order else [])
     )
     meta = {
         "method": METHOD,
@@ -1130,7 +1130,7 @@ def _subtract(
         "kernel_sigmas_px": [_round(s) for s in basis.sigmas],
         "kernel_basis_functions": len(basis),
         "kernel_spatial_order": order,
-        "background_order": background_order,
+        "background_order": options.background_order,
         "flux_scale": _round(flux_scale),
         **{k: _round(v) if isinstance(v, float) else v for k, v in fit_stats.items()},
         "star_chi2_median": _round(star_chi2),
@@ -1145,10 +1145,10 @@ def _subtract(
         "notes": notes,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
-    if star_chi2 is not None and star_chi2 > max_star_chi2:
+    if star_chi2 is not None and star_chi2 > options.max_star_chi2:
         raise KernelFitError(
             f"the PSF-matched difference leaves stars at χ²/pixel {star_chi2:.1f} (median of {len(chi2)} "
-            f"held-out stars; limit {max_star_chi2}): the kernel does not describe this pair (a PSF "
+            f"held-out stars; limit {options.max_star_chi2}): the kernel does not describe this pair (a PSF "
             f"varying faster than order {order}, a wrong SATURATE, or another field); check the pair "
             f"or supply a ready-made difference"
         )
@@ -1161,30 +1161,36 @@ def _round(value: float | None, digits: int = 5) -> float | None:
     return float(f"{value:.{digits}g}")
 
 
-def _check_options(
-    spatial_order: int,
-    background_order: int,
-    kernel_half_width: int | None,
-    min_overlap: float,
-    min_kernel_stars: int,
-    max_kernel_stars: int,
-    max_alignment_rms: float,
-    max_star_chi2: float,
-) -> None:
-    def integer(name: str, value: Any, lo: int, hi: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-            raise ValueError(f"{name} must be an int between {lo} and {hi}, got {value!r}")
+@dataclass(frozen=True)
+class _Options:
+    """The options of :func:`subtract`, checked once."""
 
-    def positive(name: str, value: Any, hi: float = math.inf) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= hi:
-            raise ValueError(f"{name} must be a number in (0, {hi}], got {value!r}")
+    spatial_order: int
+    background_order: int
+    kernel_half_width: int | None
+    min_overlap: float
+    min_kernel_stars: int
+    max_kernel_stars: int
+    max_alignment_rms: float
+    max_star_chi2: float
 
-    integer("spatial_order", spatial_order, 0, 3)
-    integer("background_order", background_order, 0, 3)
-    if kernel_half_width is not None:
-        integer("kernel_half_width", kernel_half_width, 2, 25)
-    integer("min_kernel_stars", min_kernel_stars, 3, 10_000)
-    integer("max_kernel_stars", max_kernel_stars, min_kernel_stars, 10_000)
-    positive("min_overlap", min_overlap, 1.0)
-    positive("max_alignment_rms", max_alignment_rms)
-    positive("max_star_chi2", max_star_chi2)
+    def __post_init__(self) -> None:
+        def integer(name: str, lo: int, hi: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+                raise ValueError(f"{name} must be an int between {lo} and {hi}, got {value!r}")
+
+        def positive(name: str, hi: float = math.inf) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= hi:
+                raise ValueError(f"{name} must be a number in (0, {hi}], got {value!r}")
+
+        integer("spatial_order", 0, 3)
+        integer("background_order", 0, 3)
+        if self.kernel_half_width is not None:
+            integer("kernel_half_width", 2, 25)
+        integer("min_kernel_stars", 3, 10_000)
+        integer("max_kernel_stars", self.min_kernel_stars, 10_000)
+        positive("min_overlap", 1.0)
+        positive("max_alignment_rms")
+        positive("max_star_chi2")
