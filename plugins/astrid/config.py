@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from astrid.dag_kinds import dag_kind
 from astrid.errors import ConfigError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -168,15 +169,12 @@ class InferenceSchedulingConfig:
         return cls(**values)
 
     def schedule(self, kind: str) -> str | None:
-        """Cron for ``realtime``/``batch``/``validation``; ``None`` (manual only) when disabled."""
-        if kind not in ("realtime", "batch", "validation"):
-            raise ConfigError(f"unknown DAG kind {kind!r}: expected realtime, batch or validation")
-        return getattr(self, f"{kind}_schedule") if getattr(self, f"{kind}_enabled") else None
+        """Cron of a DAG kind (:mod:`astrid.dag_kinds`); ``None`` (manual only) when disabled."""
+        row = dag_kind(kind)
+        return getattr(self, row.schedule_setting) if getattr(self, row.enabled_setting) else None
 
     def deadline_minutes(self, kind: str) -> float:
-        if kind not in ("realtime", "batch", "validation"):
-            raise ConfigError(f"unknown DAG kind {kind!r}: expected realtime, batch or validation")
-        return getattr(self, f"{kind}_deadline_minutes")
+        return getattr(self, dag_kind(kind).deadline_setting)
 
     @property
     def vetting_level(self) -> float | str | None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -53,12 +54,22 @@ class VersionedDetector:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """Who is running: carried into every log line, catalog write and metric."""
+    """Who is running: carried into every log line, catalog write and metric.
+
+    ``run_id`` owns the claims in the catalog (unique across DAGs: ``<dag_id>:<dag run id>`` under
+    Airflow); ``dag_run_id`` is the orchestrator's own run id (MLflow tags, run records, artifacts).
+    """
 
     run_id: str
     dag_id: str = "cli"
     kind: str = "cli"
     task_id: str | None = None
+    dag_run_id: str | None = None
+    map_index: int = -1
+
+    @property
+    def orchestrator_run_id(self) -> str:
+        return self.dag_run_id or self.run_id
 
 
 @dataclass
@@ -110,6 +121,46 @@ def _error(claim: Claim, exc: BaseException) -> dict[str, Any]:
         "error": f"{type(exc).__name__}: {exc}",
         "timestamp": datetime.now(UTC).isoformat(),
     }
+
+
+def claim_observations(
+    catalog: Catalog,
+    run: RunInfo,
+    limit: int,
+    *,
+    lease_minutes: float,
+    max_attempts: int,
+    metrics: Metrics | None = None,
+) -> list[Claim]:
+    """Atomically claim up to ``limit`` preprocessed observations, leased to ``run``.
+
+    A retried task (same ``run.run_id``) gets its own unexpired claims back first, so nothing is
+    lost between the claim and the hand-over to the next step.
+    """
+    claims = catalog.claim(limit, run.run_id, timedelta(minutes=lease_minutes), max_attempts=max_attempts)
+    (metrics or NullMetrics()).incr(metric_name("astrid.observations.claimed", run.dag_id), len(claims))
+    log_event(
+        "claim",
+        run_id=run.orchestrator_run_id,
+        dag_id=run.dag_id,
+        requested=limit,
+        observation_ids=[c.observation_id for c in claims],
+    )
+    return claims
+
+
+def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
+    """``items`` in lists of at most ``size`` (at least 1): one mapped task per chunk."""
+    items, size = list(items), max(1, int(size))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def confidence_threshold(value: Any) -> float:
+    """A probability cut (a number, or a param rendered as text) in [0, 1]; ValueError otherwise."""
+    threshold = float(value)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"confidence_threshold={threshold} must lie between 0 and 1")
+    return threshold
 
 
 def load_claim(claim: Claim, storage: Any, max_side: int) -> Any:
@@ -341,3 +392,105 @@ def _write_thumbnail(path: Any, probability: np.ndarray, side: int = 256) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as fh:
         plt.imsave(fh, small, cmap="magma", vmin=0.0, vmax=1.0, format="png")
+
+
+# -- the inference step as the DAGs run it: model from the registry, artifacts, tracking ------------
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A registry model loaded into the inference engine of this process."""
+
+    detector: VersionedDetector
+    resolved: Any  # astrid.registry.ResolvedModel
+    device: str
+    card_vetting: float | None  # the card's star-residual vetting level
+
+    def vetting_label(self, vetting: float | str | None) -> float | str:
+        """What a summary reports for a vetting setting: the level in force, or ``"off"``."""
+        level = self.card_vetting if vetting == "card" else vetting
+        return "off" if level is None else level
+
+
+def load_detector(
+    registry: Any,
+    reference: str,
+    *,
+    device: str = "auto",
+    batch_size: int = 8,
+    metrics: Metrics | None = None,
+    dag_id: str | None = None,
+) -> LoadedModel:
+    """Resolve ``reference`` in the registry (bootstrapping an empty one with the shipped model as
+    champion) and load it; the load time goes to ``astrid.model.load_time``."""
+    from astrid.ml.engine import get_engine
+    from astrid.paths import shipped_model_path
+
+    registry.ensure_champion(shipped_model_path())
+    started = time.perf_counter()
+    resolved = registry.resolve(reference)
+    engine = get_engine(resolved.path, device=device, batch_size=int(batch_size))
+    (metrics or NullMetrics()).timing(
+        metric_name("astrid.model.load_time", dag_id), (time.perf_counter() - started) * 1000
+    )
+    return LoadedModel(
+        VersionedDetector(engine, resolved.version), resolved, str(engine.device), engine.min_excess
+    )
+
+
+def artifacts_dir(storage: Any, run: RunInfo) -> Any:
+    """Where one task's detection catalog and thumbnails go: ``runs/<dag>/<run>/<task>-<map index>``."""
+    task = f"{run.task_id}-{run.map_index}"
+    return storage.path / "runs" / run.dag_id / _safe_name(run.orchestrator_run_id) / _safe_name(task)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def infer_observations(
+    claims: Sequence[Claim],
+    *,
+    catalog: Catalog,
+    storage: Any,
+    registry: Any,
+    run: RunInfo,
+    model: str,
+    threshold: float,
+    batch_size: int = 8,
+    device: str = "auto",
+    max_side: int,
+    vetting: float | str | None = "card",
+    track: bool = True,
+    metrics: Metrics | None = None,
+) -> dict[str, Any]:
+    """Load ``model`` from the registry, infer ``claims`` (:func:`run_inference`), write the run's
+    artifacts and, when ``track``, log the run to MLflow. Returns the XCom summary: the
+    :class:`RunSummary` fields plus ``device``, ``star_residual_vetting`` and, when tracked,
+    ``mlflow_run_id``."""
+    from astrid.tracking import log_inference
+
+    metrics = metrics or NullMetrics()
+    threshold = confidence_threshold(threshold)
+    loaded = load_detector(
+        registry, model, device=device, batch_size=batch_size, metrics=metrics, dag_id=run.dag_id
+    )
+    summary = run_inference(
+        claims,
+        catalog=catalog,
+        storage=storage,
+        detector=loaded.detector,
+        run=run,
+        threshold=threshold,
+        max_side=max_side,
+        metrics=metrics,
+        artifacts=artifacts_dir(storage, run),
+        min_excess=vetting,
+    ).to_xcom()
+    summary["device"] = loaded.device
+    summary["star_residual_vetting"] = loaded.vetting_label(vetting)
+    if track and claims:
+        summary["mlflow_run_id"] = log_inference(
+            registry, run, summary, model=loaded.resolved, threshold=threshold, batch_size=batch_size
+        )
+    return summary
