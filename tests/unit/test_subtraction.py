@@ -416,3 +416,16 @@ def test_without_gain_or_sky_the_noise_map_says_it_lacks_photon_noise() -> None:
     del h_ref_sky["GAIN"]
     with_sky = subtract(pair.science, pair.reference, science_header=h_sci, reference_header=h_ref_sky)
     assert with_sky.meta["gain_science"] == pytest.approx(pair.params["gain"], rel=0.25)
+
+
+def test_implausible_gain_and_saturation_keywords_are_ignored_and_said(pair: Pair) -> None:
+    h_sci = pair.science_header.copy()
+    h_sci["GAIN"] = 1e-9  # a typo: it would make every photon-noise term a billion times too big
+    h_sci["SATURATE"] = 1.0  # below the sky: it would flag every pixel as saturated
+    result = subtract(
+        pair.science, pair.reference, science_header=h_sci, reference_header=pair.reference_header
+    )
+    notes = " ".join(result.meta["notes"])
+    assert "GAIN = 1e-09" in notes and "SATURATE = 1 " in notes
+    assert result.meta["gain_science"] == pytest.approx(pair.params["gain"], rel=0.25)  # from the sky
+    assert result.meta["saturated_fraction"] < 0.05

@@ -5,7 +5,8 @@ One entry point, :func:`subtract`, on arrays (+ FITS headers for WCS, ``GAIN``, 
     result = subtract(science, reference, science_header=h_sci, reference_header=h_ref)
     result.difference   # float32, science frame and units, NaN where there is no honest pixel
     result.noise        # float32 1σ per pixel of the difference (NaN where the difference is)
-    result.reference    # the reference resampled onto the science grid (NaN outside the overlap)
+    result.reference    # the background-subtracted reference resampled onto the science grid
+                        # (NaN outside the overlap): the detector's reference channel
     result.mask         # uint8: NO_DATA (1) no overlap / bad input, SATURATED (2) a saturated pixel
                         # within the kernel's reach
     result.meta         # method + quality figures, a JSON-ready dict for the observation's metadata
@@ -33,15 +34,16 @@ Method (docs/subtraction.md has the measurements behind each choice)
    degrees 6/4/2: 49 basis functions) whose coefficients vary as a polynomial of the position
    (``spatial_order``, default 2), plus a differential background polynomial. The kernel sum is
    held constant over the frame (one photometric scale), so the flux-scale is fitted, not assumed.
-   The fit is a weighted least squares over stamps around bright, isolated, unsaturated stars,
-   spread over the frame; stamps and pixels that do not fit (variables, transients on stars,
+   The fit is a weighted least squares over stamps around bright unsaturated stars that dominate
+   their stamp, spread over the frame; stamps and pixels that do not fit (variables, transients on stars,
    cosmic rays) are clipped and the fit repeated. One star in five is held out of the fit and
    used to grade it.
 4. **Subtraction**: ``science − K(x, y) ⊗ reference − background`` (or, when the reference has
    the broader PSF, ``(K ⊗ science − reference − background) / flux_scale``: the difference is in
    science units either way and a new source is positive).
-5. **Noise map**: science variance (background RMS² + source photon noise through the gain)
-   plus the reference's variance propagated through the kernel.
+5. **Noise map**: background variance (SEP RMS²) and photon noise (through the gain), the
+   convolved image's through K²; the background part is calibrated on the difference's own sky
+   pixels (SEP's RMS of a crowded field includes confusion noise that the subtraction removes).
 
 The realtime budget (seconds per 2048² frame against the detector's own inference time) is
 measured by ``bench/subtraction.py`` (docs/benchmarks.md).
@@ -96,6 +98,8 @@ HALF_FWHM = 1.5  # fitted stamp half-size in units of the larger FWHM
 CLIP_SIGMA = 5.0  # pixel residuals beyond this many σ are dropped from the next iteration
 FIT_ITERATIONS = 2
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+GAIN_RANGE = (1e-3, 1e5)  # e-/ADU: a header GAIN outside this is a typo, not a detector
+_STAR_DTYPE = [("x", "f8"), ("y", "f8"), ("flux", "f8"), ("peak", "f8"), ("flag", "i4")]
 
 
 @dataclass
@@ -171,7 +175,7 @@ class _Image:
     wcs: WCS | None
     wcs_problem: str | None
     stars: np.ndarray  # structured: x, y, flux, peak, flag (brightest first)
-    fwhm: float | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _as_image(array: Any, role: str) -> np.ndarray:
@@ -223,7 +227,11 @@ def _prepare(image: np.ndarray, header: fits.Header | None, role: str) -> _Image
     import sep
 
     bad = ~np.isfinite(image)
+    notes: list[str] = []
     saturation = _header_float(header, "SATURATE")
+    if saturation is not None and saturation <= float(np.nanmedian(image[::8, ::8])):
+        notes.append(f"{role}: SATURATE = {saturation:g} is not above the image's median: ignored")
+        saturation = None
     saturated = (image >= saturation) if saturation is not None else np.zeros(image.shape, dtype=bool)
     filled = np.where(bad, np.float32(0.0), image) if bad.any() else image
     bkg = sep.Background(filled, mask=bad | saturated, bw=64, bh=64, fw=3, fh=3)
@@ -238,6 +246,11 @@ def _prepare(image: np.ndarray, header: fits.Header | None, role: str) -> _Image
         )
     sky = float(np.median(back[:: max(1, back.shape[0] // 256), :: max(1, back.shape[1] // 256)]))
     gain, gain_source = _header_float(header, "GAIN"), "header GAIN"
+    if gain is not None and not GAIN_RANGE[0] <= gain <= GAIN_RANGE[1]:
+        notes.append(
+            f"{role}: GAIN = {gain:g} e-/ADU is outside {GAIN_RANGE[0]:g}–{GAIN_RANGE[1]:g}: ignored"
+        )
+        gain = None
     if gain is None:
         if sky > DETECT_SIGMA * global_rms:  # sky photon noise dominates: gain = sky / rms²
             gain, gain_source = sky / global_rms**2, "sky level / sky variance"
@@ -259,6 +272,7 @@ def _prepare(image: np.ndarray, header: fits.Header | None, role: str) -> _Image
         wcs=wcs,
         wcs_problem=problem,
         stars=_stars(data, global_rms, bad | saturated),
+        notes=notes,
     )
 
 
@@ -275,26 +289,21 @@ def _stars(data: np.ndarray, rms: float, mask: np.ndarray) -> np.ndarray:
         except Exception as exc:  # SEP raises plain Exception on buffer overflows in crowded fields
             log.info("source extraction at %.0fσ failed (%s); retrying higher", sigma, exc)
     else:
-        return np.zeros(0, dtype=[("x", "f8"), ("y", "f8"), ("flux", "f8"), ("peak", "f8"), ("flag", "i4")])
+        return np.zeros(0, dtype=_STAR_DTYPE)
     objects = objects[np.isfinite(objects["x"]) & np.isfinite(objects["y"]) & (objects["flux"] > 0)]
     order = np.argsort(-objects["flux"])
-    out = np.zeros(
-        len(order), dtype=[("x", "f8"), ("y", "f8"), ("flux", "f8"), ("peak", "f8"), ("flag", "i4")]
-    )
-    for name in ("x", "y", "flux", "peak", "flag"):
+    out = np.zeros(len(order), dtype=_STAR_DTYPE)
+    for name in out.dtype.names:
         out[name] = objects[name][order]
     return out
 
 
-def _fwhm(img: _Image, limit: float | None = None) -> float | None:
-    """Median FWHM (px) of isolated unsaturated stars, from SEP's half-light radius (2·r50)."""
+def _fwhm(img: _Image) -> float | None:
+    """Median FWHM (px) of unblended unsaturated stars, from SEP's half-light radius (2·r50)."""
     import sep
 
     s = img.stars
-    ok = (s["flag"] == 0) & (s["peak"] < _peak_limit(img))
-    if limit is not None:
-        ok &= s["peak"] > limit
-    s = s[ok][:100]
+    s = s[(s["flag"] == 0) & (s["peak"] < _peak_limit(img))][:100]
     if len(s) < 3:
         return None
     r50, flag = sep.flux_radius(img.data, s["x"], s["y"], np.full(len(s), 12.0), 0.5, subpix=5)
@@ -1105,7 +1114,9 @@ def _subtract(
     star_chi2 = float(np.median(chi2)) if len(chi2) else None
     seconds["total"] = time.perf_counter() - t0
     notes = (
-        alignment.notes
+        sci.notes
+        + ref.notes
+        + alignment.notes
         + [
             f"{img.role}: no GAIN and no sky level to infer it from; the noise map has no photon noise for it "
             f"(add GAIN, e-/ADU, to the header)"
