@@ -73,6 +73,9 @@ KINDS: dict[str, DagKind] = {
     )
 }
 RUN_TYPES: tuple[str, ...] = tuple(KINDS)  # display order: realtime, batch, validation
+# The manual reprocessing DAG (astrid_reprocess / `astrid reprocess`) is not a scheduled kind: it has
+# no schedule, deadline or run-type in the status API, but its runs are recorded under this kind.
+REPROCESS_KIND = "reprocess"
 DAG_IDS: tuple[str, ...] = tuple(kind.dag_id for kind in KINDS.values())
 _BY_DAG_ID = {kind.dag_id: kind for kind in KINDS.values()}
 
