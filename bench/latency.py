@@ -486,7 +486,9 @@ def main() -> None:
         "--write", action="store_true", help="write the Arrival latency section of docs/benchmarks.md"
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
-    parser.add_argument("--render", type=Path, help="only write the doc section from figures saved with --json")
+    parser.add_argument(
+        "--render", type=Path, help="only write the doc section from figures saved with --json"
+    )
     args = parser.parse_args()
     if args.render:
         from load import write_section
@@ -499,10 +501,13 @@ def main() -> None:
     )
     from tests.integration.standalone import RedisDb
 
+    command = "nice -n 10 .venv/bin/python bench/latency.py " + " ".join(sys.argv[1:])
     result: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "size": args.size,
         "poll": args.poll,
+        "command": command,
+        "load_before": load(),
     }
     if not args.skip_poll_cost:
         db = RedisDb()
