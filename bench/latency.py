@@ -486,16 +486,28 @@ def main() -> None:
         "--write", action="store_true", help="write the Arrival latency section of docs/benchmarks.md"
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument(
+        "--render", type=Path, help="only write the doc section from figures saved with --json"
+    )
     args = parser.parse_args()
+    if args.render:
+        from load import write_section
+
+        saved = json.loads(args.render.read_text())
+        write_section(markdown(saved, saved["command"]), "## Arrival latency")
+        return
     os.environ.setdefault(
         "AIRFLOW_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"astrid-latency-{os.getpid()}")
     )
     from tests.integration.standalone import RedisDb
 
+    command = "nice -n 10 .venv/bin/python bench/latency.py " + " ".join(sys.argv[1:])
     result: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "size": args.size,
         "poll": args.poll,
+        "command": command,
+        "load_before": load(),
     }
     if not args.skip_poll_cost:
         db = RedisDb()
@@ -533,7 +545,6 @@ def main() -> None:
     if args.write:
         from load import write_section
 
-        command = "nice -n 10 .venv/bin/python bench/latency.py " + " ".join(sys.argv[1:])
         write_section(markdown(result, command), "## Arrival latency")
 
 

@@ -115,6 +115,9 @@ KINDS: dict[str, DagKind] = {
 }
 # the kinds that record inference runs, display order: realtime, batch, validation
 RUN_TYPES: tuple[str, ...] = tuple(name for name, kind in KINDS.items() if kind.records_runs)
+# The manual reprocessing DAG (astrid_reprocess / `astrid reprocess`) is not a scheduled kind: it has
+# no schedule, deadline or run-type in the status API, but its runs are recorded under this kind.
+REPROCESS_KIND = "reprocess"
 DAG_IDS: tuple[str, ...] = tuple(kind.dag_id for kind in KINDS.values())
 _BY_DAG_ID = {kind.dag_id: kind for kind in KINDS.values()}
 

@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from astrid.dag_kinds import REPROCESS_KIND
 from astrid.errors import ConfigError, ObservationError
 from astrid.logs import log_event
 from astrid.pipeline import Detector, RunInfo, _error, load_claim
 
-REPROCESS_KIND = "reprocess"
 PAGE = 20  # candidates read per catalog query
 
 

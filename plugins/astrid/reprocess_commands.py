@@ -41,11 +41,12 @@ def run_reprocess(args: argparse.Namespace) -> int:
 
     from astrid.catalog import Catalog
     from astrid.config import load_config
+    from astrid.dag_kinds import REPROCESS_KIND
     from astrid.errors import ConfigError
     from astrid.paths import default_catalog_url, default_mlflow_uri, default_storage_uri
     from astrid.pipeline import RunInfo
     from astrid.registry import ModelRegistry
-    from astrid.reprocess import REPROCESS_KIND, check_request, run_reprocess
+    from astrid.reprocess import check_request, run_reprocess
     from astrid.storage import StorageRoot
 
     config = load_config()

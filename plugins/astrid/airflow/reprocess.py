@@ -29,8 +29,7 @@ def reprocess_dag_kwargs(config: Any, *, doc_md: str) -> dict[str, Any]:
 
     from astrid.airflow.callbacks import RecordFailedRun
     from astrid.airflow.dag_defaults import START_DATE_ISO, operator_settings, retry_policy
-    from astrid.dag_kinds import dag_kind
-    from astrid.reprocess import REPROCESS_KIND
+    from astrid.dag_kinds import REPROCESS_KIND, dag_kind
 
     batch = dag_kind("batch")
     return {
@@ -149,7 +148,8 @@ class ReprocessOperator(AstridBaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from astrid.config import parse_vetting
-        from astrid.reprocess import REPROCESS_KIND, run_reprocess
+        from astrid.dag_kinds import REPROCESS_KIND
+        from astrid.reprocess import run_reprocess
 
         summary = run_reprocess(
             catalog=self.catalog,

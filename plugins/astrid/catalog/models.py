@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from astrid.dag_kinds import RUN_TYPES
+from astrid.dag_kinds import REPROCESS_KIND, RUN_TYPES
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -45,7 +45,7 @@ class ObservationStatus(enum.StrEnum):
 
 # inference_runs.kind: a DAG kind, a CLI run, or a reprocessing run (astrid.reprocess; migration
 # 0002). A new kind changes this CHECK constraint, so it needs a migration.
-RUN_KINDS = (*RUN_TYPES, "cli", "reprocess")
+RUN_KINDS = (*RUN_TYPES, "cli", REPROCESS_KIND)
 
 
 def _in(column: str, values: Any) -> str:
