@@ -15,13 +15,11 @@ night — with the survey's default conditions, or with bad seeing and a bright 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.dag_runner import run_child
 from tests.dags.test_alerts_and_metrics import UdpSink, email_text
 from tests.integration.standalone import SmtpSink
 
@@ -74,32 +72,8 @@ def sink():
 
 
 def run_night(tmp_path: Path, scenario: dict, env: dict[str, str]) -> dict:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ASTRID_"))}
-    base.update(
-        {
-            "REPO": str(REPO),
-            "SCENARIO": json.dumps(scenario),
-            "AIRFLOW_HOME": str(tmp_path / "airflow"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "ASTRID_CATALOG_URL": f"sqlite:///{tmp_path}/catalog.db",
-            "ASTRID_STORAGE_ROOT": (tmp_path / "storage").as_uri(),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-            "ASTRID_INFERENCE_ALERT_EMAIL": "oncall@example.org",
-            "ASTRID_INFERENCE_DRIFT_MIN_SAMPLES": "8",
-            **env,
-        }
-    )
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], env=base, check=True, capture_output=True
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=base, capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT="))
-    return json.loads(line.removeprefix("RESULT="))
+    env = {"SCENARIO": json.dumps(scenario), "ASTRID_INFERENCE_DRIFT_MIN_SAMPLES": "8", **env}
+    return run_child(SCRIPT, tmp_path, env, marker="RESULT=")
 
 
 def statsd_env(udp: UdpSink) -> dict[str, str]:

@@ -13,14 +13,11 @@ not by a running scheduler here.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.dag_runner import run_child
 from tests.dags.test_alerts_and_metrics import WebhookSink, email_text
 from tests.integration.standalone import SmtpSink
 
@@ -80,33 +77,13 @@ def scenario(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("serving")
     sink, webhook = SmtpSink(), WebhookSink()
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ASTRID_"))}
-        env.update(
-            {
-                "REPO": str(REPO),
-                "WORK": str(tmp_path),
-                "AIRFLOW_HOME": str(tmp_path / "airflow"),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-                "ASTRID_CATALOG_URL": f"sqlite:///{tmp_path}/catalog.db",
-                "ASTRID_STORAGE_ROOT": (tmp_path / "storage").as_uri(),
-                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-                "ASTRID_INFERENCE_ALERT_EMAIL": "oncall@example.org",
-                "ASTRID_INFERENCE_PERFORMANCE_TRACKING": "false",
-                **sink.connection_env(),
-                **webhook.connection_env(),
-            }
-        )
-        subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=1200
-        )
-        assert done.returncode == 0, done.stderr[-4000:]
-        line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT="))
-        result = json.loads(line.removeprefix("RESULT="))
+        env = {
+            "WORK": str(tmp_path),
+            "ASTRID_INFERENCE_PERFORMANCE_TRACKING": "false",
+            **sink.connection_env(),
+            **webhook.connection_env(),
+        }
+        result = run_child(SCRIPT, tmp_path, env, marker="RESULT=", timeout=1200)
         announcement = sink.wait_for(lambda m: "Serving model changed" in (m["Subject"] or ""), timeout=30)
         yield {**result, "email": announcement, "emails": list(sink.messages), "slack": list(webhook.bodies)}
     finally:
