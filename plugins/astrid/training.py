@@ -104,6 +104,8 @@ def training_recipe(
     """
     from astrid.ml.train import TrainConfig
 
+    if not isinstance(overrides or {}, Mapping):
+        raise ConfigError(f"recipe must be an object of TrainConfig fields, got {overrides!r}")
     config = TrainConfig()
     if device == "cpu":
         config = dataclasses.replace(
