@@ -50,7 +50,11 @@ with DAG(
                 title="Labelled observations",
             ),
             "confidence_threshold": Param(
-                config.confidence_threshold, type="number", minimum=0, maximum=1, title="Confidence threshold"
+                config.confidence_threshold,
+                type="number",
+                exclusiveMinimum=0,
+                exclusiveMaximum=1,
+                title="Confidence threshold",
             ),
         },
     ),

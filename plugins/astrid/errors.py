@@ -30,3 +30,8 @@ class ModelError(AstridError):
 
 class CatalogError(AstridError):
     """The observation catalog refused an operation (e.g. a lease held by another run)."""
+
+
+class ModelReferenceError(ModelError, ValueError):
+    """A model reference is not a registry name/alias/version nor a model directory under the
+    configured model roots. A ``ValueError`` too, so request validation turns it into a 4xx."""

@@ -15,10 +15,10 @@ from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference, Param
 
 from astrid.airflow.notifiers import AstridNotifier
 from astrid.config import InferenceSchedulingConfig
+from astrid.model_reference import model_pattern
 
 OWNER = "astrid"
 START_DATE_ISO = "2025-01-01"
-MODEL_PATTERN = r"^(champion|challenger|[0-9]+|models:/astrid-unet(@[A-Za-z0-9_-]+|/[0-9]+)|/.+)$"
 EXECUTION_TIMEOUT = {"realtime": 12, "batch": 150, "validation": 170}  # minutes per task
 
 
@@ -59,17 +59,19 @@ def inference_params(max_observations: int, config: InferenceSchedulingConfig) -
         "model_version": Param(
             "champion",
             type="string",
-            pattern=MODEL_PATTERN,
+            maxLength=1024,
+            pattern=model_pattern(config.model_root_paths),
             title="Model",
-            description="champion, challenger, a registry version number, or models:/astrid-unet@alias",
+            description="champion, challenger, a registry version number, models:/astrid-unet@alias, or "
+            "the absolute path of a model directory under ASTRID_INFERENCE_MODEL_ROOTS",
         ),
         "confidence_threshold": Param(
             config.confidence_threshold,
             type="number",
-            minimum=0,
-            maximum=1,
+            exclusiveMinimum=0,
+            exclusiveMaximum=1,
             title="Confidence threshold",
-            description="Probability cut for a detection (0-1).",
+            description="Probability cut for a detection, strictly between 0 and 1.",
         ),
     }
 

@@ -18,8 +18,6 @@ from airflow.sdk import BaseOperator, BaseOperatorLink
 
 from astrid.airflow.hooks import CatalogHook, ModelRegistryHook, ObservationStorageHook
 
-MODEL_ALIASES = ("champion", "challenger")
-
 
 def catalog_run_id(context: Any) -> str:
     """The claim owner recorded in the catalog: unique across DAGs (run ids alone are not)."""
@@ -35,16 +33,6 @@ def _stats() -> Any:
     from airflow.sdk.observability.stats import Stats
 
     return Stats
-
-
-def model_reference(value: str | None) -> str:
-    """``champion``/``challenger``/``3``/a path/a models:/ URI → a registry reference."""
-    from astrid.config import load_config
-
-    value = (str(value).strip() if value is not None else "") or load_config().model_uri
-    if value in MODEL_ALIASES:
-        return f"models:/astrid-unet@{value}"
-    return value
 
 
 class _XComLink(BaseOperatorLink):
@@ -209,21 +197,20 @@ class UNetInferenceOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from astrid.catalog import Claim
-        from astrid.config import load_config
+        from astrid.config import check_threshold, load_config
         from astrid.ml.engine import get_engine
+        from astrid.model_reference import requested_model
         from astrid.paths import shipped_model_path
         from astrid.pipeline import RunInfo, VersionedDetector, run_inference
 
         config = load_config()
-        threshold = float(self.confidence_threshold)
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"confidence_threshold={threshold} must lie between 0 and 1")
+        threshold = check_threshold("confidence_threshold", float(self.confidence_threshold))
         claims = [Claim.from_xcom(c) for c in self.observations or []]
         registry = ModelRegistryHook(self.mlflow_conn_id).get_conn()
         registry.ensure_champion(shipped_model_path())
         stats = _stats()
         started = time.perf_counter()
-        resolved = registry.resolve(model_reference(self.model))
+        resolved = registry.resolve(requested_model(self.model, config), config.model_root_paths)
         engine = get_engine(resolved.path, device=self.device, batch_size=int(self.batch_size))
         from astrid.metrics import metric_name
 
