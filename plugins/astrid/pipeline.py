@@ -113,16 +113,20 @@ def _error(claim: Claim, exc: BaseException) -> dict[str, Any]:
 
 
 def load_claim(claim: Claim, storage: Any, max_side: int) -> Any:
-    """The claim's FITS triplet, read through the storage root (URIs outside it are refused)."""
-    from astrid.imaging.fits import load_triplet
+    """The claim's FITS triplet, read through the storage root (URIs outside it are refused).
+
+    Header and WCS limits are the configuration's (the same for every DAG); ``max_side`` is the
+    caller's."""
+    from astrid.config import load_config
+    from astrid.imaging.fits import ReadLimits, load_triplet
 
     diff = storage.resolve(claim.difference_uri) if claim.difference_uri else None
     return load_triplet(
         storage.resolve(claim.science_uri),
         storage.resolve(claim.reference_uri),
         diff,
-        max_side=max_side,
         name=claim.name,
+        limits=ReadLimits.from_config(load_config(), max_side=max_side),
     )
 
 
