@@ -167,6 +167,7 @@ _COUNT = _between(1, MAX_COUNT)
 _FRACTION = _between(0, 1)
 _PERCENT = _between(0, 100, open_lo=True)
 _DEADLINE = _between(0, WEEK_MINUTES, open_lo=True)
+_PIXEL_SCALE = _between(0, 3600, open_lo=True, unit="″/pixel")
 _CRON = Rule(_check_cron, f"5-field cron that fires, or {', '.join(CRON_PRESETS)}")
 
 
@@ -314,13 +315,13 @@ class InferenceSchedulingConfig:
     min_pixel_scale_arcsec: float = _env(
         "ASTRID_INFERENCE_MIN_PIXEL_SCALE",
         "smallest plausible WCS pixel scale (arcsec/pixel); below it RA/Dec are not trusted",
-        _between(0, 3600, open_lo=True),
+        _PIXEL_SCALE,
         default=0.01,
     )
     max_pixel_scale_arcsec: float = _env(
         "ASTRID_INFERENCE_MAX_PIXEL_SCALE",
         "largest plausible WCS pixel scale (arcsec/pixel); above it RA/Dec are not trusted",
-        _between(0, 3600, open_lo=True),
+        _PIXEL_SCALE,
         default=60.0,
     )
     realtime_deadline_minutes: float = _env(
