@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from astrid.errors import ConfigError
@@ -30,10 +30,10 @@ WEEK_MINUTES = 7 * 24 * 60
 MAX_COUNT = 100_000  # observations per run or chunk: the bound of every such count
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """The values a setting accepts: ``check(env, value)`` raises :class:`ConfigError` naming the
-    variable, the value and the fix; ``text`` is the "allowed" column of docs/configuration.md."""
+    variable, the value and the fix; ``text`` is the "allowed" column of docs/configuration.md.
+    (A NamedTuple, not a dataclass: the DAG files build the configuration at every parse.)"""
 
     check: Callable[[str, Any], None]
     text: str

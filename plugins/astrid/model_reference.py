@@ -24,9 +24,8 @@ import os
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from astrid.errors import ModelReferenceError
 
@@ -47,10 +46,10 @@ _CHAR, _NODOT = r"[^/\x00-\x1f\x7f]", r"[^/.\x00-\x1f\x7f]"
 _SEGMENT = rf"(?:{_NODOT}{_CHAR}*|\.{_NODOT}{_CHAR}*|\.\.{_CHAR}+)"
 
 
-@dataclass(frozen=True)
-class ModelReference:
+class ModelReference(NamedTuple):
     """A parsed reference: ``kind`` ``alias`` (value: the alias), ``version`` (value: the number)
-    or ``path`` (value: the absolute path, lexically normalised)."""
+    or ``path`` (value: the absolute path, lexically normalised). A NamedTuple: it is imported
+    while DAG files parse, where a frozen dataclass's generated methods cost milliseconds."""
 
     kind: Literal["alias", "version", "path"]
     value: str
