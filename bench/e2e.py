@@ -137,7 +137,7 @@ def run_bench(
             "ASTRID_INFERENCE_MAX_LOAD_PER_CPU": "1000",  # shared box: the pre-flight must not skip
         }
         if postgres:
-            from astrid.catalog.testing import temporary_postgres_database
+            from tests.catalog_helpers import temporary_postgres_database
 
             metadata_url = resources.enter_context(temporary_postgres_database("astrid_e2e_meta"))
             env["ASTRID_CATALOG_URL"] = resources.enter_context(

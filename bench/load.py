@@ -504,7 +504,7 @@ def stack_env(metadata_url: str, catalog_url: str) -> dict[str, str]:
 
 def run_day(plan: DayPlan, progress: Any = print) -> tuple[DayResult, list[str], dict[str, Any]]:
     """Start a stack on fresh PostgreSQL databases, simulate the day, verify, tear down."""
-    from astrid.catalog.testing import temporary_postgres_database
+    from tests.catalog_helpers import temporary_postgres_database
     from tests.integration.standalone import cleanup, make_standalone
 
     with ExitStack() as resources:

@@ -7,9 +7,10 @@ from astrid.airflow.operators import (
     ChunkClaimsOperator,
     ClaimObservationsOperator,
     DataQualityOperator,
+    InferenceReportOperator,
+    PreflightOperator,
     UNetInferenceOperator,
 )
-from astrid.airflow.tasks import InferenceReportOperator, PreflightOperator, RecordFailedRun
 from astrid.config import load_config
 
 config = load_config()
@@ -26,15 +27,8 @@ alone; a bad observation fails alone. Runbook: `docs/runbook.md`.
 """
 
 with DAG(
-    "astrid_batch_inference",
-    max_active_runs=1,
-    on_failure_callback=RecordFailedRun("batch"),
     **dag_kwargs(
-        "batch",
-        config,
-        doc_md=DOC,
-        tags=["batch", "inference"],
-        params=inference_params(config.batch_max_observations, config),
+        "batch", config, doc_md=DOC, tags=["batch", "inference"], params=inference_params("batch", config)
     ),
 ) as dag:
     preflight = PreflightOperator(task_id="preflight")
@@ -50,7 +44,6 @@ with DAG(
         model="{{ params.model_version }}",
         confidence_threshold="{{ params.confidence_threshold }}",
         batch_size=config.inference_batch_size,
-        device=config.device,
         pool=config.gpu_pool,
         queue=config.gpu_queue,
     ).expand(observations=gate.output)

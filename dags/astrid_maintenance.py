@@ -5,9 +5,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG
 
-from astrid.airflow.dag_defaults import OWNER, START_DATE_ISO
-from astrid.airflow.notifiers import AstridNotifier
-from astrid.airflow.tasks import DbCleanOperator, PruneTaskLogsOperator
+from astrid.airflow.dag_defaults import START_DATE_ISO, retry_policy
+from astrid.airflow.maintenance import DbCleanOperator, PruneTaskLogsOperator
 from astrid.config import load_config
 
 config = load_config()
@@ -20,14 +19,9 @@ with DAG(
     max_active_runs=1,
     max_consecutive_failed_dag_runs=3,
     tags=["astrid", "maintenance"],
-    default_args={
-        "owner": OWNER,
-        "retries": 2,
-        "retry_delay": timedelta(minutes=5),
-        "retry_exponential_backoff": 2.0,
-        "execution_timeout": timedelta(minutes=60),
-        "on_failure_callback": AstridNotifier(kind="failure"),
-    },
+    default_args=retry_policy(
+        config, execution_timeout=timedelta(minutes=60), retry_delay=timedelta(minutes=5)
+    ),
     doc_md=f"""
 ### AstrID maintenance
 

@@ -1,12 +1,11 @@
 """Weekly model validation: score champion (and challenger) on labelled data; promote or roll back."""
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 
-from astrid.airflow.dag_defaults import dag_kwargs
-from astrid.airflow.tasks import (
+from astrid.airflow.dag_defaults import dag_kwargs, validation_params
+from astrid.airflow.model_validation import (
     SERVING_MODEL,
     MoveChampionOperator,
-    RecordFailedRun,
     ScoreModelsOperator,
     SelectValidationSetOperator,
     ValidationDecisionOperator,
@@ -33,30 +32,8 @@ SLA: late after {config.validation_deadline_minutes} min.
 """
 
 with DAG(
-    "astrid_model_validation",
-    max_active_runs=1,
-    on_failure_callback=RecordFailedRun("validation"),
     **dag_kwargs(
-        "validation",
-        config,
-        doc_md=DOC,
-        tags=["validation", "mlops"],
-        params={
-            "dataset_size": Param(
-                config.validation_dataset_size,
-                type="integer",
-                minimum=1,
-                maximum=1000,
-                title="Labelled observations",
-            ),
-            "confidence_threshold": Param(
-                config.confidence_threshold,
-                type="number",
-                exclusiveMinimum=0,
-                exclusiveMaximum=1,
-                title="Confidence threshold",
-            ),
-        },
+        "validation", config, doc_md=DOC, tags=["validation", "mlops"], params=validation_params(config)
     ),
 ) as dag:
     observations = SelectValidationSetOperator(

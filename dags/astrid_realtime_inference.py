@@ -3,8 +3,13 @@
 from airflow.sdk import DAG
 
 from astrid.airflow.dag_defaults import dag_kwargs, inference_params
-from astrid.airflow.operators import ClaimObservationsOperator, DataQualityOperator, UNetInferenceOperator
-from astrid.airflow.tasks import InferenceReportOperator, PreflightOperator, RecordFailedRun
+from astrid.airflow.operators import (
+    ClaimObservationsOperator,
+    DataQualityOperator,
+    InferenceReportOperator,
+    PreflightOperator,
+    UNetInferenceOperator,
+)
 from astrid.config import load_config
 
 config = load_config()
@@ -24,15 +29,12 @@ Runbook: `docs/runbook.md`.
 """
 
 with DAG(
-    "astrid_realtime_inference",
-    max_active_runs=1,
-    on_failure_callback=RecordFailedRun("realtime"),
     **dag_kwargs(
         "realtime",
         config,
         doc_md=DOC,
         tags=["realtime", "inference"],
-        params=inference_params(config.realtime_max_observations, config),
+        params=inference_params("realtime", config),
     ),
 ) as dag:
     preflight = PreflightOperator(task_id="preflight")
@@ -46,7 +48,6 @@ with DAG(
         model="{{ params.model_version }}",
         confidence_threshold="{{ params.confidence_threshold }}",
         batch_size=config.inference_batch_size,
-        device=config.device,
         pool=config.gpu_pool,
         queue=config.gpu_queue,
     )

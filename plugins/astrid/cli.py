@@ -52,7 +52,8 @@ def _add_migrate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_migrate(args: argparse.Namespace) -> int:
-    from astrid.catalog import Catalog, default_catalog_url
+    from astrid.catalog import Catalog
+    from astrid.paths import default_catalog_url
 
     url = args.catalog or default_catalog_url()
     Catalog(url).migrate()
@@ -68,7 +69,8 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from astrid.catalog import Catalog, default_catalog_url
+    from astrid.catalog import Catalog
+    from astrid.paths import default_catalog_url
 
     catalog = Catalog(args.catalog or default_catalog_url())
     catalog.migrate()  # idempotent; a fresh install has an empty catalog, not an error

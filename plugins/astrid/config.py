@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from astrid.dag_kinds import dag_kind
 from astrid.errors import ConfigError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -149,6 +150,11 @@ def _check_model_roots(env: str, value: str) -> None:
                 f"{env}={value!r}: {entry!r} is the filesystem root, which would let a trigger load any "
                 "file on the worker: name the directories that hold models"
             )
+
+
+def model_root_paths(roots: str) -> tuple[Path, ...]:
+    """``ASTRID_INFERENCE_MODEL_ROOTS`` as absolute, symlink-free paths; ``""`` → none."""
+    return tuple(_root_path(entry) for entry in roots.split(os.pathsep) if entry.strip())
 
 
 def _root_path(entry: str) -> Path:
@@ -435,15 +441,12 @@ class InferenceSchedulingConfig:
         return cls(**values)
 
     def schedule(self, kind: str) -> str | None:
-        """Cron for ``realtime``/``batch``/``validation``; ``None`` (manual only) when disabled."""
-        if kind not in ("realtime", "batch", "validation"):
-            raise ConfigError(f"unknown DAG kind {kind!r}: expected realtime, batch or validation")
-        return getattr(self, f"{kind}_schedule") if getattr(self, f"{kind}_enabled") else None
+        """Cron of a DAG kind (:mod:`astrid.dag_kinds`); ``None`` (manual only) when disabled."""
+        row = dag_kind(kind)
+        return getattr(self, row.schedule_setting) if getattr(self, row.enabled_setting) else None
 
     def deadline_minutes(self, kind: str) -> float:
-        if kind not in ("realtime", "batch", "validation"):
-            raise ConfigError(f"unknown DAG kind {kind!r}: expected realtime, batch or validation")
-        return getattr(self, f"{kind}_deadline_minutes")
+        return getattr(self, dag_kind(kind).deadline_setting)
 
     @property
     def vetting_level(self) -> float | str | None:
@@ -457,7 +460,17 @@ class InferenceSchedulingConfig:
     @property
     def model_root_paths(self) -> tuple[Path, ...]:
         """The model roots as absolute, symlink-free directories (see :mod:`astrid.model_reference`)."""
-        return tuple(_root_path(entry) for entry in self.model_roots.split(os.pathsep))
+        return model_root_paths(self.model_roots)
+
+    @property
+    def fits_limits(self) -> dict[str, float]:
+        """What a FITS read accepts besides the frame side: ``astrid.imaging.fits.ReadLimits``'s
+        other fields (a plain dict: the DAG files hand it to the operators without importing astropy)."""
+        return {
+            "max_header_cards": self.max_header_cards,
+            "min_pixel_scale": self.min_pixel_scale_arcsec,
+            "max_pixel_scale": self.max_pixel_scale_arcsec,
+        }
 
     @classmethod
     def env_table(cls) -> list[tuple[str, str, str]]:

@@ -25,12 +25,9 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 from astrid.errors import ModelReferenceError
-
-if TYPE_CHECKING:
-    from astrid.config import InferenceSchedulingConfig
 
 MODEL_NAME = "astrid-unet"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -163,10 +160,9 @@ _HELP = (
 )
 
 
-def requested_model(value: object, config: InferenceSchedulingConfig) -> ModelReference:
-    """What a run loads: its ``model_version`` param, or ``ASTRID_INFERENCE_MODEL_URI`` when empty."""
+def requested_model(value: object, default: str, roots: Sequence[Path]) -> ModelReference:
+    """What a run loads: its ``model_version`` param, or ``default`` (``ASTRID_INFERENCE_MODEL_URI``)
+    when the param is empty."""
     if value is None or value == "":
-        return parse_model_reference(
-            config.model_uri, config.model_root_paths, what="ASTRID_INFERENCE_MODEL_URI"
-        )
-    return parse_model_reference(value, config.model_root_paths)
+        return parse_model_reference(default, roots, what="ASTRID_INFERENCE_MODEL_URI")
+    return parse_model_reference(value, roots)

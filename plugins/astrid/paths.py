@@ -13,7 +13,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def airflow_home() -> Path:
-    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+    """``$AIRFLOW_HOME`` (default ``~/airflow``), absolute: SQLite URLs and file URIs need that."""
+    return Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser().resolve()
 
 
 def astrid_home() -> Path:
@@ -21,6 +22,11 @@ def astrid_home() -> Path:
     path = airflow_home() / "astrid"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def default_catalog_url() -> str:
+    """``$ASTRID_CATALOG_URL``, else the SQLite catalog ``$AIRFLOW_HOME/astrid/catalog.db``."""
+    return os.environ.get("ASTRID_CATALOG_URL", "").strip() or f"sqlite:///{astrid_home() / 'catalog.db'}"
 
 
 def default_storage_uri() -> str:

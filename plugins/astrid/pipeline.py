@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -53,12 +54,22 @@ class VersionedDetector:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """Who is running: carried into every log line, catalog write and metric."""
+    """Who is running: carried into every log line, catalog write and metric.
+
+    ``run_id`` owns the claims in the catalog (unique across DAGs: ``<dag_id>:<dag run id>`` under
+    Airflow); ``dag_run_id`` is the orchestrator's own run id (MLflow tags, run records, artifacts).
+    """
 
     run_id: str
     dag_id: str = "cli"
     kind: str = "cli"
     task_id: str | None = None
+    dag_run_id: str | None = None
+    map_index: int = -1
+
+    @property
+    def orchestrator_run_id(self) -> str:
+        return self.dag_run_id or self.run_id
 
 
 @dataclass
@@ -112,12 +123,57 @@ def _error(claim: Claim, exc: BaseException) -> dict[str, Any]:
     }
 
 
-def load_claim(claim: Claim, storage: Any, max_side: int) -> Any:
+def claim_observations(
+    catalog: Catalog,
+    run: RunInfo,
+    limit: int,
+    *,
+    lease_minutes: float,
+    max_attempts: int,
+    metrics: Metrics | None = None,
+) -> list[Claim]:
+    """Atomically claim up to ``limit`` preprocessed observations, leased to ``run``.
+
+    A retried task (same ``run.run_id``) gets its own unexpired claims back first, so nothing is
+    lost between the claim and the hand-over to the next step.
+    """
+    claims = catalog.claim(limit, run.run_id, timedelta(minutes=lease_minutes), max_attempts=max_attempts)
+    (metrics or NullMetrics()).incr(metric_name("astrid.observations.claimed", run.dag_id), len(claims))
+    log_event(
+        "claim",
+        run_id=run.orchestrator_run_id,
+        dag_id=run.dag_id,
+        requested=limit,
+        observation_ids=[c.observation_id for c in claims],
+    )
+    return claims
+
+
+def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
+    """``items`` in lists of at most ``size`` (at least 1): one mapped task per chunk."""
+    items, size = list(items), max(1, int(size))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def confidence_threshold(value: Any) -> float:
+    """A probability cut (a number, or a param rendered as text) strictly between 0 and 1;
+    ValueError otherwise (:func:`astrid.config.check_threshold`)."""
+    from astrid.config import check_threshold
+
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"confidence_threshold={value!r} is not a number") from None
+    return check_threshold("confidence_threshold", number)
+
+
+def load_claim(claim: Claim, storage: Any, max_side: int, limits: Any = None) -> Any:
     """The claim's FITS triplet, read through the storage root (URIs outside it are refused).
 
-    Header and WCS limits are the configuration's (the same for every DAG); ``max_side`` is the
-    caller's."""
-    from astrid.config import load_config
+    ``limits`` (:class:`astrid.imaging.fits.ReadLimits`: header size, plausible WCS) defaults to
+    the configuration's defaults; ``max_side`` wins over its ``max_side``."""
+    from dataclasses import replace
+
     from astrid.imaging.fits import ReadLimits, load_triplet
 
     diff = storage.resolve(claim.difference_uri) if claim.difference_uri else None
@@ -126,7 +182,7 @@ def load_claim(claim: Claim, storage: Any, max_side: int) -> Any:
         storage.resolve(claim.reference_uri),
         diff,
         name=claim.name,
-        limits=ReadLimits.from_config(load_config(), max_side=max_side),
+        limits=replace(limits or ReadLimits(), max_side=int(max_side)),
     )
 
 
@@ -139,6 +195,7 @@ def quality_gate(
     max_side: int,
     metrics: Metrics | None = None,
     gate: Any = None,
+    limits: Any = None,
 ) -> tuple[list[Claim], list[dict[str, Any]]]:
     """Reject observations that are unreadable or fail the data-quality suite; return the rest.
 
@@ -153,7 +210,7 @@ def quality_gate(
     rejections: list[dict[str, Any]] = []
     for claim in claims:
         try:
-            triplet = load_claim(claim, storage, max_side)
+            triplet = load_claim(claim, storage, max_side, limits)
         except ObservationError as exc:
             rejections.append(_reject(catalog, claim, run, str(exc)))
             continue
@@ -207,6 +264,7 @@ def run_inference(
     metrics: Metrics | None = None,
     artifacts: Any = None,
     on_observation: Callable[[Claim, list], None] | None = None,
+    limits: Any = None,
     min_excess: float | str | None = "card",
 ) -> RunSummary:
     """Infer every claim, write detections + statuses, write artifacts; return the summary.
@@ -231,7 +289,7 @@ def run_inference(
         for claim in claims:
             t0 = time.perf_counter()
             try:
-                triplet = load_claim(claim, storage, max_side)
+                triplet = load_claim(claim, storage, max_side, limits)
                 probability, detections = detector.analyse(triplet, threshold, min_excess)
                 catalog.complete(claim.observation_id, run.run_id, detector.version, detections)
             except ObservationError as exc:
@@ -345,3 +403,116 @@ def _write_thumbnail(path: Any, probability: np.ndarray, side: int = 256) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as fh:
         plt.imsave(fh, small, cmap="magma", vmin=0.0, vmax=1.0, format="png")
+
+
+# -- the inference step as the DAGs run it: model from the registry, artifacts, tracking ------------
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A registry model loaded into the inference engine of this process."""
+
+    detector: VersionedDetector
+    resolved: Any  # astrid.registry.ResolvedModel
+    device: str
+    card_vetting: float | None  # the card's star-residual vetting level
+
+    def vetting_label(self, vetting: float | str | None) -> float | str:
+        """What a summary reports for a vetting setting: the level in force, or ``"off"``."""
+        level = self.card_vetting if vetting == "card" else vetting
+        return "off" if level is None else level
+
+
+def load_detector(
+    registry: Any,
+    reference: Any,
+    *,
+    roots: Sequence[Any] = (),
+    device: str = "auto",
+    batch_size: int = 8,
+    metrics: Metrics | None = None,
+    dag_id: str | None = None,
+) -> LoadedModel:
+    """Resolve ``reference`` (a :class:`~astrid.model_reference.ModelReference` or its text; a path
+    only under the model ``roots``) in the registry (bootstrapping an empty one with the shipped
+    model as champion) and load it; the load time goes to ``astrid.model.load_time``."""
+    from astrid.ml.engine import get_engine
+    from astrid.paths import shipped_model_path
+
+    registry.ensure_champion(shipped_model_path())
+    started = time.perf_counter()
+    resolved = registry.resolve(reference, roots)
+    engine = get_engine(resolved.path, device=device, batch_size=int(batch_size))
+    (metrics or NullMetrics()).timing(
+        metric_name("astrid.model.load_time", dag_id), (time.perf_counter() - started) * 1000
+    )
+    return LoadedModel(
+        VersionedDetector(engine, resolved.version), resolved, str(engine.device), engine.min_excess
+    )
+
+
+def artifacts_dir(storage: Any, run: RunInfo) -> Any:
+    """Where one task's detection catalog and thumbnails go: ``runs/<dag>/<run>/<task>-<map index>``."""
+    task = f"{run.task_id}-{run.map_index}"
+    return storage.path / "runs" / run.dag_id / _safe_name(run.orchestrator_run_id) / _safe_name(task)
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def infer_observations(
+    claims: Sequence[Claim],
+    *,
+    catalog: Catalog,
+    storage: Any,
+    registry: Any,
+    run: RunInfo,
+    model: Any,
+    threshold: float,
+    batch_size: int = 8,
+    device: str = "auto",
+    max_side: int,
+    vetting: float | str | None = "card",
+    track: bool = True,
+    metrics: Metrics | None = None,
+    model_roots: Sequence[Any] = (),
+    limits: Any = None,
+) -> dict[str, Any]:
+    """Load ``model`` from the registry, infer ``claims`` (:func:`run_inference`), write the run's
+    artifacts and, when ``track``, log the run to MLflow. Returns the XCom summary: the
+    :class:`RunSummary` fields plus ``device``, ``star_residual_vetting`` and, when tracked,
+    ``mlflow_run_id``."""
+    from astrid.tracking import log_inference
+
+    metrics = metrics or NullMetrics()
+    threshold = confidence_threshold(threshold)
+    loaded = load_detector(
+        registry,
+        model,
+        roots=model_roots,
+        device=device,
+        batch_size=batch_size,
+        metrics=metrics,
+        dag_id=run.dag_id,
+    )
+    summary = run_inference(
+        claims,
+        catalog=catalog,
+        storage=storage,
+        detector=loaded.detector,
+        run=run,
+        threshold=threshold,
+        max_side=max_side,
+        metrics=metrics,
+        artifacts=artifacts_dir(storage, run),
+        min_excess=vetting,
+        limits=limits,
+    ).to_xcom()
+    summary["device"] = loaded.device
+    summary["star_residual_vetting"] = loaded.vetting_label(vetting)
+    if track and claims:
+        summary["mlflow_run_id"] = log_inference(
+            registry, run, summary, model=loaded.resolved, threshold=threshold, batch_size=batch_size
+        )
+    return summary

@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import psutil
 
-from astrid.config import InferenceSchedulingConfig
+
+class Limits(Protocol):
+    """The limits a run must stay under (an :class:`~astrid.config.InferenceSchedulingConfig` is one)."""
+
+    max_memory_percent: float
+    max_load_per_cpu: float
+    max_gpu_memory_percent: float
+
+
+@dataclass(frozen=True)
+class PreflightLimits:
+    max_memory_percent: float
+    max_load_per_cpu: float
+    max_gpu_memory_percent: float
 
 
 @dataclass(frozen=True)
@@ -36,7 +50,7 @@ def gpu_memory_percent() -> float | None:
 
 
 def check(
-    config: InferenceSchedulingConfig,
+    config: Limits,
     *,
     memory_percent: float | None = None,
     load_per_cpu: float | None = None,

@@ -16,14 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-# The DAGs the status covers, in display order, with their kind (the catalog's ``kind`` column).
-DAG_KINDS: dict[str, str] = {
-    "astrid_realtime_inference": "realtime",
-    "astrid_batch_inference": "batch",
-    "astrid_model_validation": "validation",
-}
-KIND_DAGS: dict[str, str] = {kind: dag_id for dag_id, kind in DAG_KINDS.items()}
-RUN_TYPES = tuple(KIND_DAGS)
+# The DAGs the status covers and the run types it triggers come from the DAG kinds table.
+from astrid.dag_kinds import DAG_IDS, KINDS, RUN_TYPES, kind_of_dag
 
 MIN_HOURS, MAX_HOURS = 1, 720  # GET /runs?hours=: one hour to 30 days
 DEFAULT_GRAFANA_URL = "http://localhost:3000/d/astrid-inference"
@@ -187,7 +181,7 @@ def dag_status(
     last_ok = next((r for r in catalog_runs if r.get("status") == "success"), None)
     return {
         "dag_id": facts.dag_id,
-        "kind": DAG_KINDS.get(facts.dag_id),
+        "kind": getattr(kind_of_dag(facts.dag_id), "name", None),
         "exists": facts.exists,
         "paused": facts.paused,
         "stale": facts.stale,
@@ -237,7 +231,7 @@ def build_status(
 ) -> dict[str, Any]:
     """The ``GET /astrid/status`` payload.
 
-    One entry per AstrID DAG in :data:`DAG_KINDS` order (a DAG missing from ``dag_facts`` is
+    One entry per AstrID DAG in :data:`~astrid.dag_kinds.DAG_IDS` order (a DAG missing from ``dag_facts`` is
     reported with ``exists: false``), the catalog's observation counts per status and its stuck
     claims. The last detection count comes from the newest successful ``inference_runs`` row
     of the last :data:`MAX_HOURS` hours.
@@ -252,7 +246,7 @@ def build_status(
         dag_status(
             by_id.get(dag_id, DagFacts(dag_id=dag_id, exists=False)), per_dag.get(dag_id, []), now=now, tz=tz
         )
-        for dag_id in DAG_KINDS
+        for dag_id in DAG_IDS
     ]
     stuck = catalog.stuck_claims(now=now)
     counts = catalog.status_counts()
@@ -304,13 +298,8 @@ def max_observations_limit(run_type: str, config: Any) -> int | None:
     ``None`` for validation: its ``dataset_size`` param carries its own bound, checked by
     Airflow's param validation when the run is created.
     """
-    if run_type == "realtime":
-        return config.realtime_max_observations
-    if run_type == "batch":
-        return config.batch_max_observations
-    if run_type == "validation":
-        return None
-    raise ValueError(f"run_type must be one of {', '.join(RUN_TYPES)}, got {run_type!r}")
+    setting = _kind(run_type).max_observations_setting
+    return None if setting is None else getattr(config, setting)
 
 
 def trigger_conf(
@@ -323,8 +312,7 @@ def trigger_conf(
     """(dag_id, conf) for a ``POST /astrid/trigger`` request; only the given fields go in ``conf``
     (the DAG's param defaults apply to the rest). Validation runs take ``max_observations`` as
     their ``dataset_size`` and have no ``model_version`` (they score champion and challenger)."""
-    if run_type not in KIND_DAGS:
-        raise ValueError(f"run_type must be one of {', '.join(RUN_TYPES)}, got {run_type!r}")
+    dag_id = _kind(run_type).dag_id
     conf: dict[str, Any] = {}
     if run_type == "validation":
         if model_version is not None:
@@ -340,4 +328,10 @@ def trigger_conf(
             conf["model_version"] = model_version
     if confidence_threshold is not None:
         conf["confidence_threshold"] = confidence_threshold
-    return KIND_DAGS[run_type], conf
+    return dag_id, conf
+
+
+def _kind(run_type: str) -> Any:
+    if run_type not in KINDS:
+        raise ValueError(f"run_type must be one of {', '.join(RUN_TYPES)}, got {run_type!r}")
+    return KINDS[run_type]

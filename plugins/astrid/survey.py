@@ -33,9 +33,9 @@ def seed_survey(
     **knobs: Any,
 ) -> SeedResult:
     """Generate ``count`` observations (the first ``labelled`` keep their truth for validation)."""
-    from astrid.catalog import Catalog, NewObservation, default_catalog_url
+    from astrid.catalog import Catalog, NewObservation
     from astrid.imaging.synthetic import make_observation, write_observation
-    from astrid.paths import default_storage_uri
+    from astrid.paths import default_catalog_url, default_storage_uri
     from astrid.storage import StorageRoot
 
     if count < 0 or labelled < 0 or labelled > count:

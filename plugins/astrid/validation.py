@@ -9,8 +9,10 @@ version to go back to; otherwise keep what serves.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from astrid.metrics import Metrics, NullMetrics, metric_name
 
 PROMOTE, KEEP, ROLLBACK = "promote", "keep", "rollback"
 
@@ -20,6 +22,9 @@ class Decision:
     action: str
     reason: str
     target_version: str | None = None
+
+    def to_xcom(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def decide(
@@ -63,6 +68,7 @@ def score_model(
     threshold: float,
     max_side: int,
     min_excess: float | str | None = "card",
+    limits: Any = None,
 ) -> dict[str, Any]:
     """Run ``detector`` over labelled claims and score against their truth (recall per SNR bin, F1...)."""
     from astrid.imaging.synthetic import read_truth
@@ -71,12 +77,93 @@ def score_model(
 
     pairs = []
     for claim in claims:
-        triplet = load_claim(claim, storage, max_side)
+        triplet = load_claim(claim, storage, max_side, limits)
         _, detections = detector.analyse(triplet, threshold, min_excess)
         truth = read_truth(storage.resolve(claim.truth_uri))
         pairs.append((detections, truth, triplet.difference.size))
     report = score_detections(pairs)
     return _json_safe({"version": detector.version, **report.to_dict()})
+
+
+def score_models(
+    registry: Any,
+    claims: Sequence[Any],
+    storage: Any,
+    *,
+    threshold: float,
+    device: str = "auto",
+    max_side: int,
+    vetting: float | str | None = "card",
+    dag_run_id: str,
+    dag_id: str | None = None,
+    metrics: Metrics | None = None,
+    limits: Any = None,
+) -> dict[str, Any]:
+    """Score the registry's champion (and challenger, when one exists) on the same labelled claims,
+    log each score to MLflow and gauge the champion's F1 (``astrid.validation.f1``).
+
+    Returns ``{"history": [...], "champion": score, "challenger": score}`` (challenger only when
+    the alias exists): what :func:`decide_from_scores` takes.
+    """
+    from astrid.ml.engine import get_engine
+    from astrid.paths import shipped_model_path
+    from astrid.pipeline import VersionedDetector
+    from astrid.registry import CHALLENGER, CHAMPION
+    from astrid.tracking import log_validation
+
+    registry.ensure_champion(shipped_model_path())
+    scores: dict[str, Any] = {"history": registry.champion_history()}
+    for alias in (CHAMPION, CHALLENGER):
+        version = registry.alias_version(alias)
+        if version is None:
+            continue
+        detector = VersionedDetector(get_engine(registry.resolve(version).path, device=device), version)
+        scores[alias] = score_model(
+            detector,
+            claims,
+            storage,
+            threshold=threshold,
+            max_side=max_side,
+            min_excess=vetting,
+            limits=limits,
+        )
+        log_validation(
+            registry,
+            alias,
+            scores[alias],
+            dag_run_id=dag_run_id,
+            observations=len(claims),
+            threshold=threshold,
+        )
+    (metrics or NullMetrics()).gauge(metric_name("astrid.validation.f1", dag_id), scores[CHAMPION]["f1"])
+    return scores
+
+
+def decide_from_scores(scores: dict[str, Any], *, min_f1: float) -> Decision:
+    """:func:`decide` on the output of :func:`score_models`."""
+    return decide(
+        scores["champion"], scores.get("challenger"), min_f1=min_f1, history=scores.get("history", [])
+    )
+
+
+def apply_decision(registry: Any, action: str, decision: dict[str, Any], *, run_id: str | None = None) -> str:
+    """Carry out a decision (:meth:`Decision.to_xcom`) for ``action``: move the ``champion`` alias
+    (promote also drops ``challenger``) or keep it. Returns what happened, in words."""
+    from astrid.logs import log_event
+    from astrid.registry import CHALLENGER, CHAMPION
+
+    if action == KEEP:
+        return decision["reason"]
+    if action not in (PROMOTE, ROLLBACK):
+        raise ValueError(f"action {action!r}: expected {PROMOTE}, {KEEP} or {ROLLBACK}")
+    old = registry.alias_version(CHAMPION)
+    registry.set_alias(CHAMPION, decision["target_version"])
+    if action == PROMOTE:
+        registry.delete_alias(CHALLENGER)
+    log_event(
+        f"validation.{action}", run_id=run_id, old_champion=old, new_champion=decision["target_version"]
+    )
+    return f"champion v{old} -> v{decision['target_version']} ({decision['reason']})"
 
 
 def _json_safe(value: Any) -> Any:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,15 +24,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = r"""
 import json, os, sys
-sys.path.insert(0, os.path.join(os.environ["REPO"], "plugins"))
+sys.path[:0] = [os.path.join(os.environ["REPO"], "plugins"), os.environ["REPO"]]
 from astrid.survey import seed_survey
-from astrid.airflow.demo import run_dag, task_output
+from tests.dag_runner import run_dag
 spec = json.loads(os.environ["SCENARIO"])
 if spec.get("seed"):
     seed_survey(catalog_url=os.environ["ASTRID_CATALOG_URL"], storage_root=os.environ["ASTRID_STORAGE_ROOT"], **spec["seed"])
 states = []
 for conf in spec["runs"]:
-    dag_run, _ = run_dag(spec.get("dag", "astrid_realtime_inference"), conf, quick_retries=True)
+    dag_run = run_dag(spec.get("dag", "astrid_realtime_inference"), conf)
     states.append(str(dag_run.state))
 print("STATES=" + json.dumps(states))
 """
@@ -190,7 +191,7 @@ def test_zero_detection_runs_raise_one_degradation_email(tmp_path, sink):
 
 def test_statsd_metrics_arrive_and_map_to_prometheus_names(tmp_path):
     from astrid.metrics import METRICS
-    from astrid.monitoring_config import load_mapping, parse_statsd_packet
+    from tests.monitoring_config import load_mapping, parse_statsd_packet
 
     udp = UdpSink()
     try:
@@ -230,7 +231,7 @@ def test_statsd_metrics_arrive_and_map_to_prometheus_names(tmp_path):
     ours = [s for s in samples if s.name.startswith("airflow.astrid.")]
     for sample in ours:
         mapped = mapping.map(sample.name, sample.type) if hasattr(mapping, "map") else None
-        from astrid.monitoring_config import map_statsd_name
+        from tests.monitoring_config import map_statsd_name
 
         mapped = map_statsd_name(sample.name, sample.type)
         assert mapped is not None, sample.name
@@ -241,3 +242,44 @@ def test_statsd_metrics_arrive_and_map_to_prometheus_names(tmp_path):
         n.startswith(f"airflow.dagrun.duration.success.{dag}") or n.startswith("airflow.ti.finish")
         for n in names
     ) or any("ti" in n for n in names)
+
+
+ALERT_COUNT_SCRIPT = r"""
+import os, sys
+sys.path[:0] = [os.path.join(os.environ["REPO"], "plugins"), os.environ["REPO"]]
+from astrid.airflow.notifiers import AstridNotifier, build_alert
+for dag_id, enabled in (("astrid_monitored", True), ("astrid_unmonitored", False)):
+    alert = build_alert("deadline", {"dag_run": {"dag_id": dag_id, "dag_run_id": "r1"}})
+    AstridNotifier(kind="deadline", monitoring_enabled=enabled)._due(alert, os.environ["ASTRID_CATALOG_URL"])
+print("DONE")
+"""
+
+
+def test_alert_counters_respect_the_monitoring_switch(tmp_path):
+    """The notifier counts alerts through the same switch as the operators: off sends nothing."""
+    udp = UdpSink()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__METRICS", "ASTRID_"))}
+    env.update(
+        {
+            "REPO": str(REPO),
+            "ASTRID_CATALOG_URL": f"sqlite:///{tmp_path}/catalog.db",
+            "AIRFLOW__METRICS__STATSD_ON": "True",
+            "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+            "AIRFLOW__METRICS__STATSD_PORT": str(udp.port),
+            "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
+        }
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", ALERT_COUNT_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0 and "DONE" in done.stdout, done.stderr[-4000:]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(udp.packets) < 2:
+            time.sleep(0.05)
+    finally:
+        udp.stop()
+    text = b"\n".join(udp.packets).decode()
+    assert "airflow.astrid.alerts.sent.astrid_monitored:1|c" in text, text
+    assert "airflow.astrid.deadline.missed.astrid_monitored:1|c" in text, text
+    assert "astrid_unmonitored" not in text

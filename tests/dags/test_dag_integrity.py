@@ -6,13 +6,14 @@ for env overrides, re-imports the files with the variables set.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
+from astrid.airflow.demo import load_dag
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_IDS = {"astrid_realtime_inference", "astrid_batch_inference", "astrid_model_validation"}
@@ -25,16 +26,6 @@ SCHEDULES = {
 
 def _cron_of(dag) -> str | None:
     return getattr(dag.timetable, "expression", None)
-
-
-def load(name: str):
-    path = REPO / "dags" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_t_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    from airflow.sdk import DAG
-
-    return next(v for v in vars(module).values() if isinstance(v, DAG) and v.dag_id == name)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +140,7 @@ def test_env_overrides_schedules(monkeypatch):
     monkeypatch.setenv("ASTRID_INFERENCE_MAX_OBSERVATIONS", "7")
     monkeypatch.setenv("ASTRID_INFERENCE_VALIDATION_ENABLED", "false")
     monkeypatch.setenv("ASTRID_INFERENCE_REALTIME_DEADLINE_MINUTES", "3")
-    realtime = load("astrid_realtime_inference")
+    realtime = load_dag("astrid_realtime_inference")
     assert _cron_of(realtime) == "*/5 * * * *"
     assert realtime.params["max_observations"] == 7
     assert (
@@ -157,8 +148,8 @@ def test_env_overrides_schedules(monkeypatch):
         if isinstance(realtime.deadline, list)
         else (realtime.deadline.interval == timedelta(minutes=3))
     )
-    assert _cron_of(load("astrid_batch_inference")) == "30 3 * * *"
-    validation = load("astrid_model_validation")
+    assert _cron_of(load_dag("astrid_batch_inference")) == "30 3 * * *"
+    validation = load_dag("astrid_model_validation")
     assert _cron_of(validation) is None
 
 

@@ -13,38 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astrid.airflow.demo import run_dag as _run_dag
 from astrid.airflow.demo import task_output
+from tests.dag_runner import inprocess_env, run_dag
 
 SIZE = 384
-
-
-def run_dag(dag_id, conf=None):
-    return _run_dag(dag_id, conf, quick_retries=True)
 
 
 @pytest.fixture(scope="module")
 def env(airflow_db, tmp_path_factory):
     """A fresh catalog, storage root and MLflow store for this module (under the test AIRFLOW_HOME)."""
-    import os
-
     root = tmp_path_factory.mktemp("astrid-e2e")
-    saved = {
-        k: os.environ.get(k) for k in ("ASTRID_CATALOG_URL", "ASTRID_STORAGE_ROOT", "MLFLOW_TRACKING_URI")
-    }
-    os.environ["ASTRID_CATALOG_URL"] = f"sqlite:///{root}/catalog.db"
-    os.environ["ASTRID_STORAGE_ROOT"] = (root / "storage").as_uri()
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-    from astrid.airflow import hooks
-
-    hooks._CATALOGS.clear()
-    yield root
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    hooks._CATALOGS.clear()
+    with inprocess_env(root, ASTRID_INFERENCE_PERFORMANCE_TRACKING="true"):
+        yield root
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +66,7 @@ def _truth_for(storage, obs: dict):
 
 
 def test_realtime_dag_infers_claimed_observations(seeded, catalog, storage):
-    dag_run, _ = run_dag("astrid_realtime_inference", {"max_observations": 3})
+    dag_run = run_dag("astrid_realtime_inference", {"max_observations": 3})
     assert str(dag_run.state) == "success"
     summary = task_output(dag_run, "report")
     assert summary["processed_count"] == 3
@@ -138,7 +118,7 @@ def test_batch_dag_fans_out_over_the_rest(seeded, catalog):
 
     os.environ["ASTRID_INFERENCE_BATCH_CHUNK_SIZE"] = "2"
     try:
-        dag_run, _ = run_dag("astrid_batch_inference", {})
+        dag_run = run_dag("astrid_batch_inference", {})
     finally:
         del os.environ["ASTRID_INFERENCE_BATCH_CHUNK_SIZE"]
     assert str(dag_run.state) == "success"
@@ -154,7 +134,7 @@ def test_batch_dag_fans_out_over_the_rest(seeded, catalog):
 
 def test_rerunning_a_finished_run_duplicates_nothing(seeded, catalog):
     before = len(catalog.detections())
-    dag_run, _ = run_dag("astrid_realtime_inference", {"max_observations": 3})
+    dag_run = run_dag("astrid_realtime_inference", {"max_observations": 3})
     assert str(dag_run.state) == "success"
     assert task_output(dag_run, "report")["processed_count"] == 0  # nothing left to claim
     assert len(catalog.detections()) == before
@@ -214,7 +194,7 @@ def test_bad_observations_are_rejected_and_the_run_goes_on(seeded, catalog, stor
             ),
         ]
     )
-    dag_run, _ = run_dag("astrid_realtime_inference", {"max_observations": 10})
+    dag_run = run_dag("astrid_realtime_inference", {"max_observations": 10})
     assert str(dag_run.state) == "success"
     rows = {catalog.get(i)["name"]: catalog.get(i) for i in ids}
     assert rows["e2e-ok"]["status"] == "inferred"
@@ -296,7 +276,7 @@ def _blind_copy(tmp_path: Path) -> Path:
 
 
 def test_validation_keeps_a_healthy_champion(seeded, registry):
-    dag_run, _ = run_dag("astrid_model_validation", {"dataset_size": 4})
+    dag_run = run_dag("astrid_model_validation", {"dataset_size": 4})
     assert str(dag_run.state) == "success"
     scores = task_output(dag_run, "score_models")
     assert scores["champion"]["f1"] >= 0.8
@@ -314,12 +294,12 @@ def test_validation_promotes_a_better_challenger_and_rolls_back_a_degraded_champ
     blind = registry.register(_blind_copy(tmp_path), alias="champion", description="test: degraded model")
     challenger = registry.register(shipped_model_path(), alias="challenger")
     # a degraded champion and a healthy challenger: promote
-    dag_run, _ = run_dag("astrid_model_validation", {"dataset_size": 4})
+    dag_run = run_dag("astrid_model_validation", {"dataset_size": 4})
     assert registry.alias_version("champion") == challenger
     assert registry.alias_version("challenger") is None
     # now degrade the champion again with no challenger: forced degradation rolls back
     registry.set_alias("champion", blind)
-    dag_run, _ = run_dag("astrid_model_validation", {"dataset_size": 4})
+    dag_run = run_dag("astrid_model_validation", {"dataset_size": 4})
     states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
     assert states["rollback"] == "success"
     assert registry.alias_version("champion") == challenger  # the previous champion

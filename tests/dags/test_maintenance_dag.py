@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-from astrid.airflow.demo import run_dag, task_output
+from astrid.airflow.demo import task_output
+from tests.dag_runner import run_dag
 
 
 def test_maintenance_dag_prunes_old_logs(airflow_db, tmp_path, monkeypatch):
@@ -16,7 +17,7 @@ def test_maintenance_dag_prunes_old_logs(airflow_db, tmp_path, monkeypatch):
     t = time.time() - 40 * 86400
     os.utime(old, (t, t))
     monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(logs))
-    dag_run, _ = run_dag("astrid_maintenance")
+    dag_run = run_dag("astrid_maintenance")
     assert str(dag_run.state) == "success"
     assert task_output(dag_run, "prune_task_logs")["files_removed"] >= 1
     assert not old.exists()
@@ -32,13 +33,13 @@ def test_preflight_over_limit_skips_the_whole_run_and_claims_nothing(airflow_db,
     monkeypatch.setenv("ASTRID_CATALOG_URL", url)
     monkeypatch.setenv("ASTRID_STORAGE_ROOT", (tmp_path / "storage").as_uri())
     monkeypatch.setenv("ASTRID_INFERENCE_MAX_MEMORY_PERCENT", "1")
-    from astrid.airflow import hooks
+    from astrid.airflow.hooks import dispose_catalogs
 
-    hooks._CATALOGS.clear()
+    dispose_catalogs()
     seed_survey(1, size=128, seed=77000, catalog_url=url, storage_root=(tmp_path / "storage").as_uri())
-    dag_run, _ = run_dag("astrid_realtime_inference", {"max_observations": 1})
+    dag_run = run_dag("astrid_realtime_inference", {"max_observations": 1})
     states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
     assert states["preflight"] == "skipped"
     assert states["claim"] == "skipped" and states["infer"] == "skipped"
     assert Catalog(url).status_counts()["preprocessed"] == 1
-    hooks._CATALOGS.clear()
+    dispose_catalogs()

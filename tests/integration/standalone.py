@@ -238,7 +238,7 @@ def worker_hostname() -> str:
 
 def postgres_metadata_env(url: str) -> dict[str, str]:
     """Env putting Airflow's metadata DB on PostgreSQL ``url`` (e.g. from
-    ``astrid.catalog.testing.temporary_postgres_database()``)."""
+    ``tests.catalog_helpers.temporary_postgres_database()``)."""
     import sqlalchemy as sa
 
     conn = sa.make_url(url).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)

@@ -46,7 +46,7 @@ OBSERVATIONS, CHUNK, SIZE, THRESHOLD = 8, 2, 256, 0.5
 
 @pytest.fixture(scope="module")
 def services():
-    from astrid.catalog.testing import postgres_unavailable
+    from tests.catalog_helpers import postgres_unavailable
 
     reason = postgres_unavailable() or redis_unavailable()
     if reason:
@@ -115,10 +115,10 @@ def _reference_detections(observations: list[dict], storage_uri: str) -> dict[in
 
 def test_batch_fans_out_over_two_celery_workers_and_processes_each_observation_once(services):
     from astrid.catalog import Catalog
-    from astrid.catalog.testing import temporary_postgres_database
     from astrid.paths import shipped_model_path
     from astrid.registry import ModelRegistry
     from astrid.survey import seed_survey
+    from tests.catalog_helpers import temporary_postgres_database
 
     with ExitStack() as resources:
         metadata_url = resources.enter_context(temporary_postgres_database("astrid_celery_meta"))

@@ -29,7 +29,7 @@ REALTIME_RUNS = 12
 
 
 def test_a_compressed_day_loses_nothing_duplicates_nothing_and_meets_every_deadline():
-    from astrid.catalog.testing import postgres_unavailable
+    from tests.catalog_helpers import postgres_unavailable
 
     reason = postgres_unavailable()
     if reason:

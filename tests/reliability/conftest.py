@@ -18,7 +18,7 @@ def airflow_template(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pg_available() -> None:
-    from astrid.catalog.testing import postgres_unavailable
+    from tests.catalog_helpers import postgres_unavailable
 
     reason = postgres_unavailable()
     if reason:
@@ -114,7 +114,7 @@ def secret_standalone(tmp_path_factory):
     import secrets
 
     from astrid.catalog import Catalog
-    from astrid.catalog.testing import postgres_unavailable, temporary_postgres_database
+    from tests.catalog_helpers import postgres_unavailable, temporary_postgres_database
     from tests.integration.standalone import cleanup, make_standalone
     from tests.reliability.helpers import PLUGINS
 

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ SIZE = 256  # frames stay small: two shared CPU cores
 # Prepended to every child script: our plugins on sys.path, quick retries, a RESULT= line.
 CHILD_PRELUDE = r"""
 import json, os, sys, time
-sys.path.insert(0, os.path.join(os.environ["REPO"], "plugins"))
+sys.path[:0] = [os.path.join(os.environ["REPO"], "plugins"), os.environ["REPO"]]
+from tests.dag_runner import run_dag, task_states
 SPEC = json.loads(os.environ.get("SPEC", "{}"))
 
 
@@ -33,24 +33,9 @@ def result(**values):
     print("RESULT=" + json.dumps(values, default=str), flush=True)
 
 
-def run(dag_id, conf=None, *, retries=None, retry_seconds=1, logical_date=None):
-    # the DAG as shipped, with production retry *counts* but second-scale back-off (as demo.run_dag)
-    from datetime import timedelta
-
-    from astrid.airflow.demo import load_dag
-
-    dag = load_dag(dag_id)
-    dag.deadline = None  # dag.test cannot finish runs with Deadline Alerts (see astrid.airflow.demo)
-    for task in dag.tasks:
-        task.retry_delay = timedelta(seconds=retry_seconds)
-        task.max_retry_delay = timedelta(seconds=2 * retry_seconds)
-        if retries is not None:
-            task.retries = retries
-    kwargs = {"logical_date": logical_date, "run_after": logical_date} if logical_date else {}
-    dag_run = dag.test(run_conf=conf or {}, **kwargs)
-    tis = {ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]": (str(ti.state), ti.try_number)
-           for ti in dag_run.get_task_instances()}
-    return dag_run, tis
+def run(dag_id, conf=None, **options):
+    dag_run = run_dag(dag_id, conf, **options)
+    return dag_run, task_states(dag_run)
 """
 
 
@@ -116,65 +101,6 @@ def run_child(
     lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT=")]
     assert lines, output[-6000:]
     return json.loads(lines[-1].removeprefix("RESULT=")), output
-
-
-@contextlib.contextmanager
-def inprocess_env(root: Path, **extra: str) -> Iterator[dict[str, str]]:
-    """Point this process's hooks at a private catalog/storage/MLflow under ``root`` (restored after)."""
-    from astrid.airflow import hooks
-
-    values = {
-        "ASTRID_CATALOG_URL": f"sqlite:///{root}/catalog.db",
-        "ASTRID_STORAGE_ROOT": (root / "storage").as_uri(),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-        "ASTRID_INFERENCE_PERFORMANCE_TRACKING": "false",
-        **extra,
-    }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    hooks._CATALOGS.clear()
-    try:
-        yield values
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        for catalog in hooks._CATALOGS.values():
-            catalog.dispose()
-        hooks._CATALOGS.clear()
-
-
-def run_dag_inprocess(
-    dag_id: str,
-    conf: dict[str, Any] | None = None,
-    *,
-    retries: int | None = None,
-    retry_seconds: float = 1,
-    logical_date: Any = None,
-) -> Any:
-    """dag.test() of the shipped DAG in this process, with second-scale retry back-off."""
-    from datetime import timedelta
-
-    from astrid.airflow.demo import load_dag
-
-    dag = load_dag(dag_id)
-    dag.deadline = None  # dag.test cannot finish runs with Deadline Alerts (see astrid.airflow.demo)
-    for task in dag.tasks:
-        task.retry_delay = timedelta(seconds=retry_seconds)
-        task.max_retry_delay = timedelta(seconds=2 * retry_seconds)
-        if retries is not None:
-            task.retries = retries
-    kwargs = {"logical_date": logical_date, "run_after": logical_date} if logical_date is not None else {}
-    return dag.test(run_conf=conf or {}, **kwargs)
-
-
-def ti_states(dag_run: Any) -> dict[str, tuple[str, int]]:
-    return {
-        (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): (str(ti.state), ti.try_number)
-        for ti in dag_run.get_task_instances()
-    }
 
 
 def detection_set(rows: list[dict[str, Any]], places: int = 3) -> list[tuple]:

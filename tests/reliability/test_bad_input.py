@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from tests.dag_runner import inprocess_env, run_dag
 from tests.reliability.helpers import (
     SIZE,
     AstridLogCapture,
-    inprocess_env,
     new_observation,
-    run_dag_inprocess,
 )
 
 MAX_SIDE = 512  # ASTRID_INFERENCE_MAX_IMAGE_SIDE for this run
@@ -119,7 +118,7 @@ def mixed_run(airflow_db, tmp_path_factory):
         }
 
         with AstridLogCapture() as logs:
-            dag_run = run_dag_inprocess("astrid_realtime_inference", {"max_observations": 20})
+            dag_run = run_dag("astrid_realtime_inference", {"max_observations": 20})
         rows = {name: catalog.get(i) for name, i in names.items()}
         from astrid.airflow.demo import task_output
 

@@ -23,16 +23,14 @@ import pytest
 import sqlalchemy as sa
 import torch
 
+from tests.dag_runner import inprocess_env, run_dag, task_states
 from tests.reliability.helpers import (
     CHILD_PRELUDE,
     SIZE,
     base_env,
-    inprocess_env,
     new_observation,
     prepare_home,
     run_child,
-    run_dag_inprocess,
-    ti_states,
 )
 
 LEASE = timedelta(minutes=30)
@@ -151,7 +149,7 @@ def _temporary_pg(request, prefix: str) -> str:
     """A throw-away PostgreSQL database for one test (dropped, forcefully, at teardown)."""
     from contextlib import ExitStack
 
-    from astrid.catalog.testing import temporary_postgres_database
+    from tests.catalog_helpers import temporary_postgres_database
 
     stack = ExitStack()
     request.addfinalizer(stack.close)
@@ -162,9 +160,9 @@ def _wait_for_no_other_backends(admin_url: str, database: str, timeout: float = 
     """PostgreSQL notices a dead client when its socket closes; wait until its backend is gone."""
     import psycopg2
 
-    from astrid.catalog.testing import _dsn
+    from tests.catalog_helpers import dsn
 
-    conn = psycopg2.connect(_dsn(sa.make_url(admin_url)))
+    conn = psycopg2.connect(dsn(sa.make_url(admin_url)))
     conn.autocommit = True
     deadline = time.monotonic() + timeout
     try:
@@ -231,7 +229,7 @@ def test_sigkilled_worker_mid_batch_every_observation_processed_exactly_once(
     )
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
     if backend == "postgres":
-        from astrid.catalog.testing import postgres_admin_url
+        from tests.catalog_helpers import postgres_admin_url
 
         _wait_for_no_other_backends(postgres_admin_url(), sa.make_url(url).database)
 
@@ -293,9 +291,9 @@ def test_sigkilled_worker_mid_batch_every_observation_processed_exactly_once(
 def _admin():
     import psycopg2
 
-    from astrid.catalog.testing import _dsn, postgres_admin_url
+    from tests.catalog_helpers import dsn, postgres_admin_url
 
-    conn = psycopg2.connect(_dsn(sa.make_url(postgres_admin_url())))
+    conn = psycopg2.connect(dsn(sa.make_url(postgres_admin_url())))
     conn.autocommit = True
     return conn
 
@@ -361,11 +359,9 @@ def test_catalog_database_down_tasks_retry_and_succeed_once_it_is_back(
 
         watcher = threading.Thread(target=reopen_when_claim_waits_for_retry, daemon=True)
         watcher.start()
-        dag_run = run_dag_inprocess(
-            "astrid_realtime_inference", {"max_observations": 2}, retries=4, retry_seconds=2
-        )
+        dag_run = run_dag("astrid_realtime_inference", {"max_observations": 2}, retries=4, retry_seconds=2)
         watcher.join(timeout=30)
-        states = ti_states(dag_run)
+        states = task_states(dag_run)
 
         assert "reopened" in seen, ("the claim task never failed while the catalog was down", states)
         assert str(dag_run.state) == "success", states
@@ -734,13 +730,13 @@ def test_rerunning_a_finished_dag_run_duplicates_nothing(airflow_db, tmp_path):
             prefix="rerun",
         )
         catalog = Catalog(env["ASTRID_CATALOG_URL"])
-        first = run_dag_inprocess("astrid_realtime_inference", {"max_observations": 2}, logical_date=when)
+        first = run_dag("astrid_realtime_inference", {"max_observations": 2}, logical_date=when)
         assert str(first.state) == "success"
         detections = catalog.detections()
         observations = catalog.observations()
         assert len(detections) > 0 and {o["status"] for o in observations} == {"inferred"}
 
-        again = run_dag_inprocess("astrid_realtime_inference", {"max_observations": 2}, logical_date=when)
+        again = run_dag("astrid_realtime_inference", {"max_observations": 2}, logical_date=when)
         assert again.run_id == first.run_id and str(again.state) == "success"
         assert catalog.detections() == detections  # same rows, same ids: nothing deleted or re-inserted
         assert [(o["status"], o["attempts"], o["inferred_at"]) for o in catalog.observations()] == [

@@ -199,7 +199,7 @@ def test_registry_and_catalog_errors_never_print_the_password(tmp_path):
         extra_dejson={},
     )
     with mock.patch(
-        "astrid.airflow.hooks._connection", return_value=conn
+        "astrid.airflow.hooks.connection_or_none", return_value=conn
     ):  # stands in for the Connection lookup
         url = sa.make_url(CatalogHook().url)
     assert (url.host, url.username, url.password, url.database) == (

@@ -20,16 +20,16 @@ from astrid.catalog import (
     NewObservation,
     ObservationRow,
     ObservationStatus,
-    default_catalog_url,
 )
 from astrid.catalog.models import Base
-from astrid.catalog.testing import (
+from astrid.errors import CatalogError
+from astrid.paths import default_catalog_url
+from tests.catalog_helpers import (
     FakeDetection,
     fake_detections,
     postgres_unavailable,
     temporary_postgres_database,
 )
-from astrid.errors import CatalogError
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 LEASE = timedelta(minutes=30)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from astrid.catalog import Catalog, DetectionRow, NewObservation
 from astrid.catalog.store import MIGRATION_LOCK_KEY
-from astrid.catalog.testing import (
+from tests.catalog_helpers import (
     fake_detections,
     postgres_unavailable,
     run_processes,

@@ -201,8 +201,11 @@ def test_registry_resolves_a_path_under_a_root_with_a_path_label(root, tmp_path,
 
 def test_requested_model_falls_back_to_the_configured_model(root):
     config = InferenceSchedulingConfig(model_roots=str(root), model_uri=f"{root}/unet-v2")
-    assert requested_model(None, config).uri == f"{root}/unet-v2"
-    assert requested_model("", config).uri == f"{root}/unet-v2"
-    assert requested_model("challenger", config).uri == "models:/astrid-unet@challenger"
+    args = (config.model_uri, config.model_root_paths)
+    assert requested_model(None, *args).uri == f"{root}/unet-v2"
+    assert requested_model("", *args).uri == f"{root}/unet-v2"
+    assert requested_model("challenger", *args).uri == "models:/astrid-unet@challenger"
     with pytest.raises(ModelReferenceError, match="model_version='/etc'"):
-        requested_model("/etc", config)
+        requested_model("/etc", *args)
+    with pytest.raises(ModelReferenceError, match="ASTRID_INFERENCE_MODEL_URI"):
+        requested_model(None, "/etc", config.model_root_paths)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from astrid import monitoring_config as mc
 from astrid.config import InferenceSchedulingConfig
 from astrid.metrics import METRICS
+from tests import monitoring_config as mc
 
 REPO = Path(__file__).resolve().parents[2]
 MON = REPO / "include" / "monitoring"

@@ -563,9 +563,13 @@ def test_trigger_maxima_follow_the_environment(client, auth: str, monkeypatch) -
 
 def test_trigger_unknown_dag_is_404(client, auth: str, monkeypatch) -> None:
     # a DAG id that is in no metadata DB (earlier tests in a full run parse the real ones into it)
-    from astrid import status
+    import dataclasses
 
-    monkeypatch.setitem(status.KIND_DAGS, "batch", "astrid_batch_never_parsed")
+    from astrid.dag_kinds import KINDS
+
+    monkeypatch.setitem(
+        KINDS, "batch", dataclasses.replace(KINDS["batch"], dag_id="astrid_batch_never_parsed")
+    )
     r = client.post("/trigger", json={"run_type": "batch", "max_observations": 5}, headers=_bearer(auth))
     assert r.status_code == 404, r.text
 

@@ -44,6 +44,7 @@ from sqlalchemy import select
 
 from astrid import status as core
 from astrid.config import MAX_COUNT, InferenceSchedulingConfig, load_config
+from astrid.dag_kinds import DAG_IDS, KINDS, RUN_TYPES
 from astrid.errors import ConfigError, ModelReferenceError
 from astrid.model_reference import MAX_LENGTH, parse_model_reference
 
@@ -104,7 +105,7 @@ CatalogDep = Annotated[Any, Depends(get_catalog)]
 
 def require_read(request: Request, user: GetUserDep) -> Any:
     """An authenticated user who may read the runs of all three AstrID DAGs (else 401/403)."""
-    for dag_id in core.DAG_KINDS:
+    for dag_id in DAG_IDS:
         requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN, param_dag_id=dag_id)(
             request, user
         )
@@ -178,13 +179,15 @@ def _value(value: Any) -> Any:
 
 def get_dag_facts(session: SessionDep, config: ConfigDep) -> list[core.DagFacts]:
     since = core.facts_window_start(tz=config.timezone)
-    return query_dag_facts(session, list(core.DAG_KINDS), since)
+    return query_dag_facts(session, list(DAG_IDS), since)
 
 
 DagFactsDep = Annotated[list[core.DagFacts], Depends(get_dag_facts)]
 
 
 # ----------------------------------------------------------------------------- models
+
+RunType = Literal[RUN_TYPES]  # realtime, batch, validation: the DAG kinds table's names
 
 
 class HealthResponse(BaseModel):
@@ -212,9 +215,8 @@ class TriggerRequest(BaseModel):
         },
     )
 
-    run_type: Literal["realtime", "batch", "validation"] = Field(
-        description="realtime → astrid_realtime_inference, batch → astrid_batch_inference, "
-        "validation → astrid_model_validation"
+    run_type: RunType = Field(
+        description=", ".join(f"{kind.name} → {kind.dag_id}" for kind in KINDS.values())
     )
     max_observations: Annotated[int | None, Field(strict=True, ge=1, le=MAX_COUNT)] = Field(
         None,
@@ -435,13 +437,11 @@ def create_app() -> FastAPI:
         hours: Annotated[
             int, Query(ge=core.MIN_HOURS, le=core.MAX_HOURS, description="How far back, in hours (1-720)")
         ] = 24,
-        run_type: Annotated[
-            Literal["realtime", "batch", "validation"] | None, Query(description="Only this run type's DAG")
-        ] = None,
+        run_type: Annotated[RunType | None, Query(description="Only this run type's DAG")] = None,
     ) -> dict[str, Any]:
         """Inference runs recorded in the catalog (``inference_runs``) started in the last ``hours``,
         newest first, with totals."""
-        dag_id = core.KIND_DAGS[run_type] if run_type else None
+        dag_id = KINDS[run_type].dag_id if run_type else None
         return core.build_runs(catalog, hours, dag_id=dag_id)
 
     @app.post(

@@ -14,14 +14,14 @@ import sys
 import time
 from typing import Any
 
+from astrid.dag_kinds import KINDS
 from astrid.paths import REPO_ROOT
-
-DAGS = ("astrid_realtime_inference", "astrid_batch_inference", "astrid_model_validation")
 
 
 def load_dag(dag_id: str) -> Any:
+    """The DAG ``dags/<dag_id>.py`` defines, parsed afresh (environment changes since apply)."""
     path = REPO_ROOT / "dags" / f"{dag_id}.py"
-    spec = importlib.util.spec_from_file_location(f"_astrid_demo_{dag_id}", path)
+    spec = importlib.util.spec_from_file_location(f"_astrid_dag_{dag_id}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     from airflow.sdk import DAG
@@ -29,27 +29,21 @@ def load_dag(dag_id: str) -> Any:
     return next(v for v in vars(module).values() if isinstance(v, DAG) and v.dag_id == dag_id)
 
 
-def run_dag(
-    dag_id: str, conf: dict[str, Any] | None = None, *, quick_retries: bool = False
+def run_in_process(
+    dag: Any, conf: dict[str, Any] | None = None, *, logical_date: Any = None
 ) -> tuple[Any, float]:
-    """Run one DAG end to end with dag.test(); returns (dag_run, seconds).
+    """Run a DAG end to end with dag.test() in this process; returns (dag_run, seconds).
 
-    ``quick_retries`` keeps the retries but waits 1 s between them (tests that exercise a retry
-    should not sleep through production back-off).
+    The one in-process runner: the demo and the tests (``tests/dag_runner.py``) both use it.
     """
-    from datetime import timedelta
-
-    dag = load_dag(dag_id)
-    if quick_retries:
-        for task in dag.tasks:
-            task.retry_delay, task.max_retry_delay = timedelta(seconds=1), timedelta(seconds=2)
     # Airflow 3.3.2's dag.test() cannot finish a run of a DAG with Deadline Alerts: on success
     # DagRun.update_state looks the alerts up by id, but dag.test passes them serialised
     # (AttributeError: 'dict' object has no attribute 'hex'). Deadlines are exercised for real
     # under `airflow standalone` (tests/integration); in-process runs go without them.
     dag.deadline = None
+    dates = {"logical_date": logical_date, "run_after": logical_date} if logical_date is not None else {}
     started = time.perf_counter()
-    dag_run = dag.test(run_conf=conf or {})
+    dag_run = dag.test(run_conf=conf or {}, **dates)
     return dag_run, time.perf_counter() - started
 
 
@@ -60,9 +54,11 @@ def task_output(dag_run: Any, task_id: str, map_index: int = -1) -> Any:
     return None
 
 
-def truth_recall(catalog: Any, storage: Any, radius: float = 3.0) -> tuple[int, int]:
-    """(matched, injected) over every inferred observation that kept its truth file."""
+def truth_recall(catalog: Any, storage: Any) -> tuple[int, int]:
+    """(matched, injected) over every inferred observation that kept its truth file, matched as the
+    evaluation matches (:func:`astrid.ml.evaluate.match_detections`: one to one, within 3 px)."""
     from astrid.imaging.synthetic import read_truth
+    from astrid.ml.evaluate import match_detections
 
     matched = injected = 0
     for det_obs in catalog.observations(status="inferred"):
@@ -73,9 +69,7 @@ def truth_recall(catalog: Any, storage: Any, radius: float = 3.0) -> tuple[int, 
             continue
         found = catalog.detections(observation_id=det_obs["id"])
         injected += len(truth)
-        matched += sum(
-            any((d["x"] - t.x) ** 2 + (d["y"] - t.y) ** 2 <= radius**2 for d in found) for t in truth
-        )
+        matched += sum(match_detections(found, truth).truth_matched)
     return matched, injected
 
 
@@ -118,13 +112,10 @@ def main() -> int:
     )
 
     rows = []
-    for dag_id, conf in (
-        ("astrid_realtime_inference", {"max_observations": 10}),
-        ("astrid_batch_inference", {}),
-        ("astrid_model_validation", {"dataset_size": labelled}),
-    ):
+    confs = {"realtime": {"max_observations": 10}, "batch": {}, "validation": {"dataset_size": labelled}}
+    for dag_id, conf in ((KINDS[kind].dag_id, conf) for kind, conf in confs.items()):
         print(f"running {dag_id} ...", flush=True)
-        dag_run, seconds = run_dag(dag_id, conf)
+        dag_run, seconds = run_in_process(load_dag(dag_id), conf)
         out = task_output(dag_run, "report") or task_output(dag_run, "score_models") or {}
         rows.append((dag_id, dag_run.state, seconds, out))
 

@@ -17,7 +17,7 @@ from airflow.sdk import BaseHook
 log = logging.getLogger(__name__)
 
 
-def _connection(conn_id: str) -> Any | None:
+def connection_or_none(conn_id: str) -> Any | None:
     """The connection, or ``None`` when it is not defined anywhere (then defaults apply)."""
     from airflow.sdk.exceptions import AirflowNotFoundException, AirflowRuntimeError
 
@@ -49,9 +49,9 @@ class CatalogHook(BaseHook):
 
     @cached_property
     def url(self) -> str:
-        from astrid.catalog import default_catalog_url
+        from astrid.paths import default_catalog_url
 
-        conn = _connection(self.conn_id)
+        conn = connection_or_none(self.conn_id)
         if conn is None:
             return default_catalog_url()
         extra = conn.extra_dejson or {}
@@ -73,15 +73,14 @@ class CatalogHook(BaseHook):
         )
 
     def get_conn(self) -> Any:
-
-        return _catalog(self.url)
+        return shared_catalog(self.url)
 
 
 _CATALOGS: dict[str, Any] = {}
 
 
-def _catalog(url: str) -> Any:
-    """One Catalog (engine + pool) per URL per process."""
+def shared_catalog(url: str) -> Any:
+    """One migrated Catalog (engine + pool) per URL per process, shared by hooks and notifiers."""
     from astrid.catalog import Catalog
 
     if url not in _CATALOGS:
@@ -89,6 +88,13 @@ def _catalog(url: str) -> Any:
         catalog.migrate()
         _CATALOGS[url] = catalog
     return _CATALOGS[url]
+
+
+def dispose_catalogs() -> None:
+    """Close every shared catalog's pool and forget them (the next use connects anew)."""
+    for catalog in _CATALOGS.values():
+        catalog.dispose()
+    _CATALOGS.clear()
 
 
 class ObservationStorageHook(BaseHook):
@@ -114,7 +120,7 @@ class ObservationStorageHook(BaseHook):
         from astrid.paths import default_storage_uri
         from astrid.storage import StorageRoot
 
-        conn = _connection(self.conn_id)
+        conn = connection_or_none(self.conn_id)
         extra = (conn.extra_dejson or {}) if conn else {}
         root = extra.get("root") or (conn.host if conn and conn.host else None) or default_storage_uri()
         conn_id = extra.get("aws_conn_id", "aws_default") if root.startswith("s3://") else None
@@ -141,7 +147,7 @@ class ModelRegistryHook(BaseHook):
     def tracking_uri(self) -> str:
         from astrid.paths import default_mlflow_uri
 
-        conn = _connection(self.conn_id)
+        conn = connection_or_none(self.conn_id)
         if conn is None:
             return default_mlflow_uri()
         extra = conn.extra_dejson or {}

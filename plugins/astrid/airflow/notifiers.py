@@ -15,7 +15,8 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from astrid.airflow.hooks import CatalogHook, _connection
+from astrid.airflow.base import stats
+from astrid.airflow.hooks import CatalogHook, connection_or_none, shared_catalog
 
 KINDS = ("deadline", "failure", "degradation")
 
@@ -81,6 +82,9 @@ class AstridNotifier(BaseNotifier):
     :param to: recipients (default: ASTRID_INFERENCE_ALERT_EMAIL)
     :param message: extra text (templated)
     :param cooldown_minutes: suppress repeats of the same kind+DAG for this long
+        (default: ASTRID_INFERENCE_ALERT_COOLDOWN_MINUTES)
+    :param monitoring_enabled: count sent/suppressed alerts in StatsD
+        (default: ASTRID_INFERENCE_MONITORING_ENABLED)
     """
 
     template_fields = ("message", "to")
@@ -95,6 +99,7 @@ class AstridNotifier(BaseNotifier):
         webhook_conn_id: str = "slack_webhook_default",
         catalog_conn_id: str = CatalogHook.default_conn_name,
         from_email: str | None = None,
+        monitoring_enabled: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -108,6 +113,7 @@ class AstridNotifier(BaseNotifier):
             catalog_conn_id,
         )
         self.from_email = from_email
+        self.monitoring_enabled = monitoring_enabled
 
     # -- sync (task callbacks, degradation checks) -------------------------------------------
     def notify(self, context: Any) -> bool:
@@ -169,13 +175,12 @@ class AstridNotifier(BaseNotifier):
     def _due(self, alert: Alert, catalog_url: str) -> bool:
         from datetime import timedelta
 
-        from astrid.airflow.hooks import _catalog
         from astrid.config import load_config
         from astrid.logs import log_event
 
         config = load_config()
         cooldown = timedelta(minutes=self.cooldown_minutes or config.alert_cooldown_minutes)
-        due = _catalog(catalog_url).alert_due(alert.key, cooldown)
+        due = shared_catalog(catalog_url).alert_due(alert.key, cooldown)
         log_event(
             "alert.sent" if due else "alert.suppressed",
             kind=alert.kind,
@@ -183,11 +188,12 @@ class AstridNotifier(BaseNotifier):
             run_id=alert.run_id,
             subject=alert.subject,
         )
-        _count(dag_id=alert.dag_id, sent=due, kind=alert.kind)
+        monitoring = config.monitoring_enabled if self.monitoring_enabled is None else self.monitoring_enabled
+        _count(stats(monitoring), dag_id=alert.dag_id, sent=due, kind=alert.kind)
         return due
 
     def _send_email(self, alert: Alert) -> bool:
-        if _connection(self.smtp_conn_id) is None:
+        if connection_or_none(self.smtp_conn_id) is None:
             from astrid.logs import log_event
 
             log_event(
@@ -210,7 +216,7 @@ class AstridNotifier(BaseNotifier):
         return True
 
     def _send_webhook(self, alert: Alert) -> bool:
-        if _connection(self.webhook_conn_id) is None:
+        if connection_or_none(self.webhook_conn_id) is None:
             return False
         from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
 
@@ -225,19 +231,12 @@ def _html(alert: Alert) -> str:
     return f'<h3>{html.escape(alert.subject)}</h3><p>{lines}</p><p><a href="{alert.url}">Open the run</a></p>'
 
 
-def _count(dag_id: str, sent: bool, kind: str) -> None:
+def _count(metrics: Any, dag_id: str, sent: bool, kind: str) -> None:
     try:
-        from airflow.sdk.observability.stats import Stats
-
         from astrid.metrics import metric_name
 
-        Stats.incr(metric_name("astrid.alerts.sent" if sent else "astrid.alerts.suppressed", dag_id))
+        metrics.incr(metric_name("astrid.alerts.sent" if sent else "astrid.alerts.suppressed", dag_id))
         if kind == "deadline":
-            Stats.incr(metric_name("astrid.deadline.missed", dag_id))
+            metrics.incr(metric_name("astrid.deadline.missed", dag_id))
     except Exception:  # metrics must never stop an alert
         pass
-
-
-def failure_notifier() -> AstridNotifier:
-    """For ``on_failure_callback``: email + webhook once a task has failed its last retry."""
-    return AstridNotifier(kind="failure")

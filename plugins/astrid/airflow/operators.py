@@ -1,38 +1,25 @@
-"""Operators: thin ``execute()`` methods over :mod:`astrid.pipeline` and the catalog.
+"""The inference run's operators: pre-flight, claim, chunk, quality gate, U-Net, report.
 
+Each ``execute()`` is a few lines over one core function (:mod:`astrid.pipeline`,
+:mod:`astrid.runs`, :mod:`astrid.preflight`) through the hooks :class:`AstridBaseOperator` owns.
 Observation lists travel between tasks as XCom lists of claim dicts (ids + URIs, never pixels).
-Every operator takes its inputs through ``template_fields`` so DAG ``params`` (UI trigger form,
-``airflow dags trigger --conf``, the REST API) reach them; DAGs set
-``render_template_as_native_obj=True`` so rendered numbers stay numbers.
+Every input is a ``template_fields`` entry so DAG ``params`` (UI trigger form, ``airflow dags
+trigger --conf``, the REST API) and the configuration the DAG file read at parse time reach it;
+DAGs set ``render_template_as_native_obj=True`` so rendered numbers stay numbers.
+
+Plain operator classes rather than TaskFlow functions: importing the TaskFlow decorators costs
+~30 ms of DAG parse time, and every DAG file must parse in under 50 ms.
 """
 
 from __future__ import annotations
 
-import re
-import time
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
 
-from astrid.airflow.hooks import CatalogHook, ModelRegistryHook, ObservationStorageHook
-
-
-def catalog_run_id(context: Any) -> str:
-    """The claim owner recorded in the catalog: unique across DAGs (run ids alone are not)."""
-    return f"{context['dag'].dag_id}:{context['run_id']}"
-
-
-def _stats() -> Any:
-    from astrid.config import load_config
-    from astrid.metrics import NullMetrics
-
-    if not load_config().monitoring_enabled:
-        return NullMetrics()
-    from airflow.sdk.observability.stats import Stats
-
-    return Stats
+from astrid.airflow.base import AstridBaseOperator, astrid_template_fields, flag, read_limits, xcom_list
+from astrid.airflow.notifiers import AstridNotifier
 
 
 class _XComLink(BaseOperatorLink):
@@ -54,47 +41,43 @@ class DetectionCatalogLink(_XComLink):
     name = "Detection catalog"
 
 
-class ClaimObservationsOperator(BaseOperator):
+class ClaimObservationsOperator(AstridBaseOperator):
     """Atomically claim up to ``max_observations`` preprocessed observations (leased to this run).
 
     Returns the claims as a list of dicts for XCom. A retried task gets its own unexpired claims
     back, so nothing is lost between the claim and the push.
     """
 
-    template_fields: Sequence[str] = ("max_observations", "lease_minutes")
+    template_fields: Sequence[str] = astrid_template_fields(
+        "max_observations", "lease_minutes", "max_attempts"
+    )
     ui_color = "#e8f0fe"
 
     def __init__(
         self,
         *,
         max_observations: int | str,
+        max_attempts: int | str,
         lease_minutes: int | str = 30,
-        catalog_conn_id: str = CatalogHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.max_observations = max_observations
-        self.lease_minutes = lease_minutes
-        self.catalog_conn_id = catalog_conn_id
+        self.max_observations, self.lease_minutes, self.max_attempts = (
+            max_observations,
+            lease_minutes,
+            max_attempts,
+        )
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
-        from astrid.config import load_config
-        from astrid.logs import log_event
-        from astrid.metrics import metric_name
+        from astrid.pipeline import claim_observations
 
-        limit = int(self.max_observations)
-        catalog = CatalogHook(self.catalog_conn_id).get_conn()
-        run_id = catalog_run_id(context)
-        claims = catalog.claim(
-            limit, run_id, timedelta(minutes=int(self.lease_minutes)), max_attempts=load_config().max_attempts
-        )
-        _stats().incr(metric_name("astrid.observations.claimed", self.dag_id), len(claims))
-        log_event(
-            "claim",
-            run_id=context["run_id"],
-            dag_id=self.dag_id,
-            requested=limit,
-            observation_ids=[c.observation_id for c in claims],
+        claims = claim_observations(
+            self.catalog,
+            self.run_info(context),
+            int(self.max_observations),
+            lease_minutes=float(self.lease_minutes),
+            max_attempts=int(self.max_attempts),
+            metrics=self.metrics,
         )
         return [c.to_xcom() for c in claims]
 
@@ -109,66 +92,81 @@ class ChunkClaimsOperator(BaseOperator):
         self.claims, self.size = claims, size
 
     def execute(self, context: Any) -> list[list[dict[str, Any]]]:
-        claims, size = list(self.claims or []), max(1, int(self.size))
-        return [claims[i : i + size] for i in range(0, len(claims), size)]
+        from astrid.pipeline import chunks
+
+        return chunks(self.claims or [], int(self.size))
 
 
-class DataQualityOperator(BaseOperator):
+class DataQualityOperator(AstridBaseOperator):
     """Great Expectations gate: rejected observations get status ``rejected`` with the reason.
 
     Returns the accepted claims; the run goes on with them.
     """
 
-    template_fields: Sequence[str] = ("observations",)
+    template_fields: Sequence[str] = astrid_template_fields("observations", "max_image_side", "fits_limits")
     ui_color = "#fff4e5"
 
     def __init__(
-        self,
-        *,
-        observations: Any,
-        catalog_conn_id: str = CatalogHook.default_conn_name,
-        storage_conn_id: str = ObservationStorageHook.default_conn_name,
-        **kwargs: Any,
+        self, *, observations: Any, max_image_side: int | str, fits_limits: Any = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.observations = observations
-        self.catalog_conn_id = catalog_conn_id
-        self.storage_conn_id = storage_conn_id
+        self.observations, self.max_image_side, self.fits_limits = observations, max_image_side, fits_limits
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
         from astrid.catalog import Claim
-        from astrid.config import load_config
-        from astrid.pipeline import RunInfo, quality_gate
+        from astrid.pipeline import quality_gate
 
         claims = [Claim.from_xcom(c) for c in self.observations or []]
         if not claims:
             return []
         accepted, _ = quality_gate(
             claims,
-            catalog=CatalogHook(self.catalog_conn_id).get_conn(),
-            storage=ObservationStorageHook(self.storage_conn_id).get_conn(),
-            run=RunInfo(run_id=catalog_run_id(context), dag_id=self.dag_id, task_id=self.task_id),
-            max_side=load_config().max_image_side,
-            metrics=_stats(),
+            catalog=self.catalog,
+            storage=self.storage,
+            run=self.run_info(context),
+            max_side=int(self.max_image_side),
+            metrics=self.metrics,
+            limits=read_limits(self.max_image_side, self.fits_limits),
         )
         return [c.to_xcom() for c in accepted]
 
 
-class UNetInferenceOperator(BaseOperator):
+class UNetInferenceOperator(AstridBaseOperator):
     """Run the U-Net over the observations from XCom; write detections, statuses and artifacts.
 
     A bad observation fails only itself (status ``failed``, error kept, attempts + 1); a model
     that cannot be loaded fails the task so Airflow retries it. Returns the run summary
-    (processed_count, detections_found, processing_time, success_rate, errors, model_version...).
+    (processed_count, detections_found, processing_time, success_rate, errors, model_version...)
+    from :func:`astrid.pipeline.infer_observations`.
 
     :param observations: claim dicts (usually an XComArg of the claim/quality task)
-    :param model: ``champion``, ``challenger``, a registry version, ``models:/...`` or a path
-    :param confidence_threshold: probability cut in [0, 1]
+    :param model: ``champion``, ``challenger``, a registry version, ``models:/...`` or a model
+        directory under ``model_roots`` (:mod:`astrid.model_reference`); empty: ``model_uri``
+    :param model_uri: the model when ``model`` is empty (``ASTRID_INFERENCE_MODEL_URI``)
+    :param model_roots: directories a model path must lie under (``ASTRID_INFERENCE_MODEL_ROOTS``;
+        empty: no path is accepted)
+    :param fits_limits: header size and plausible-WCS limits of the reads (``ReadLimits`` fields)
+    :param confidence_threshold: probability cut strictly between 0 and 1
     :param batch_size: tiles per forward pass (halved automatically on out-of-memory)
     :param device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``
+    :param max_image_side: largest accepted frame side in pixels
+    :param star_residual_vetting: ``card``, ``off`` or a level in σ
+    :param performance_tracking: log the step (params, metrics, catalog) to MLflow
     """
 
-    template_fields: Sequence[str] = ("observations", "model", "confidence_threshold", "batch_size", "device")
+    template_fields: Sequence[str] = astrid_template_fields(
+        "observations",
+        "model",
+        "confidence_threshold",
+        "batch_size",
+        "device",
+        "max_image_side",
+        "star_residual_vetting",
+        "performance_tracking",
+        "model_uri",
+        "model_roots",
+        "fits_limits",
+    )
     operator_extra_links = (MLflowRunLink(), DetectionCatalogLink())
     ui_color = "#e6f4ea"
 
@@ -176,119 +174,151 @@ class UNetInferenceOperator(BaseOperator):
         self,
         *,
         observations: Any,
+        max_image_side: int | str,
         model: str | None = None,
         confidence_threshold: float | str = 0.5,
         batch_size: int | str = 8,
         device: str = "auto",
-        catalog_conn_id: str = CatalogHook.default_conn_name,
-        storage_conn_id: str = ObservationStorageHook.default_conn_name,
-        mlflow_conn_id: str = ModelRegistryHook.default_conn_name,
+        star_residual_vetting: str = "card",
+        performance_tracking: bool | str = True,
+        model_uri: str = "models:/astrid-unet@champion",
+        model_roots: str = "",
+        fits_limits: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.observations = observations
-        self.model = model
-        self.confidence_threshold = confidence_threshold
-        self.batch_size = batch_size
-        self.device = device
-        self.catalog_conn_id = catalog_conn_id
-        self.storage_conn_id = storage_conn_id
-        self.mlflow_conn_id = mlflow_conn_id
+        self.observations, self.model, self.confidence_threshold = observations, model, confidence_threshold
+        self.batch_size, self.device, self.max_image_side = batch_size, device, max_image_side
+        self.star_residual_vetting, self.performance_tracking = star_residual_vetting, performance_tracking
+        self.model_uri, self.model_roots, self.fits_limits = model_uri, model_roots, fits_limits
 
     def execute(self, context: Any) -> dict[str, Any]:
         from astrid.catalog import Claim
-        from astrid.config import check_threshold, load_config
-        from astrid.ml.engine import get_engine
+        from astrid.config import model_root_paths, parse_vetting
         from astrid.model_reference import requested_model
-        from astrid.paths import shipped_model_path
-        from astrid.pipeline import RunInfo, VersionedDetector, run_inference
+        from astrid.pipeline import infer_observations
 
-        config = load_config()
-        threshold = check_threshold("confidence_threshold", float(self.confidence_threshold))
-        claims = [Claim.from_xcom(c) for c in self.observations or []]
-        registry = ModelRegistryHook(self.mlflow_conn_id).get_conn()
-        registry.ensure_champion(shipped_model_path())
-        stats = _stats()
-        started = time.perf_counter()
-        resolved = registry.resolve(requested_model(self.model, config), config.model_root_paths)
-        engine = get_engine(resolved.path, device=self.device, batch_size=int(self.batch_size))
-        from astrid.metrics import metric_name
-
-        stats.timing(
-            metric_name("astrid.model.load_time", self.dag_id), (time.perf_counter() - started) * 1000
+        registry = self.registry
+        roots = model_root_paths(str(self.model_roots))
+        summary = infer_observations(
+            [Claim.from_xcom(c) for c in self.observations or []],
+            catalog=self.catalog,
+            storage=self.storage,
+            registry=registry,
+            run=self.run_info(context),
+            model=requested_model(self.model, str(self.model_uri), roots),
+            model_roots=roots,
+            threshold=self.confidence_threshold,
+            batch_size=int(self.batch_size),
+            device=self.device,
+            max_side=int(self.max_image_side),
+            vetting=parse_vetting("star_residual_vetting", str(self.star_residual_vetting)),
+            track=flag(self.performance_tracking),
+            metrics=self.metrics,
+            limits=read_limits(self.max_image_side, self.fits_limits),
         )
-        storage = ObservationStorageHook(self.storage_conn_id).get_conn()
-        run = RunInfo(run_id=catalog_run_id(context), dag_id=self.dag_id, task_id=self.task_id)
-        artifacts = (
-            storage.path
-            / "runs"
-            / self.dag_id
-            / _safe(context["run_id"])
-            / _safe(f"{self.task_id}-{context['ti'].map_index}")
-        )
-        summary = run_inference(
-            claims,
-            catalog=CatalogHook(self.catalog_conn_id).get_conn(),
-            storage=storage,
-            detector=VersionedDetector(engine, resolved.version),
-            run=run,
-            threshold=threshold,
-            max_side=config.max_image_side,
-            metrics=stats,
-            artifacts=artifacts,
-            min_excess=config.vetting_level,
-        ).to_xcom()
-        summary["device"] = str(engine.device)
-        level = engine.min_excess if config.vetting_level == "card" else config.vetting_level
-        summary["star_residual_vetting"] = "off" if level is None else level
         if summary["catalog_uri"]:
             context["ti"].xcom_push(key=DetectionCatalogLink().xcom_key, value=summary["catalog_uri"])
-        if config.performance_tracking and claims:
-            summary["mlflow_run_id"] = self._log_mlflow(registry, context, summary, threshold, resolved)
+        if summary.get("mlflow_run_id"):
+            context["ti"].xcom_push(
+                key=MLflowRunLink().xcom_key, value=registry.run_url(summary["mlflow_run_id"])
+            )
         return summary
 
-    def _log_mlflow(self, registry: Any, context: Any, summary: dict, threshold: float, resolved: Any) -> str:
-        from astrid.registry import INFERENCE_EXPERIMENT
 
-        tags = {
-            "airflow.dag_id": self.dag_id,
-            "airflow.run_id": context["run_id"],
-            "airflow.task_id": self.task_id,
-        }
-        with registry.run(INFERENCE_EXPERIMENT, f"{self.dag_id}/{context['run_id']}", tags) as mlrun:
-            run_id = mlrun.info.run_id
-            registry.log(
-                run_id,
-                params={
-                    "model": resolved.reference,
-                    "model_version": resolved.version,
-                    "confidence_threshold": threshold,
-                    "batch_size": self.batch_size,
-                    "device": summary["device"],
-                    "star_residual_vetting": summary["star_residual_vetting"],
-                    "observations": len(summary["observation_ids"]) + summary["failed_count"],
-                },
-                metrics={
-                    k: summary[k]
-                    for k in (
-                        "processed_count",
-                        "failed_count",
-                        "detections_found",
-                        "processing_time",
-                        "success_rate",
-                        "megapixels",
-                    )
-                },
-            )
-            if summary["catalog_uri"]:
-                from pathlib import Path
+class PreflightOperator(BaseOperator):
+    """Skip the run (downstream skipped, nothing claimed) when the host is over its limits
+    (:func:`astrid.preflight.check`)."""
 
-                local = Path(summary["catalog_uri"].removeprefix("file://"))
-                if local.exists():
-                    registry.client.log_artifact(run_id, str(local))
-        context["ti"].xcom_push(key=MLflowRunLink().xcom_key, value=registry.run_url(run_id))
-        return run_id
+    template_fields: Sequence[str] = ("max_memory_percent", "max_load_per_cpu", "max_gpu_memory_percent")
+    ui_color = "#f1f3f4"
+
+    def __init__(
+        self,
+        *,
+        max_memory_percent: float | str,
+        max_load_per_cpu: float | str,
+        max_gpu_memory_percent: float | str,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("retries", 0)
+        super().__init__(**kwargs)
+        self.max_memory_percent, self.max_load_per_cpu = max_memory_percent, max_load_per_cpu
+        self.max_gpu_memory_percent = max_gpu_memory_percent
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from astrid.logs import log_event
+        from astrid.preflight import PreflightLimits, check
+
+        limits = PreflightLimits(
+            float(self.max_memory_percent), float(self.max_load_per_cpu), float(self.max_gpu_memory_percent)
+        )
+        report = check(limits)
+        log_event(
+            "preflight",
+            run_id=context["run_id"],
+            dag_id=self.dag_id,
+            ok=report.ok,
+            memory_percent=report.memory_percent,
+            load_per_cpu=round(report.load_per_cpu, 2),
+            gpu_memory_percent=report.gpu_memory_percent,
+            reasons=report.reasons or None,
+        )
+        if not report.ok:
+            raise AirflowSkipException("pre-flight: " + "; ".join(report.reasons))
+        return {"memory_percent": report.memory_percent, "load_per_cpu": report.load_per_cpu}
 
 
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+class InferenceReportOperator(AstridBaseOperator):
+    """Record the run in ``inference_runs``, raise degradation alerts, return the run summary
+    (:func:`astrid.runs.report_run`).
+
+    :param summaries: one inference summary, or the list from mapped inference tasks
+    :param claimed: the claim task's output (to count rejected observations)
+    :param kind: ``realtime`` or ``batch``
+    :param min_success_rate: alert below this run success rate
+    :param zero_detection_runs: alert after this many realtime runs that found nothing
+    """
+
+    template_fields: Sequence[str] = astrid_template_fields(
+        "summaries", "claimed", "min_success_rate", "zero_detection_runs"
+    )
+
+    def __init__(
+        self,
+        *,
+        summaries: Any,
+        kind: str,
+        min_success_rate: float | str,
+        zero_detection_runs: int | str,
+        claimed: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("trigger_rule", "none_failed_min_one_success")
+        super().__init__(**kwargs)
+        self.summaries, self.claimed, self.kind = summaries, claimed, kind
+        self.min_success_rate, self.zero_detection_runs = min_success_rate, zero_detection_runs
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from astrid.runs import report_run
+
+        summary, degradations = report_run(
+            self.catalog,
+            self.run_info(context, self.kind),
+            xcom_list(self.summaries),
+            self.claimed,
+            started_at=context["dag_run"].start_date,
+            min_success_rate=float(self.min_success_rate),
+            zero_detection_runs=int(self.zero_detection_runs),
+            metrics=self.metrics,
+        )
+        for message in degradations:
+            AstridNotifier(
+                kind="degradation",
+                message=message,
+                catalog_conn_id=self.catalog_conn_id,
+                monitoring_enabled=self.monitoring_enabled,
+            ).notify(context)
+        return summary

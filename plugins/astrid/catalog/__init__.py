@@ -8,7 +8,7 @@ from astrid.catalog.models import (
     ObservationRow,
     ObservationStatus,
 )
-from astrid.catalog.store import Catalog, Claim, NewObservation, default_catalog_url
+from astrid.catalog.store import Catalog, Claim, NewObservation
 
 __all__ = [
     "AlertStateRow",
@@ -19,5 +19,4 @@ __all__ = [
     "NewObservation",
     "ObservationRow",
     "ObservationStatus",
-    "default_catalog_url",
 ]

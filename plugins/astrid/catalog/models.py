@@ -17,6 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from astrid.dag_kinds import RUN_TYPES
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -41,7 +43,9 @@ class ObservationStatus(enum.StrEnum):
     REJECTED = "rejected"
 
 
-RUN_KINDS = ("realtime", "batch", "validation", "cli")
+# inference_runs.kind: a DAG kind, or a CLI run. A new DAG kind changes this CHECK constraint, so it
+# needs a migration (tests/unit/test_catalog.py compares the models with the migrations).
+RUN_KINDS = (*RUN_TYPES, "cli")
 
 
 def _in(column: str, values: Any) -> str:

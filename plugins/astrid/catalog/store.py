@@ -67,17 +67,6 @@ _A = AlertStateRow.__table__
 _S = ObservationStatus
 
 
-def default_catalog_url() -> str:
-    """``$ASTRID_CATALOG_URL``, else ``sqlite:///$AIRFLOW_HOME/astrid/catalog.db`` (directory created)."""
-    url = os.environ.get("ASTRID_CATALOG_URL", "").strip()
-    if url:
-        return url
-    home = Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser()
-    directory = home / "astrid"
-    directory.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{directory.resolve() / 'catalog.db'}"
-
-
 def _utcnow(now: datetime | None = None) -> datetime:
     if now is None:
         return datetime.now(UTC)

@@ -75,16 +75,8 @@ class ReadLimits:
     max_pixel_scale: float = 60.0
 
     @classmethod
-    def from_config(cls, config: Any, **overrides: Any) -> ReadLimits:
-        return cls(
-            **{
-                "max_side": config.max_image_side,
-                "max_header_cards": config.max_header_cards,
-                "min_pixel_scale": config.min_pixel_scale_arcsec,
-                "max_pixel_scale": config.max_pixel_scale_arcsec,
-                **overrides,
-            }
-        )
+    def from_config(cls, config: Any) -> ReadLimits:
+        return cls(max_side=config.max_image_side, **config.fits_limits)
 
 
 @dataclass

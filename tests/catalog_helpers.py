@@ -1,4 +1,4 @@
-"""Test helpers for code that uses the catalog (ours and other modules' tests).
+"""Test helpers for code that uses the catalog (the tests' and the benchmarks', never the runtime's).
 
 * :func:`postgres_unavailable` / :func:`temporary_postgres_database`: a throw-away database on the
   local PostgreSQL (``$ASTRID_TEST_POSTGRES_URL``, default ``postgresql://postgres@127.0.0.1:5432/postgres``).
@@ -34,14 +34,14 @@ def postgres_unavailable(timeout: float = 3.0) -> str | None:
         return f"psycopg2 is not installed: {exc}"
     url = sa.make_url(postgres_admin_url())
     try:
-        conn = psycopg2.connect(_dsn(url), connect_timeout=max(1, int(timeout)))
+        conn = psycopg2.connect(dsn(url), connect_timeout=max(1, int(timeout)))
     except psycopg2.OperationalError as exc:
         return f"PostgreSQL at {url.render_as_string(hide_password=True)} is unreachable: {exc}".strip()
     conn.close()
     return None
 
 
-def _dsn(url: sa.URL) -> str:
+def dsn(url: sa.URL) -> str:
     parts = {
         "host": url.host,
         "port": url.port,
@@ -59,7 +59,7 @@ def temporary_postgres_database(prefix: str = "astrid_test") -> Iterator[str]:
 
     admin = sa.make_url(postgres_admin_url())
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    conn = psycopg2.connect(_dsn(admin))
+    conn = psycopg2.connect(dsn(admin))
     conn.autocommit = True
     try:
         with conn.cursor() as cur:

@@ -1,6 +1,9 @@
 """Check the monitoring assets (statsd-exporter mapping, Prometheus rules, Grafana dashboard) in Python.
 
-Pure Python, no Airflow import, so tests and the CLI can use it anywhere:
+Test tooling (it lives under tests/, not in the runtime package). Pure Python, no Airflow import.
+The real ``statsd_exporter`` binary would be the better oracle for the mapping, but Debian 12 (the
+machine CI runs on) does not package it and nothing else we may install ships it, so its matcher is
+re-implemented here and pinned by ``tests/unit/test_monitoring_config.py``:
 
 * :func:`load_mapping` / :func:`map_statsd_name` re-implement the parts of prom/statsd-exporter's
   mapper that ``include/monitoring/statsd-exporter/mapping.yml`` uses: glob rules (``*`` is one
@@ -30,7 +33,7 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MONITORING_DIR = REPO_ROOT / "include" / "monitoring"
 DEFAULT_MAPPING_PATH = MONITORING_DIR / "statsd-exporter" / "mapping.yml"
 DEFAULT_PREFIX = "airflow"
