@@ -235,7 +235,7 @@ def test_a_model_directory_under_the_model_roots_is_recorded_as_a_path_model(see
         with pytest.raises(ParamValidationError):
             run_dag("astrid_realtime_inference", {"max_observations": 1, "model_version": outside})
     assert catalog.get(oid)["status"] == "preprocessed"  # nothing was claimed
-    dag_run, _ = run_dag("astrid_realtime_inference", {"max_observations": 10, "model_version": str(model)})
+    dag_run = run_dag("astrid_realtime_inference", {"max_observations": 10, "model_version": str(model)})
     assert str(dag_run.state) == "success"
     label = f"path:astrid-unet@{read_card(model).sha256[:12]}"
     assert task_output(dag_run, "report")["model_version"] == label
