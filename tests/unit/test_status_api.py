@@ -478,6 +478,20 @@ def test_non_finite_numbers_are_a_422_naming_the_field(client, auth: str, number
     assert json.loads(r.text)  # valid JSON: the echoed input is a string, not a bare NaN
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (r'{"run_type": "realtime", "model_version": "/x\ud800"}', "model_version"),
+        (r'{"run_type": "\ud800"}', "run_type"),
+    ],
+)
+def test_a_lone_surrogate_is_a_422_not_an_encoding_error(client, auth: str, body: str, field: str) -> None:
+    """JSON allows a lone surrogate escape; UTF-8 cannot encode it, so echoing it back used to fail."""
+    r = client.post("/trigger", content=body, headers={**_bearer(auth), "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", field]
+
+
 def test_a_huge_body_is_refused_before_it_is_read(client, auth: str) -> None:
     body = json.dumps({"run_type": "realtime", "model_version": "x" * (1 << 20)})
     r = client.post("/trigger", content=body, headers={**_bearer(auth), "Content-Type": "application/json"})

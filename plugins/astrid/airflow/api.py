@@ -281,7 +281,7 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, str):
-        return value if len(value) <= 200 else value[:200] + "…"
+        return _text(value, 200)
     if depth >= 3:
         return "…"
     if isinstance(value, dict):
@@ -291,6 +291,13 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
     return _json_safe(str(value), depth)
 
 
+def _text(value: str, limit: int) -> str:
+    """``value`` cut to ``limit`` characters, writable as UTF-8 (JSON allows lone surrogates such as
+    ``"\ud800"``, which UTF-8 cannot encode: they come back escaped)."""
+    text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each refused field, for any input: FastAPI's own handler echoes the input back,
     and a NaN or Infinity in it made the 422 itself fail to encode (a bare 500)."""
@@ -298,7 +305,7 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
         {
             "type": str(error.get("type", "value_error")),
             "loc": [_json_safe(part) for part in error.get("loc", ())],
-            "msg": str(error.get("msg", ""))[:2000],
+            "msg": _text(str(error.get("msg", "")), 2000),
             "input": _json_safe(error.get("input")),
         }
         for error in exc.errors()[:50]
