@@ -76,7 +76,7 @@ def parse_model_reference(
         raise ModelReferenceError(f"{what}={text!r} is not a string: {_HELP}")
     if len(text) > MAX_LENGTH:
         raise ModelReferenceError(f"{what} is {len(text)} characters long (at most {MAX_LENGTH}): {_HELP}")
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text):
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in text):
         raise ModelReferenceError(f"{what}={text!r} contains control or invisible characters: {_HELP}")
     if re.fullmatch(_REGISTRY, text):
         if text in (CHAMPION, CHALLENGER):

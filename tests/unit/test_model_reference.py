@@ -79,6 +79,7 @@ REFUSED = [
     "champion\n",
     "champion\x00",
     "\u202echampion",  # right-to-left override
+    "/x\ud800",  # a lone surrogate (JSON can carry one)
     "Champion",
     " champion",
     "",
