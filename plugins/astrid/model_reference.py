@@ -162,7 +162,10 @@ _HELP = (
 
 def requested_model(value: object, default: str, roots: Sequence[Path]) -> ModelReference:
     """What a run loads: its ``model_version`` param, or ``default`` (``ASTRID_INFERENCE_MODEL_URI``)
-    when the param is empty."""
+    when the param is empty. The DAGs render params as native objects, so a version given as
+    ``"999"`` arrives as the int 999: that is read as the version it was."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
     if value is None or value == "":
         return parse_model_reference(default, roots, what="ASTRID_INFERENCE_MODEL_URI")
     return parse_model_reference(value, roots)

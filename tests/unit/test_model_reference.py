@@ -206,6 +206,10 @@ def test_requested_model_falls_back_to_the_configured_model(root):
     assert requested_model(None, *args).uri == f"{root}/unet-v2"
     assert requested_model("", *args).uri == f"{root}/unet-v2"
     assert requested_model("challenger", *args).uri == "models:/astrid-unet@challenger"
+    # "{{ params.model_version }}" rendered as a native object: "999" arrives as 999
+    assert requested_model(999, *args).uri == "models:/astrid-unet/999"
+    with pytest.raises(ModelReferenceError):
+        requested_model(True, *args)
     with pytest.raises(ModelReferenceError, match="model_version='/etc'"):
         requested_model("/etc", *args)
     with pytest.raises(ModelReferenceError, match="ASTRID_INFERENCE_MODEL_URI"):
