@@ -518,9 +518,13 @@ def test_deeply_nested_json_is_a_client_error(client, auth: str) -> None:
 def test_a_model_path_under_the_model_roots_passes_the_api(client, auth: str, tmp_path, monkeypatch) -> None:
     """The API accepts what the roots allow (the DAG then refuses or runs it); /etc it refuses."""
     monkeypatch.setenv("ASTRID_INFERENCE_MODEL_ROOTS", str(tmp_path))
-    from astrid import status
+    import dataclasses
 
-    monkeypatch.setitem(status.KIND_DAGS, "realtime", "astrid_realtime_never_parsed")
+    from astrid.dag_kinds import KINDS
+
+    monkeypatch.setitem(
+        KINDS, "realtime", dataclasses.replace(KINDS["realtime"], dag_id="astrid_realtime_never_parsed")
+    )
     ok = client.post(
         "/trigger", json={"run_type": "realtime", "model_version": f"{tmp_path}/m1"}, headers=_bearer(auth)
     )
