@@ -12,7 +12,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
 export PYTHONPATH := $(CURDIR)/plugins:$(PYTHONPATH)
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup up seed lint format bench mwaa-bundle clean help bytecode
+.PHONY: demo test setup up seed lint format bench mwaa-bundle clean help bytecode requirements check-py312 compose-secrets helm-values
 
 help:
 	@echo "make demo   - seed a synthetic night and run the three DAGs once (SQLite, local files)"
@@ -20,6 +20,10 @@ help:
 	@echo "make up     - airflow standalone on localhost:8080 with this project"
 	@echo "make seed   - register COUNT (10) synthetic observations in the embedded catalog"
 	@echo "make bench  - benchmarks -> docs/benchmarks.md"
+	@echo "make requirements - regenerate requirements.txt (exact pins) from requirements.in + constraints.txt"
+	@echo "make check-py312  - the lock resolves to Python 3.12 wheels (needs PyPI)"
+	@echo "make compose-secrets - write .env with fresh secrets for docker compose"
+	@echo "make helm-values - regenerate deploy/helm/values-statsd-mappings.yaml from the StatsD mapping"
 
 setup: $(STAMP)
 
@@ -65,6 +69,20 @@ bench: $(STAMP) bytecode
 
 mwaa-bundle: $(STAMP)
 	bash scripts/mwaa-bundle.sh
+
+# requirements.txt is generated: edit requirements.in (names) and constraints.txt (versions).
+requirements: $(STAMP)
+	$(BIN)/python scripts/lock_requirements.py
+
+check-py312: $(STAMP)
+	$(BIN)/python scripts/check_py312_wheels.py
+
+compose-secrets:
+	bash scripts/compose-secrets.sh
+
+# deploy/helm/values-statsd-mappings.yaml is generated from include/monitoring/statsd-exporter/mapping.yml.
+helm-values: $(STAMP)
+	$(BIN)/python scripts/helm_statsd_mappings.py
 
 clean:
 	rm -rf $(AIRFLOW_HOME) .pytest_cache

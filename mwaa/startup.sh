@@ -1,7 +1,7 @@
 #!/bin/sh
 # AstrID startup script for Amazon MWAA (Airflow 3.3.1, Python 3.12).
 #
-# MWAA runs this in every container (scheduler, worker, webserver/api-server) before Airflow starts,
+# MWAA runs this in every container (webserver, scheduler, worker, hybrid) before Airflow starts,
 # with a 5-minute limit, and keeps the variables it exports for the Airflow processes. It is
 # sourced by MWAA's wrapper: no `exit`, no `set -e`. Protected names (AIRFLOW_HOME, PYTHONPATH,
 # AIRFLOW__API__BASE_URL, MWAA__*) cannot be changed here.
@@ -33,27 +33,49 @@ export GX_ANALYTICS_ENABLED="False"
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"
 
 # --- per component --------------------------------------------------------------------------
+# MWAA sets MWAA_AIRFLOW_COMPONENT to webserver, scheduler, worker or hybrid (a container that runs
+# the scheduler and a worker together, on small environments). It never sends "api-server", even on
+# Airflow 3. A hybrid container needs both the worker's thread caps and the scheduler's pool.
+astrid_worker_settings() {
+  # CPU inference: cap the threads each task's torch/BLAS uses so concurrent tasks on one
+  # worker do not oversubscribe its vCPUs (the `gpu` pool caps how many U-Net tasks run at once).
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+  export MKL_NUM_THREADS="${MKL_NUM_THREADS:-2}"
+}
+
+astrid_ensure_gpu_pool() {
+  # The U-Net tasks ask for the `gpu` pool; without it they are never scheduled. Idempotent and
+  # best effort: a failure is reported in the startup log and Airflow still starts.
+  if ! command -v airflow >/dev/null 2>&1; then
+    echo "astrid startup: airflow CLI not found; create pool ${ASTRID_INFERENCE_GPU_POOL} in the UI"
+    return 0
+  fi
+  if timeout 90 airflow pools get "${ASTRID_INFERENCE_GPU_POOL}" >/dev/null 2>&1; then
+    return 0
+  fi
+  if timeout 90 airflow pools set "${ASTRID_INFERENCE_GPU_POOL}" "${GPU_POOL_SLOTS:-2}" \
+      "AstrID U-Net tasks (CPU on MWAA)" >/dev/null 2>&1; then
+    echo "astrid startup: created pool ${ASTRID_INFERENCE_GPU_POOL} (${GPU_POOL_SLOTS:-2} slots)"
+  else
+    echo "astrid startup: could not create pool ${ASTRID_INFERENCE_GPU_POOL}; create it in the UI"
+  fi
+}
+
 case "${MWAA_AIRFLOW_COMPONENT:-}" in
   worker)
-    # CPU inference: cap the threads each task's torch/BLAS uses so concurrent tasks on one
-    # worker do not oversubscribe its vCPUs (the `gpu` pool caps how many U-Net tasks run at once).
-    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-    export MKL_NUM_THREADS="${MKL_NUM_THREADS:-2}"
+    astrid_worker_settings
     ;;
   scheduler)
-    # The U-Net tasks ask for the `gpu` pool: make sure it exists (best effort, idempotent).
-    if command -v airflow >/dev/null 2>&1; then
-      if ! timeout 90 airflow pools get "${ASTRID_INFERENCE_GPU_POOL}" >/dev/null 2>&1; then
-        timeout 90 airflow pools set "${ASTRID_INFERENCE_GPU_POOL}" "${GPU_POOL_SLOTS:-2}" \
-          "AstrID U-Net tasks (CPU on MWAA)" >/dev/null 2>&1 \
-          || echo "astrid startup: could not create pool ${ASTRID_INFERENCE_GPU_POOL}; create it in the UI"
-      fi
-    fi
+    astrid_ensure_gpu_pool
     ;;
-  webserver | api-server)
+  hybrid)
+    astrid_worker_settings
+    astrid_ensure_gpu_pool
+    ;;
+  webserver)
     : # serves the UI, the REST API and the AstrID status plugin under /astrid
     ;;
   *)
-    : # hybrid/other containers: the shared settings above are enough
+    echo "astrid startup: unknown MWAA_AIRFLOW_COMPONENT '${MWAA_AIRFLOW_COMPONENT:-}'; shared settings only"
     ;;
 esac

@@ -5,3 +5,8 @@ used from a notebook, the ``astrid`` CLI, or another orchestrator.
 """
 
 __version__ = "0.1.0"
+
+# ASTRID_INFERENCE_LOG_LEVEL / _LOG_ROTATION_MB apply in every process that uses the package.
+from astrid.logs import _apply_at_import
+
+_apply_at_import()

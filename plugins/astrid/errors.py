@@ -24,6 +24,25 @@ class StorageError(ObservationError):
     """A URI is outside the configured storage root, or cannot be reached."""
 
 
+class SubtractionError(ObservationError):
+    """A science/reference pair cannot give an honest difference image: reject the pair rather than
+    write a garbage difference (see :mod:`astrid.imaging.subtraction`)."""
+
+
+class NoOverlapError(SubtractionError):
+    """The reference covers too little (or none) of the science frame."""
+
+
+class AlignmentError(SubtractionError):
+    """The reference cannot be registered on the science frame (a WCS that disagrees with the stars,
+    no WCS and no common star pattern)."""
+
+
+class KernelFitError(SubtractionError):
+    """The PSF-matching kernel cannot be fitted (too few usable stars) or leaves star residuals far
+    above the noise."""
+
+
 class ModelError(AstridError):
     """Model weights are missing, corrupt or do not match their card: fail the task so it retries."""
 

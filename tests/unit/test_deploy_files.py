@@ -2,8 +2,12 @@
 
 No Docker engine is needed: the compose file is validated against the vendored Compose
 Specification schema (tests/fixtures/compose-spec.json, see its .SOURCE note) after compose-style
-variable interpolation, and everything it points at (build contexts, bind mounts, monitoring
-configs, services named in connections and depends_on) is checked against the repository.
+variable interpolation with the .env that scripts/compose-secrets.sh really generates, and
+everything it points at (build contexts, bind mounts, monitoring configs, services named in
+connections and depends_on) is checked against the repository. What cannot run here (pulling the
+images, starting the containers) is checked statically: every image is pinned and not on the list
+of images known to be gone, no secret has a default, every published port binds to 127.0.0.1
+unless BIND_ADDRESS says otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
@@ -50,6 +55,7 @@ DEPLOY_FILES = [
     "mwaa/startup.sh",
     "mwaa/README.md",
     "docs/deploy.md",
+    "deploy/helm/values.yaml",
 ]
 
 
@@ -92,15 +98,55 @@ def interpolate(value: Any, env: Mapping[str, str]) -> Any:
     return _INTERPOLATION.sub(sub, value)
 
 
+SECRETS_SCRIPT = REPO / "scripts" / "compose-secrets.sh"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file (comments and blank lines skipped), as compose reads them."""
+    env = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            env[key.strip()] = value.strip().strip("'\"")
+    return env
+
+
+def compose_secret_names() -> list[str]:
+    """The secrets scripts/compose-secrets.sh manages (its SECRETS array)."""
+    block = re.search(r"^SECRETS=\(\n(.*?)^\)", SECRETS_SCRIPT.read_text(), flags=re.M | re.S)
+    assert block, "SECRETS=( ... ) not found in compose-secrets.sh"
+    return [line.strip().split(":")[0] for line in block.group(1).splitlines() if line.strip()]
+
+
+def run_secrets(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SECRETS_SCRIPT), *args],
+        env={"PATH": os.environ["PATH"], **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def generated_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The .env a new user gets from `scripts/compose-secrets.sh` (run for real)."""
+    path = tmp_path_factory.mktemp("compose-env") / ".env"
+    proc = run_secrets("init", str(path))
+    assert proc.returncode == 0, proc.stderr
+    return read_env_file(path)
+
+
 @pytest.fixture(scope="module")
 def raw_compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_PATH.read_text())
 
 
 @pytest.fixture(scope="module")
-def compose(raw_compose: dict[str, Any]) -> dict[str, Any]:
-    """The compose model as Docker Compose sees it with no .env file: defaults filled in."""
-    return interpolate(raw_compose, {})
+def compose(raw_compose: dict[str, Any], generated_env: dict[str, str]) -> dict[str, Any]:
+    """The compose model as Docker Compose sees it after `scripts/compose-secrets.sh`: the generated
+    secrets, and the defaults for everything else."""
+    return interpolate(raw_compose, generated_env)
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +243,36 @@ def requirement_name(line: str) -> str:
 # docker-compose.yaml
 # --------------------------------------------------------------------------------------------------
 
+HELM_VALUES = REPO / "deploy" / "helm" / "values.yaml"
+
+
+def helm_images() -> dict[str, str]:
+    """repository:tag of every image the Helm values set (images.<name> and any nested image:)."""
+    if not HELM_VALUES.exists():
+        return {}
+    found: dict[str, str] = {}
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("repository"), str) and "tag" in node:
+                found[where] = f"{node['repository']}:{node['tag']}" if node["tag"] else node["repository"]
+            if isinstance(node.get("image"), str):
+                found[f"{where}.image"] = node["image"]
+            for key, value in node.items():
+                walk(value, f"{where}.{key}" if where else str(key))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    walk(values, "")
+    found["defaultAirflow"] = f"{values['defaultAirflowRepository']}:{values['defaultAirflowTag']}"
+    # `{{ .Values.key }}` in templated fields (extraInitContainers) resolves against the values
+    return {
+        k: re.sub(r"\{\{ *\.Values\.(\w+) *\}\}", lambda m: str(values[m.group(1)]), v)
+        for k, v in found.items()
+    }
+
 
 def test_compose_file_validates_against_the_compose_specification(compose: dict[str, Any]) -> None:
     schema = json.loads(SCHEMA_PATH.read_text())
@@ -224,14 +300,252 @@ def test_schema_rejects_a_broken_compose_file(compose: dict[str, Any]) -> None:
     assert len(messages) >= 2
 
 
-def test_every_interpolated_variable_has_a_default() -> None:
-    text = COMPOSE_PATH.read_text().replace("$$", "")
-    missing = sorted(
-        m.group("name") or m.group("bare")
-        for m in _INTERPOLATION.finditer(text)
-        if m.group(0) != "$$" and m.group("op") not in (":-", "-")
+def interpolations() -> list[re.Match[str]]:
+    return [
+        m for m in _INTERPOLATION.finditer(COMPOSE_PATH.read_text().replace("$$", "")) if m.group(0) != "$$"
+    ]
+
+
+def test_secrets_are_required_and_everything_else_has_a_default() -> None:
+    secrets = set(compose_secret_names())
+    assert len(secrets) >= 8
+    required = {m.group("name") for m in interpolations() if m.group("op") == ":?"}
+    assert required == secrets, "exactly the generated secrets are required (no default)"
+    for m in interpolations():
+        name = m.group("name") or m.group("bare")
+        if name in secrets:
+            assert m.group("op") == ":?", f"{m.group(0)}: a secret must never have a default"
+            assert "compose-secrets.sh" in m.group("arg"), f"{m.group(0)}: the error must name the script"
+        else:
+            assert m.group("op") in (":-", "-"), f"{m.group(0)}: no default (compose fails without .env)"
+
+
+def test_compose_refuses_to_start_without_secrets(raw_compose: dict[str, Any], generated_env) -> None:
+    """A default `docker compose up` with no .env (issue 13.1) stops at interpolation, naming the
+    variable and the script; with every secret but one, it still stops."""
+    with pytest.raises(KeyError, match=r"POSTGRES_PASSWORD is not set: run scripts/compose-secrets.sh"):
+        interpolate(raw_compose, {})
+    for name in compose_secret_names():
+        partial = {k: v for k, v in generated_env.items() if k != name}
+        with pytest.raises(KeyError, match=rf"{name} is not set"):
+            interpolate(raw_compose, partial)
+
+
+URL_BREAKING = "p@ss/word:with#url-chars"  # would break the connection URLs it is embedded in
+SECRETISH = re.compile(r"PASSWORD|SECRET|FERNET|JWT|TOKEN|_KEY\b|WEBHOOK", re.I)
+
+
+def test_no_literal_secret_defaults_anywhere_in_compose(raw_compose: dict[str, Any]) -> None:
+    """No shared secret can hide in a default: no `${SECRETISH:-value}`, no literal password in an
+    environment entry or connection, no credentials in a URL that are not interpolated."""
+    for m in interpolations():
+        name = m.group("name") or m.group("bare")
+        if SECRETISH.search(name) and m.group("op") in (":-", "-"):
+            assert m.group("arg") == "", f"{m.group(0)}: secret-like variable with a default"
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, str) and SECRETISH.search(str(key)) and not str(key).endswith("_FILE"):
+                    assert value.strip().startswith("${") or not value.strip(), (
+                        f"{where}.{key}: literal {value!r}"
+                    )
+                walk(value, f"{where}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+        elif isinstance(node, str):
+            for conn in re.findall(r'"password":\s*"([^"]*)"', node):
+                assert conn.startswith("${"), f"{where}: connection password {conn!r} is a literal"
+            for cred in re.findall(r"://[^:/@\s]+:([^@\s]+)@", node):
+                assert cred.startswith("${"), f"{where}: URL credentials {cred!r} are a literal"
+
+    walk(raw_compose, "compose")
+
+
+def published_ports(service: Mapping[str, Any]) -> list[str]:
+    return [str(p) for p in service.get("ports") or []]
+
+
+def test_every_published_port_binds_to_localhost_unless_told_otherwise(raw_compose: dict[str, Any]) -> None:
+    services = raw_compose["services"]
+    published = {name: published_ports(svc) for name, svc in services.items() if published_ports(svc)}
+    assert {"airflow-apiserver", "grafana", "mlflow", "prometheus", "alertmanager", "mailpit"} <= set(
+        published
     )
-    assert not missing, f"variables without a default (compose fails without .env): {missing}"
+    for name, ports in published.items():
+        for port in ports:
+            bind = "MLFLOW_BIND_ADDRESS" if name == "mlflow" else "BIND_ADDRESS"
+            assert port.startswith(f"${{{bind}:-127.0.0.1}}:"), f"{name}: {port} is not bound to {bind}"
+            assert interpolate(port, {}).startswith("127.0.0.1:"), f"{name}: {port}"
+    assert "ports" not in services["statsd-exporter"], "StatsD is internal: nothing outside sends to it"
+    # MLflow has no auth: opening the rest of the stack (BIND_ADDRESS=0.0.0.0) never opens MLflow.
+    opened = interpolate(services["mlflow"]["ports"][0], {"BIND_ADDRESS": "0.0.0.0"})
+    assert opened.startswith("127.0.0.1:")
+
+
+def test_compose_secrets_script_generates_fresh_strong_secrets(tmp_path: Path, generated_env) -> None:
+    from cryptography.fernet import Fernet
+
+    names = compose_secret_names()
+    second = tmp_path / "second.env"
+    assert run_secrets("init", str(second)).returncode == 0
+    other = read_env_file(second)
+    values = [generated_env[name] for name in names]
+    assert len(set(values)) == len(values), "two secrets share a value"
+    for name in names:
+        assert len(generated_env[name]) >= 16, name
+        assert generated_env[name] != other[name], f"{name}: two installs got the same value"
+    Fernet(generated_env["AIRFLOW_FERNET_KEY"].encode())  # a valid key, or this raises
+    for name in ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY"):
+        assert re.fullmatch(r"[A-Za-z0-9]+", generated_env[name]), f"{name} must be URL-safe"
+    assert stat.S_IMODE(second.stat().st_mode) == 0o600
+    assert other["AIRFLOW_UID"] == str(os.getuid()), "a new .env gets the user's uid"
+    # The new .env is .env.example with the slots filled: every documented setting is still there.
+    assert "# ASTRID_INFERENCE_DEVICE=auto" in second.read_text()
+    assert ".env" in (REPO / ".gitignore").read_text().split(), ".env must never be committed"
+
+
+def test_compose_secrets_script_keeps_values_and_refuses_placeholders(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("AIRFLOW_UID=1234\nPOSTGRES_PASSWORD=\nGRAFANA_ADMIN_PASSWORD=KeepThisOne1234567\n")
+    env.chmod(0o644)
+    proc = run_secrets("init", str(env))
+    assert proc.returncode == 0, proc.stderr
+    values = read_env_file(env)
+    assert values["AIRFLOW_UID"] == "1234" and values["GRAFANA_ADMIN_PASSWORD"] == "KeepThisOne1234567"
+    assert values["POSTGRES_PASSWORD"] and env.read_text().count("POSTGRES_PASSWORD=") == 1
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert values["GRAFANA_ADMIN_PASSWORD"] not in proc.stdout + proc.stderr, "values are never printed"
+    before = env.read_text()
+    assert run_secrets("init", str(env)).returncode == 0 and env.read_text() == before, (
+        "re-running changes nothing"
+    )
+
+    # the old shipped defaults are refused, and the file is left untouched
+    weak = tmp_path / "weak.env"
+    weak.write_text(
+        "POSTGRES_PASSWORD=airflow\nAIRFLOW_ADMIN_PASSWORD=admin\nAIRFLOW_JWT_SECRET=astrid-local-jwt-secret-change-me\n"
+    )
+    proc = run_secrets("init", str(weak))
+    assert proc.returncode == 2
+    for name in ("POSTGRES_PASSWORD", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET"):
+        assert f"{name} is a known placeholder" in proc.stderr
+    assert (
+        weak.read_text().startswith("POSTGRES_PASSWORD=airflow\n") and "S3_SECRET_KEY" not in weak.read_text()
+    )
+    assert not list(tmp_path.glob("weak.env.*")), "no temporary file left behind"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"POSTGRES_PASSWORD": ""}, "POSTGRES_PASSWORD is empty"),
+        ({"S3_SECRET_KEY": "minio-secret"}, "S3_SECRET_KEY is a known placeholder"),
+        ({"GRAFANA_ADMIN_PASSWORD": "Admin"}, "GRAFANA_ADMIN_PASSWORD is a known placeholder"),
+        ({"AIRFLOW_API_SECRET_KEY": "short-secret"}, "AIRFLOW_API_SECRET_KEY is shorter than 16"),
+        ({"AIRFLOW_FERNET_KEY": "not-a-fernet-key"}, "AIRFLOW_FERNET_KEY is not a Fernet key"),
+        ({"POSTGRES_PASSWORD": URL_BREAKING}, "POSTGRES_PASSWORD may only use"),
+        (
+            {"AIRFLOW_JWT_SECRET": "please-change-me-soon-0123456789"},
+            "AIRFLOW_JWT_SECRET is a known placeholder",
+        ),
+    ],
+)
+def test_airflow_init_check_refuses_bad_secrets(
+    generated_env, override: dict[str, str], message: str
+) -> None:
+    secrets = {name: generated_env[name] for name in compose_secret_names()}
+    assert run_secrets("check", env=secrets).returncode == 0
+    proc = run_secrets("check", env={**secrets, **override})
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_airflow_init_checks_secrets_before_anything_else(services: Mapping[str, Any]) -> None:
+    init = services["airflow-init"]
+    script = shell_script(init).strip().splitlines()
+    assert script[:2] == ["set -euo pipefail", "bash /opt/astrid/compose-secrets.sh check"]
+    mounted = container_to_host(init, "/opt/astrid/compose-secrets.sh")
+    assert mounted == SECRETS_SCRIPT.resolve()
+    env = environment(init)
+    for name in compose_secret_names():
+        assert env.get(name), f"airflow-init cannot check {name}: not in its environment"
+
+
+# Images that can no longer be pulled (repository deleted or emptied upstream): never reference them.
+GONE_IMAGES = {
+    "minio/minio": "MinIO deleted its Docker Hub repositories (issue 17.1)",
+    "minio/mc": "MinIO deleted its Docker Hub repositories (issue 17.1)",
+    "quay.io/minio/minio": "MinIO stopped publishing community images",
+    "quay.io/minio/mc": "MinIO stopped publishing community images",
+    "bitnami/": "Bitnami moved its free catalog to bitnamilegacy/ and stopped updating it",
+}
+# A version tag: digits and dots first (16.10, v0.28.1, 2.37.4, 3.3-8), any variant suffix after.
+VERSION_TAG = re.compile(r"^v?\d+(\.\d+)+([-._][A-Za-z0-9.-]+)?$|^v?\d+\.\d+-\d+$")
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def image_problem(ref: str) -> str | None:
+    """Why ``ref`` may not be used (unpinned, `latest`, known gone, malformed digest), or None."""
+    name, _, digest = ref.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    repo, tag = name.rsplit(":", 1) if ":" in last else (name, "")
+    for gone, why in GONE_IMAGES.items():
+        if repo == gone or (gone.endswith("/") and repo.startswith(gone)):
+            return f"{ref}: {why}"
+    if digest and not DIGEST.match(digest):
+        return f"{ref}: malformed digest"
+    if not tag:
+        return f"{ref}: no tag (means latest)"
+    if tag == "latest" or not VERSION_TAG.match(tag):
+        return f"{ref}: tag {tag!r} is not an exact version"
+    return None
+
+
+def dockerfile_images(path: Path) -> list[str]:
+    """FROM references of a Dockerfile with its ARG defaults substituted."""
+    text = path.read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, flags=re.M))
+    refs = re.findall(r"^FROM\s+(?:--platform=\S+\s+)?(\S+)", text, flags=re.M)
+    return [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], ref) for ref in refs]
+
+
+def compose_images(services: Mapping[str, Any]) -> dict[str, str]:
+    """Service -> pulled image (services that build their image, or run one built here, excluded)."""
+    built = {svc.get("image") for svc in services.values() if svc.get("build")}
+    return {n: s["image"] for n, s in services.items() if s.get("image") and s["image"] not in built}
+
+
+def test_every_image_is_pinned_and_still_pullable(services: Mapping[str, Any]) -> None:
+    refs = {f"compose:{n}": ref for n, ref in compose_images(services).items()}
+    for dockerfile in ("Dockerfile", "Dockerfile.inference"):
+        refs |= {f"{dockerfile}:{i}": ref for i, ref in enumerate(dockerfile_images(REPO / dockerfile))}
+    refs |= {f"helm:{where}": ref for where, ref in helm_images().items()}
+    assert len(refs) >= 14, refs
+    assert {"helm:images.statsd", "helm:images.redis"} <= set(refs), "the Helm values pin their images too"
+    problems = [f"{where}: {why}" for where, ref in refs.items() if (why := image_problem(ref))]
+    assert not problems, "\n".join(problems)
+    assert refs["Dockerfile.inference:0"] == "apache/airflow:3.3.2-python3.12"
+    assert refs["compose:s3"].startswith("versity/versitygw:v") and refs["compose:s3-init"].startswith(
+        "amazon/aws-cli:"
+    )
+
+
+@pytest.mark.parametrize(
+    ("ref", "why"),
+    [
+        ("minio/minio:RELEASE.2025-09-07T16-13-09Z", "deleted"),
+        ("minio/mc:RELEASE.2025-04-16T18-13-26Z", "deleted"),
+        ("bitnami/postgresql:16.4.0", "bitnamilegacy"),
+        ("redis", "no tag"),
+        ("postgres:latest", "not an exact version"),
+        ("grafana/grafana:main", "not an exact version"),
+        ("localhost:5000/team/image", "no tag"),
+        ("versity/versitygw:v1.8.0@sha256:1234", "malformed digest"),
+    ],
+)
+def test_image_rules_reject_unpinned_and_gone_images(ref: str, why: str) -> None:
+    assert why in (image_problem(ref) or ""), ref
 
 
 def test_build_contexts_and_dockerfiles_exist(services: Mapping[str, Any]) -> None:
@@ -290,12 +604,14 @@ def test_bind_mounts_point_at_files_in_the_repo(compose: dict[str, Any]) -> None
                     assert path.is_file(), f"{name}: {m['source']} should be a file"
 
 
-def test_airflow_services_share_dags_plugins_include_logs_config(services: Mapping[str, Any]) -> None:
+def test_airflow_services_share_dags_plugins_include_logs_config(
+    services: Mapping[str, Any], generated_env
+) -> None:
     for name in airflow_services(services):
         targets = {m["target"] for m in mounts(services[name])}
         for sub in ("dags", "plugins", "include", "logs", "config"):
             assert f"/usr/local/airflow/{sub}" in targets, f"{name}: no mount for {sub}"
-    assert services["airflow-apiserver"]["user"] == "50000:0"
+    assert services["airflow-apiserver"]["user"] == f"{generated_env['AIRFLOW_UID']}:0"
 
 
 def test_statsd_exporter_prometheus_and_grafana_configs_line_up(services: Mapping[str, Any]) -> None:
@@ -304,7 +620,6 @@ def test_statsd_exporter_prometheus_and_grafana_configs_line_up(services: Mappin
     mapping = container_to_host(statsd, flags["--statsd.mapping-config"])
     assert mapping is not None and mapping.is_file()
     assert flags["--statsd.listen-udp"].endswith(":9125") and flags["--web.listen-address"].endswith(":9102")
-    assert "9125:9125/udp" in statsd["ports"] and "9102:9102" in statsd["ports"]
 
     prom = services["prometheus"]
     flags = dict(tok.split("=", 1) for tok in command_tokens(prom) if "=" in tok)
@@ -389,7 +704,7 @@ def test_env_example_documents_every_setting(raw_compose: dict[str, Any]) -> Non
 
 def test_every_long_running_service_has_a_healthcheck(services: Mapping[str, Any]) -> None:
     one_shot = one_shot_services(services)
-    assert {"airflow-init", "minio-init"} <= one_shot
+    assert {"airflow-init", "s3-init"} <= one_shot
     for name, svc in services.items():
         if name in one_shot:
             assert str(svc.get("restart", "no")) == "no", f"{name} runs once: restart must be 'no'"
@@ -406,7 +721,6 @@ def test_expected_healthchecks(services: Mapping[str, Any]) -> None:
     assert "pg_isready" in check("postgres")
     assert "redis-cli ping" in check("redis")
     assert "/api/v2/monitor/health" in check("airflow-apiserver")
-    assert "/astrid/health" in check("airflow-apiserver")
     assert ":8974/health" in check("airflow-scheduler")
     assert "DagProcessorJob" in check("airflow-dag-processor")
     assert "TriggererJob" in check("airflow-triggerer")
@@ -416,8 +730,25 @@ def test_expected_healthchecks(services: Mapping[str, Any]) -> None:
     assert ":9090/-/healthy" in check("prometheus")
     assert ":3000/api/health" in check("grafana")
     assert ":5000/health" in check("mlflow")
-    assert "ready local" in check("minio")
+    assert ":9000/health" in check("s3")
     assert ":8025/livez" in check("mailpit")
+    assert ":9093/-/healthy" in check("alertmanager")
+    assert ":8000/runbook.md" in check("runbooks")
+
+
+def test_api_server_liveness_does_not_depend_on_the_catalog(services: Mapping[str, Any]) -> None:
+    """Issue 17.10: a catalog outage must not mark the api-server unhealthy, since the workers wait
+    for it to be healthy. Airflow's liveness only; the AstrID readiness (/astrid/health) stays out of
+    every health check that something waits on."""
+    api_check = " ".join(services["airflow-apiserver"]["healthcheck"]["test"])
+    assert "/api/v2/monitor/health" in api_check and "/astrid" not in api_check
+    waiting_on_api = [
+        n for n, s in services.items() if depends_on(s).get("airflow-apiserver") == "service_healthy"
+    ]
+    assert "airflow-worker" in waiting_on_api
+    for name, svc in services.items():
+        check = " ".join((svc.get("healthcheck") or {}).get("test") or [])
+        assert "/astrid/" not in check, f"{name}'s health check depends on the AstrID status API"
 
 
 def test_depends_on_references_real_services_with_matching_conditions(services: Mapping[str, Any]) -> None:
@@ -461,8 +792,8 @@ def test_gpu_worker_reserves_an_nvidia_gpu_and_consumes_the_gpu_queue(services: 
 
 
 def test_airflow_common_settings(services: Mapping[str, Any]) -> None:
-    minio_init = shell_script(services["minio-init"])
-    buckets = set(re.findall(r"local/([a-z0-9.-]+)", minio_init))
+    s3_init = shell_script(services["s3-init"])
+    buckets = set(re.search(r"for bucket in ([a-z0-9. -]+); do", s3_init).group(1).split())
     assert {"observations", "artifacts", "logs"} <= buckets
     for name in airflow_services(services):
         env = environment(services[name])
@@ -477,7 +808,7 @@ def test_airflow_common_settings(services: Mapping[str, Any]) -> None:
         assert base.scheme == "s3" and base.hostname in buckets
         assert f"AIRFLOW_CONN_{env['AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID'].upper()}" in env
         assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
-    assert "8080:8080" in services["airflow-apiserver"]["ports"]
+    assert "127.0.0.1:8080:8080" in services["airflow-apiserver"]["ports"]
     init = shell_script(services["airflow-init"])
     assert "airflow db migrate" in init
     assert re.search(r'airflow pools set "\$\{ASTRID_INFERENCE_GPU_POOL\}"', init)
@@ -495,11 +826,14 @@ def test_compose_connections_point_at_compose_services(services: Mapping[str, An
     assert catalog.hostname == "postgres" and catalog.path == "/astrid"
     storage = conns["astrid_storage"]["extra"]
     assert storage["root"] == "s3://observations" and storage["aws_conn_id"] in conns
-    assert urlsplit(conns["aws_default"]["extra"]["endpoint_url"]).hostname == "minio"
+    assert urlsplit(conns["aws_default"]["extra"]["endpoint_url"]).hostname == "s3"
+    assert conns["aws_default"]["login"] == environment(services["s3"])["ROOT_ACCESS_KEY_ID"]
+    assert conns["aws_default"]["password"] == environment(services["s3"])["ROOT_SECRET_ACCESS_KEY"]
     assert urlsplit(conns["mlflow_default"]["extra"]["tracking_uri"]).hostname == "mlflow"
     smtp = conns["smtp_default"]
     assert (smtp["host"], smtp["port"]) == ("mailpit", 1025)
     assert any(str(p).endswith(":1025") for p in services["mailpit"]["ports"])
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] and env["AIRFLOW__CORE__FERNET_KEY"]
     for conn in conns.values():
         if conn.get("host"):
             assert conn["host"] in services
@@ -545,6 +879,46 @@ def test_astro_project_files() -> None:
     assert "dags" not in ignored and "plugins" not in ignored and "include" not in ignored
 
 
+def run_astro_parse_check(dags_folder: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run .astro/test_dag_integrity_default.py with pytest as `astro dev parse` does (own process,
+    fresh AIRFLOW_HOME, no metadata DB)."""
+    home = tmp_path / "airflow-home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+        "PYTHONPATH": str(REPO / "plugins"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+         str(REPO / ".astro" / "test_dag_integrity_default.py")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_astro_parse_check_passes_on_our_dags(tmp_path: Path) -> None:
+    proc = run_astro_parse_check(REPO / "dags", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    n_files = len(list((REPO / "dags").glob("*.py")))
+    assert f"{n_files + 1} passed" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_astro_parse_check_fails_on_a_broken_dag(tmp_path: Path) -> None:
+    dags = tmp_path / "dags"
+    shutil.copytree(REPO / "dags", dags)
+    (dags / "astrid_broken.py").write_text(
+        "from airflow.sdk import DAG\nfrom astrid.airflow import no_such_module\n"
+    )
+    (dags / "astrid_empty.py").write_text("from airflow.sdk import DAG  # a DAG file that defines none\n")
+    proc = run_astro_parse_check(dags, tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "astrid_broken.py failed to import" in proc.stdout and "no_such_module" in proc.stdout
+    assert "astrid_empty.py imports but defines no DAG" in proc.stdout
+    assert "2 failed" in proc.stdout
+
+
 def test_dags_airflowignore_keeps_every_dag_file() -> None:
     file_discovery = pytest.importorskip("airflow._shared.module_loading.file_discovery")
     assert (REPO / "dags" / ".airflowignore").is_file()
@@ -558,7 +932,15 @@ def test_dags_airflowignore_keeps_every_dag_file() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", ["scripts/mwaa-bundle.sh", "mwaa/startup.sh"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "scripts/mwaa-bundle.sh",
+        "mwaa/startup.sh",
+        "scripts/compose-secrets.sh",
+        "include/monitoring/alertmanager/run-alertmanager.sh",
+    ],
+)
 def test_shell_scripts_parse(script: str) -> None:
     subprocess.run(["bash", "-n", str(REPO / script)], check=True)
     if script.startswith("mwaa/"):
@@ -567,7 +949,7 @@ def test_shell_scripts_parse(script: str) -> None:
 
 def test_inline_compose_scripts_parse(services: Mapping[str, Any]) -> None:
     subprocess.run(["bash", "-n", "-c", shell_script(services["airflow-init"])], check=True)
-    subprocess.run(["sh", "-n", "-c", shell_script(services["minio-init"])], check=True)
+    subprocess.run(["sh", "-n", "-c", shell_script(services["s3-init"])], check=True)
 
 
 def test_mwaa_startup_runs_cpu_inference_on_the_default_queue(tmp_path: Path) -> None:
@@ -587,6 +969,88 @@ def test_mwaa_startup_runs_cpu_inference_on_the_default_queue(tmp_path: Path) ->
     assert exported["OMP_NUM_THREADS"] == "2"
     assert InferenceSchedulingConfig.from_env(exported).device == "cpu"
     assert (tmp_path / "include").resolve() == (tmp_path / "plugins" / "include").resolve()
+
+
+# MWAA sends one of these in MWAA_AIRFLOW_COMPONENT; hybrid = scheduler + worker in one container.
+# (component, worker thread caps expected, pool creation expected)
+MWAA_COMPONENTS = [
+    ("webserver", False, False),
+    ("scheduler", False, True),
+    ("worker", True, False),
+    ("hybrid", True, True),
+]
+
+
+def source_startup(
+    tmp_path: Path, shell: str, component: str, *, pool_exists: bool = False, stub_fails: bool = False
+) -> tuple[dict[str, str], list[str], str]:
+    """Source mwaa/startup.sh as MWAA does, with a stub `airflow` first on PATH.
+
+    The stub stands in for the Airflow CLI, which cannot run MWAA's metadata DB here: it records
+    its arguments, answers `pools get` as told, and fails every call when told to.
+    """
+    home = tmp_path / f"home-{shell}-{component}"
+    (home / "plugins" / "include").mkdir(parents=True)
+    stub_bin = tmp_path / "stub-bin"
+    stub_bin.mkdir(exist_ok=True)
+    calls = tmp_path / f"calls-{shell}-{component}.log"
+    stub = stub_bin / "airflow"
+    stub.write_text(
+        "#!/bin/sh\n"
+        'echo "$*" >> "$STUB_CALLS"\n'
+        '[ "$STUB_FAIL" = 1 ] && exit 1\n'
+        'if [ "$1 $2" = "pools get" ]; then [ "$STUB_POOL_EXISTS" = 1 ] && exit 0; exit 1; fi\n'
+        "exit 0\n"
+    )
+    stub.chmod(0o755)
+    env = {
+        "PATH": f"{stub_bin}:{os.environ['PATH']}",
+        "AIRFLOW_HOME": str(home),
+        "MWAA_AIRFLOW_COMPONENT": component,
+        "STUB_CALLS": str(calls),
+        "STUB_POOL_EXISTS": "1" if pool_exists else "0",
+        "STUB_FAIL": "1" if stub_fails else "0",
+    }
+    proc = subprocess.run(
+        [shell, "-c", f'. "{REPO / "mwaa" / "startup.sh"}" && echo "--- env" && env'],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    messages, _, env_dump = proc.stdout.partition("--- env\n")
+    exported = dict(line.split("=", 1) for line in env_dump.splitlines() if "=" in line)
+    logged = calls.read_text().splitlines() if calls.exists() else []
+    return exported, logged, messages
+
+
+@pytest.mark.parametrize("shell", ["bash", "sh"])
+@pytest.mark.parametrize(("component", "thread_caps", "makes_pool"), MWAA_COMPONENTS)
+def test_mwaa_startup_branches_per_component(
+    tmp_path: Path, shell: str, component: str, thread_caps: bool, makes_pool: bool
+) -> None:
+    exported, calls, _ = source_startup(tmp_path, shell, component)
+    assert exported["ASTRID_INFERENCE_DEVICE"] == "cpu", component
+    assert ("OMP_NUM_THREADS" in exported) is thread_caps, component
+    if makes_pool:
+        assert calls == [f"pools get {GPU_POOL}", f"pools set {GPU_POOL} 2 AstrID U-Net tasks (CPU on MWAA)"]
+    else:
+        assert calls == [], f"{component} must not touch pools: {calls}"
+
+
+@pytest.mark.parametrize("component", ["scheduler", "hybrid"])
+def test_mwaa_startup_keeps_an_existing_pool_and_survives_cli_failure(tmp_path: Path, component: str) -> None:
+    _, calls, _ = source_startup(tmp_path / "exists", "sh", component, pool_exists=True)
+    assert calls == [f"pools get {GPU_POOL}"], "an existing pool is left as it is"
+    exported, calls, messages = source_startup(tmp_path / "fails", "sh", component, stub_fails=True)
+    assert len(calls) == 2 and "could not create pool" in messages
+    assert exported["ASTRID_INFERENCE_DEVICE"] == "cpu", "a failed pool call must not stop the script"
+
+
+def test_mwaa_startup_names_an_unknown_component(tmp_path: Path) -> None:
+    _, calls, messages = source_startup(tmp_path, "sh", "api-server")
+    assert calls == [] and "unknown MWAA_AIRFLOW_COMPONENT 'api-server'" in messages
 
 
 # --------------------------------------------------------------------------------------------------
@@ -649,7 +1113,7 @@ def test_bundle_requirements_are_constrained_and_pinned(bundle: Path) -> None:
 
 def test_mwaa_requirements_cover_the_project_requirements() -> None:
     mwaa = {requirement_name(ln) for ln in (REPO / "mwaa" / "requirements.txt").read_text().splitlines()[1:]}
-    for line in (REPO / "requirements.txt").read_text().splitlines():
+    for line in (REPO / "requirements.in").read_text().splitlines():
         if line.strip() and not line.startswith(("#", "-")):
             assert requirement_name(line) in mwaa, f"mwaa/requirements.txt lacks {line.strip()}"
 

@@ -572,11 +572,15 @@ def _anchors(markdown: str) -> set[str]:
     return anchors
 
 
+RUNBOOK_BASE = "{{ $externalLabels.runbook_base_url }}/"  # prometheus.yml's external label: docs/
+
+
 def test_runbook_urls_point_at_existing_anchors() -> None:
     urls = [r["annotations"]["runbook_url"] for r in alert_rules()]
     checked = 0
     for url in urls:
-        path, _, anchor = url.partition("#")
+        assert url.startswith(RUNBOOK_BASE), f"{url}: runbook_url must be built from the base URL label"
+        path, _, anchor = ("docs/" + url.removeprefix(RUNBOOK_BASE)).partition("#")
         assert anchor, f"{url}: no anchor"
         doc = REPO / path
         if path == "docs/runbook.md" and not doc.exists():

@@ -1,0 +1,444 @@
+"""Difference imaging inside AstrID: residuals on stars, transients kept, and seconds per frame
+against the U-Net's own inference on the same frame, measured in the same run.
+
+    PYTHONPATH=plugins .venv/bin/python bench/subtraction.py [--size 2048] [--repeats 3] [--write]
+
+Seeded pairs from tests/subtraction_pairs.py: one sky rendered twice, through two WCSs (shift,
+rotation, pixel-scale change), two PSFs (science broader and varying over the frame), two flux
+scales and two noise draws, with transients in the science only. Three cases: WCS alignment,
+no WCS (asterism alignment), and a crowded field.
+
+Per case, over the unsaturated stars with science SNR ≥ 20 whose aperture (radius 1.5 × the
+science FWHM) is whole in the difference, away from the transients, χ² per pixel against the
+expected noise of each difference (noiseless truth variances):
+
+* **AstrID**: ``astrid.imaging.subtraction.subtract``; expected variance = science variance +
+  the reference's, through the ideal matching kernel (Σ K²) and the flux scale.
+* **plain S − R**: what ``load_triplet`` does without a difference today (pixel-by-pixel, no
+  alignment, no PSF matching); expected variance = science + reference variance.
+* **ideal**: the generator's science minus its own noiseless static scene; science variance.
+
+Transients: PSF-fit flux at the true position with the true science PSF on AstrID's difference
+and noise map; the pull (measured − injected) / σ.
+
+Time: wall and CPU seconds of ``subtract`` on one pair, against ``InferenceEngine.probability``
+(the U-Net alone, as bench/inference.py times it) and ``InferenceEngine.analyse`` (what a realtime
+run does per frame: frame statistics, U-Net, detections, vetting) on the same frame, shipped model,
+CPU, interleaved repeats, best of each. The machine's load average is printed with the figures (it
+is shared). ``--write`` replaces the "Subtraction" section of docs/benchmarks.md.
+
+``--libraries`` times the candidates measured before choosing (issue 20), on the first case:
+``reproject.reproject_interp`` (bicubic) and ``reproject_adaptive`` for the alignment, and sfft's
+CPU (NumPy/pyFFTW/numba) backend for the PSF-matched subtraction of the pair AstrID aligned. They
+are not dependencies of AstrID: run it from an environment that has ``reproject==0.21.0`` and
+``sfft==1.7.3`` installed on top of constraints.txt; ``--write`` then replaces the "Subtraction:
+candidate libraries" section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for _path in (str(ROOT), str(ROOT / "plugins"), str(ROOT / "bench")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+CASES = (
+    {"name": "WCS, 0.4° rotation", "seed": 1, "wcs": True, "knobs": {}},
+    {
+        "name": "no WCS (asterisms), −0.7° rotation",
+        "seed": 2,
+        "wcs": False,
+        "knobs": {
+            "seeing_fwhm": (2.8, 3.4),
+            "reference_fwhm": 2.0,
+            "shift": (-12.4, 9.1),
+            "rotation_deg": -0.7,
+            "flux_ratio": 1.3,
+        },
+    },
+    {
+        "name": "crowded, WCS, 0.25° rotation",
+        "seed": 3,
+        "wcs": True,
+        "knobs": {
+            "star_density": 12000.0,
+            "seeing_fwhm": (4.4, 5.2),
+            "reference_fwhm": 3.0,
+            "shift": (3.1, 15.7),
+            "rotation_deg": 0.25,
+            "flux_ratio": 0.9,
+        },
+    },
+)
+SNR_MIN = 20.0
+CHI2_TARGET = 1.5
+
+
+def _headers(pair, wcs: bool):
+    if wcs:
+        return pair.science_header, pair.reference_header
+    from tests.unit.test_subtraction import _no_wcs
+
+    return _no_wcs(pair.science_header), _no_wcs(pair.reference_header)
+
+
+def star_chi2(pair, difference: np.ndarray, variance: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """χ² per pixel in the aperture of each unsaturated SNR ≥ 20 star (see the module docs)."""
+    fwhm = max(pair.params["seeing_fwhm"])
+    radius = 1.5 * fwhm
+    f1 = pair.params["sky_sigma"] * math.sqrt(4 * math.pi * (fwhm / 2.3548) ** 2)
+    s, tr = pair.stars, pair.transients
+    h, w = difference.shape
+    r = math.ceil(radius)
+    idx = np.arange(-r, r + 1)
+    aperture = (idx[None, :] ** 2 + idx[:, None] ** 2) <= radius**2
+    out = []
+    for x, y, f, saturated in zip(s["x"], s["y"], s["flux"], s["saturated"], strict=True):
+        if saturated or f < SNR_MIN * f1 or not (r <= x < w - r - 1 and r <= y < h - r - 1):
+            continue
+        if len(tr["x"]) and np.min(np.hypot(tr["x"] - x, tr["y"] - y)) < 4 * fwhm:
+            continue
+        r0, c0 = round(y), round(x)
+        box = (slice(r0 - r, r0 + r + 1), slice(c0 - r, c0 + r + 1))
+        if not np.all(valid[box][aperture]):
+            continue
+        out.append(float(np.mean(difference[box][aperture] ** 2 / variance[box][aperture])))
+    return np.array(out)
+
+
+def transient_pulls(pair, result) -> np.ndarray:
+    """(measured − injected) / σ of each transient's PSF-fit flux on a difference + noise map."""
+    from tests.unit.test_subtraction import _psf_photometry
+
+    pulls = []
+    for x, y, flux in zip(pair.transients["x"], pair.transients["y"], pair.transients["flux"], strict=True):
+        measured, sigma = _psf_photometry(pair, result, x, y)
+        pulls.append((measured - flux) / sigma)
+    return np.array(pulls)
+
+
+def _spread(values: np.ndarray) -> float:
+    return 1.4826 * float(np.median(np.abs(values - np.median(values)))) if len(values) else float("nan")
+
+
+def _stats(chi2: np.ndarray) -> dict:
+    return {
+        "n": len(chi2),
+        "median": float(np.median(chi2)) if len(chi2) else float("nan"),
+        "p90": float(np.percentile(chi2, 90)) if len(chi2) else float("nan"),
+    }
+
+
+def measure(size: int, repeats: int, threads: int) -> list[dict]:
+    import torch
+
+    from astrid.imaging.subtraction import subtract
+    from astrid.ml.engine import get_engine
+    from tests.subtraction_pairs import make_pair
+
+    torch.set_num_threads(threads)
+    engine = get_engine(device="cpu")
+    rows = []
+    for case in CASES:
+        pair = make_pair(case["seed"], size, **case["knobs"])
+        h_sci, h_ref = _headers(pair, case["wcs"])
+
+        def run(p=pair, hs=h_sci, hr=h_ref):
+            return subtract(p.science, p.reference, science_header=hs, reference_header=hr)
+
+        result = run()  # warm-up (imports, first-use allocations), and the result graded below
+
+        class Frame:  # what the engine reads from a Triplet
+            science, reference, difference = pair.science, result.reference, result.difference
+            name, wcs = f"bench-{case['seed']}", None
+
+        engine.analyse(Frame)  # warm-up
+        times: dict[str, list[float]] = {"subtract": [], "subtract_cpu": [], "probability": [], "analyse": []}
+        for _ in range(repeats):  # interleaved, so load changes hit all three alike
+            t, c = time.perf_counter(), time.process_time()
+            run()
+            times["subtract"].append(time.perf_counter() - t)
+            times["subtract_cpu"].append(time.process_time() - c)
+            t = time.perf_counter()
+            engine.probability(Frame)
+            times["probability"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            engine.analyse(Frame)
+            times["analyse"].append(time.perf_counter() - t)
+        valid = result.valid
+        plain = pair.science - pair.reference
+        plain_var = pair.science_variance + pair.reference_variance
+        row = {
+            "case": case["name"],
+            "seed": case["seed"],
+            "params": {k: v for k, v in pair.params.items() if not k.startswith("_")},
+            "ours": _stats(star_chi2(pair, result.difference, pair.expected_variance(), valid)),
+            "ours_own_noise": _stats(star_chi2(pair, result.difference, result.noise**2, valid)),
+            "plain": _stats(star_chi2(pair, plain, plain_var, valid)),
+            "ideal": _stats(star_chi2(pair, pair.ideal_difference, pair.science_variance, valid)),
+            "pulls": transient_pulls(pair, result).tolist(),
+            # the same photometry on the generator's ideal difference (same science noise draw)
+            "ideal_pulls": transient_pulls(
+                pair, SimpleNamespace(difference=pair.ideal_difference, noise=np.sqrt(pair.science_variance))
+            ).tolist(),
+            "meta": result.meta,
+            "seconds": {k: min(v) for k, v in times.items()},
+            "load": os.getloadavg()[0],
+        }
+        print(json.dumps({k: row[k] for k in ("case", "ours", "plain", "ideal", "seconds")}), file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, wall: float) -> str:
+    import torch
+
+    command = f"PYTHONPATH=plugins .venv/bin/python bench/subtraction.py --size {args.size} --repeats {args.repeats} --threads {args.threads}"
+    lines = [
+        "## Subtraction",
+        "",
+        f"`astrid.imaging.subtraction.subtract` on seeded {args.size}² science/reference pairs "
+        f"(tests/subtraction_pairs.py), measured {time.strftime('%Y-%m-%d')} on this shared 2-core machine "
+        f"(Python {platform.python_version()}, torch {torch.__version__}, {args.threads} torch threads, "
+        f"shipped model); benchmark wall time {wall:.0f} s. Method and choices: docs/subtraction.md.",
+        "",
+        "```",
+        command + (" --write" if args.write else ""),
+        "```",
+        "",
+        f"**Residuals on stars**: median (90th percentile) χ² per pixel in the aperture of the unsaturated "
+        f"stars with science SNR ≥ {SNR_MIN:.0f}, against each difference's expected noise (noiseless truth "
+        f"variances); target: median ≤ {CHI2_TARGET}.",
+        "",
+        "| case | stars | AstrID | plain S − R | generator's ideal | AstrID vs its own noise map | ≤ 1.5 |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        o, p, i, n = r["ours"], r["plain"], r["ideal"], r["ours_own_noise"]
+        lines.append(
+            f"| {r['case']} | {o['n']} | {o['median']:.2f} ({o['p90']:.2f}) | {p['median']:.0f} ({p['p90']:.0f}) "
+            f"| {i['median']:.2f} ({i['p90']:.2f}) | {n['median']:.2f} ({n['p90']:.2f}) "
+            f"| {'yes' if o['median'] <= CHI2_TARGET else '**no**'} |"
+        )
+    lines += [
+        "",
+        "**What the subtraction found** (from `meta`) against the truth, and the injected transients "
+        "(PSF-fit flux with the true PSF at the true position on AstrID's difference and noise map; pull = "
+        "(measured − injected) / σ; the same photometry on the generator's ideal difference, which has the "
+        "same science noise draw, says how much of the scatter is that noise):",
+        "",
+        "| case | alignment | rms px | rotation ° (truth) | flux scale (truth) | kernel stars | held-out χ² | transients | pull median (ideal) | pull spread, 1.48 MAD (ideal) | max \\|AstrID − ideal\\| pull |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        m, pulls, ideal = r["meta"], np.array(r["pulls"]), np.array(r["ideal_pulls"])
+        truth_scale = 1 / r["params"]["flux_ratio"]
+        lines.append(
+            f"| {r['case']} | {m['alignment']} | {m['alignment_rms_px']:.3f} | {m['rotation_deg']:+.3f} "
+            f"({-r['params']['rotation_deg']:+.3f}) | {m['flux_scale']:.4f} ({truth_scale:.4f}) | {m['kernel_stars']} "
+            f"| {m['star_chi2_median']:.2f} | {len(pulls)} | {np.median(pulls):+.2f} ({np.median(ideal):+.2f}) "
+            f"| {_spread(pulls):.2f} ({_spread(ideal):.2f}) | {np.max(np.abs(pulls - ideal)):.2f} |"
+        )
+    lines += [
+        "",
+        f"**Time per {args.size}² pair** (best of {args.repeats}, interleaved in one process; wall seconds, "
+        "CPU seconds of the subtraction summed over its threads):",
+        "",
+        "| case | subtract wall | subtract CPU | U-Net (`probability`) | realtime per-frame work (`analyse`) | subtract / U-Net | subtract / analyse | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        s = r["seconds"]
+        lines.append(
+            f"| {r['case']} | {s['subtract']:.2f} | {s['subtract_cpu']:.2f} | {s['probability']:.2f} "
+            f"| {s['analyse']:.2f} | {s['subtract'] / s['probability']:.2f}× | {s['subtract'] / s['analyse']:.2f}× "
+            f"| {r['load']:.1f} |"
+        )
+    split = rows[0]["meta"]["seconds"]
+    lines += [
+        "",
+        "Where the subtraction's time goes (first case, its first call, wall s): "
+        + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in split.items())
+        + ".",
+        "",
+        "The detector-efficiency figure of issue 20 (efficiency on AstrID-computed differences within 0.05 of "
+        "the ideal difference's) needs the detector engineer's new metric and is not measured here.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ---- the candidate libraries (phase 1 of issue 20) ---------------------------------------------
+
+
+def libraries(size: int) -> dict:
+    import sep
+
+    from astrid.imaging.subtraction import subtract
+    from tests.subtraction_pairs import make_pair
+
+    case = CASES[0]
+    pair = make_pair(case["seed"], size, **case["knobs"])
+    out: dict = {"size": size}
+    try:
+        from reproject import reproject_adaptive, reproject_interp
+    except ImportError:
+        out["reproject"] = "not installed"
+    else:
+        import reproject
+
+        out["reproject_version"] = reproject.__version__
+        source, target, shape = (pair.reference, pair.reference_wcs), pair.science_wcs, pair.science.shape
+        for name, fn in (
+            (
+                "reproject_interp bicubic",
+                lambda: reproject_interp(source, target, shape_out=shape, order="bicubic"),
+            ),
+            (
+                "reproject_adaptive",
+                lambda: reproject_adaptive(source, target, shape_out=shape, conserve_flux=True),
+            ),
+        ):
+            t = time.perf_counter()
+            fn()
+            out[name] = time.perf_counter() - t
+
+    def run():
+        return subtract(
+            pair.science,
+            pair.reference,
+            science_header=pair.science_header,
+            reference_header=pair.reference_header,
+        )
+
+    run()  # warm-up: imports and first-use allocations are not the method's cost
+    t = time.perf_counter()
+    result = run()
+    out["astrid_subtract"] = time.perf_counter() - t
+    out["astrid_align"] = result.meta["seconds"]["align"]
+    valid = result.valid
+    out["astrid_chi2"] = _stats(star_chi2(pair, result.difference, pair.expected_variance(), valid))
+    try:
+        from sfft.sfftcore.SFFTConfigure import SingleSFFTConfigure
+        from sfft.sfftcore.SFFTSubtract import GeneralSFFTSubtract
+    except ImportError:
+        out["sfft"] = "not installed"
+        out["load"] = os.getloadavg()[0]
+        return out
+    import sfft
+
+    out["sfft_version"] = sfft.__version__
+    science = np.ascontiguousarray(pair.science, dtype=np.float64)
+    back = sep.Background(science.astype(np.float32))
+    sci = science - back.back()
+    ref = np.where(valid, np.nan_to_num(result.reference), 0.0)
+    objects = sep.extract(sci.astype(np.float32), 10 * back.globalrms, minarea=5)
+    good = (objects["peak"] < 0.5 * pair.params.get("saturate", 60000.0)) & (objects["flag"] == 0)
+    mask = np.zeros(sci.shape, bool)
+    for x, y in zip(objects["x"][good], objects["y"][good], strict=True):
+        r, c = round(y), round(x)
+        mask[max(r - 10, 0) : r + 11, max(c - 10, 0) : c + 11] = True
+    mask &= valid
+    sci0 = np.where(valid, sci, 0.0)
+    hw = int(result.meta["kernel_half_width"])
+    t = time.perf_counter()
+    config = SingleSFFTConfigure.SSC(
+        NX=size, NY=size, KerHW=hw, KerPolyOrder=2, BGPolyOrder=1, ConstPhotRatio=True,
+        BACKEND_4SUBTRACT="Numpy", NUM_CPU_THREADS_4SUBTRACT=os.cpu_count(), NUMBA_CACHE=False, VERBOSE_LEVEL=0,
+    )  # fmt: skip
+    out["sfft_configure"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _, diff, *_ = GeneralSFFTSubtract.GSS(
+        PixA_I=ref.T.copy(), PixA_J=sci0.T.copy(), PixA_mI=np.where(mask, ref, 0).T.copy(),
+        PixA_mJ=np.where(mask, sci0, 0).T.copy(), SFFTConfig=config, ContamMask_I=None,
+        BACKEND_4SUBTRACT="Numpy", NUM_CPU_THREADS_4SUBTRACT=os.cpu_count(), VERBOSE_LEVEL=0,
+    )  # fmt: skip
+    out["sfft_subtract"] = time.perf_counter() - t
+    out["sfft_kernel_half_width"] = hw
+    out["sfft_chi2"] = _stats(star_chi2(pair, diff.T, pair.expected_variance(), valid))
+    out["load"] = os.getloadavg()[0]
+    return out
+
+
+def libraries_markdown(res: dict, command: str) -> str:
+    lines = [
+        "## Subtraction: candidate libraries",
+        "",
+        f"The PyPI candidates of issue 20 on the first case's {res['size']}² pair, measured "
+        f"{time.strftime('%Y-%m-%d')} on this shared 2-core machine (load average {res['load']:.1f}: absolute "
+        "seconds are inflated, the same-run ratios are the figure), from an environment with them installed on "
+        "top of constraints.txt (they are not AstrID dependencies):",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "| step | library | seconds | × AstrID's same step | median χ² (90th pct) of stars |",
+        "|---|---|---:|---:|---:|",
+    ]
+    a, align = res["astrid_chi2"], res["astrid_align"]
+    lines.append(
+        f"| align + PSF-match + subtract | AstrID `subtract` (its alignment step: {align:.2f} s) "
+        f"| {res['astrid_subtract']:.2f} | 1 | {a['median']:.2f} ({a['p90']:.2f}) |"
+    )
+    for key in ("reproject_interp bicubic", "reproject_adaptive"):
+        if key in res:
+            lines.append(
+                f"| align by WCS | reproject {res['reproject_version']} `{key}` | {res[key]:.2f} "
+                f"| {res[key] / align:.0f}× (alignment) | — |"
+            )
+    if "sfft_subtract" in res:
+        s = res["sfft_chi2"]
+        lines.append(
+            f"| PSF-match + subtract (AstrID's aligned pair, KerHW {res['sfft_kernel_half_width']}, kernel and "
+            f"background order 2/1) | sfft {res['sfft_version']} NumPy backend (+ {res['sfft_configure']:.0f} s numba "
+            f"compilation) | {res['sfft_subtract']:.0f} | {res['sfft_subtract'] / res['astrid_subtract']:.0f}× (whole "
+            f"subtract) | {s['median']:.2f} ({s['p90']:.2f}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--libraries", action="store_true", help="time reproject and sfft instead (phase 1)")
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    from load import write_section
+
+    started = time.perf_counter()
+    if args.libraries:
+        res = libraries(args.size)
+        print(json.dumps(res, indent=1, default=str), file=sys.stderr)
+        text = libraries_markdown(
+            res,
+            f"PYTHONPATH=plugins <python with reproject and sfft> bench/subtraction.py --libraries --size {args.size}"
+            + (" --write" if args.write else ""),
+        )
+        title = "## Subtraction: candidate libraries"
+    else:
+        text = markdown(measure(args.size, args.repeats, args.threads), args, time.perf_counter() - started)
+        title = "## Subtraction"
+    print(text)
+    if args.write:
+        write_section(text, title)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
