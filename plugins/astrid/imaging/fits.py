@@ -324,8 +324,13 @@ def _data_bytes(keys: dict[str, str]) -> int | None:
 
 
 def _celestial_wcs(
-    header: fits.Header, shape: tuple[int, int], what: str, problems: list[str], limits: ReadLimits
+    header: fits.Header,
+    shape: tuple[int, int],
+    what: str,
+    problems: list[str],
+    limits: ReadLimits | None = None,
 ) -> WCS | None:
+    limits = limits or ReadLimits()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
