@@ -49,3 +49,13 @@ class ModelError(AstridError):
 
 class CatalogError(AstridError):
     """The observation catalog refused an operation (e.g. a lease held by another run)."""
+
+
+class ModelReferenceError(ModelError, ValueError):
+    """A model reference is not a registry name/alias/version nor a model directory under the
+    configured model roots. A ``ValueError`` too, so request validation turns it into a 4xx."""
+
+
+class UsageError(AstridError, ValueError):
+    """A command-line argument cannot be used as given (e.g. an ``--output`` that would replace an
+    input): the CLI prints it as one line and exits 2."""

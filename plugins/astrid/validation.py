@@ -68,6 +68,7 @@ def score_model(
     threshold: float,
     max_side: int,
     min_excess: float | str | None = "card",
+    limits: Any = None,
 ) -> dict[str, Any]:
     """Run ``detector`` over labelled claims and score against their truth (recall per SNR bin, F1...)."""
     from astrid.imaging.synthetic import read_truth
@@ -76,7 +77,7 @@ def score_model(
 
     pairs = []
     for claim in claims:
-        triplet = load_claim(claim, storage, max_side)
+        triplet = load_claim(claim, storage, max_side, limits)
         _, detections = detector.analyse(triplet, threshold, min_excess)
         truth = read_truth(storage.resolve(claim.truth_uri))
         pairs.append((detections, truth, triplet.difference.size))
@@ -96,6 +97,7 @@ def score_models(
     dag_run_id: str,
     dag_id: str | None = None,
     metrics: Metrics | None = None,
+    limits: Any = None,
 ) -> dict[str, Any]:
     """Score the registry's champion (and challenger, when one exists) on the same labelled claims,
     log each score to MLflow and gauge the champion's F1 (``astrid.validation.f1``).
@@ -117,7 +119,13 @@ def score_models(
             continue
         detector = VersionedDetector(get_engine(registry.resolve(version).path, device=device), version)
         scores[alias] = score_model(
-            detector, claims, storage, threshold=threshold, max_side=max_side, min_excess=vetting
+            detector,
+            claims,
+            storage,
+            threshold=threshold,
+            max_side=max_side,
+            min_excess=vetting,
+            limits=limits,
         )
         log_validation(
             registry,

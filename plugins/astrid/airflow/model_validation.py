@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.sdk import Asset, BaseBranchOperator
 
-from astrid.airflow.base import AstridBaseOperator, astrid_template_fields
+from astrid.airflow.base import AstridBaseOperator, astrid_template_fields, read_limits
 from astrid.airflow.notifiers import AstridNotifier
 
 SERVING_MODEL = Asset(name="astrid_serving_model", uri="file:///astrid/models/astrid-unet/champion")
@@ -45,7 +45,12 @@ class ScoreModelsOperator(AstridBaseOperator):
     (:func:`astrid.validation.score_models`)."""
 
     template_fields: Sequence[str] = astrid_template_fields(
-        "observations", "confidence_threshold", "device", "max_image_side", "star_residual_vetting"
+        "observations",
+        "confidence_threshold",
+        "device",
+        "max_image_side",
+        "star_residual_vetting",
+        "fits_limits",
     )
 
     def __init__(
@@ -56,6 +61,7 @@ class ScoreModelsOperator(AstridBaseOperator):
         max_image_side: int | str,
         device: str = "auto",
         star_residual_vetting: str = "card",
+        fits_limits: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -65,6 +71,7 @@ class ScoreModelsOperator(AstridBaseOperator):
             max_image_side,
             star_residual_vetting,
         )
+        self.fits_limits = fits_limits
 
     def execute(self, context: Any) -> dict[str, Any]:
         from astrid.catalog import Claim
@@ -83,6 +90,7 @@ class ScoreModelsOperator(AstridBaseOperator):
             dag_run_id=context["run_id"],
             dag_id=self.dag_id,
             metrics=self.metrics,
+            limits=read_limits(self.max_image_side, self.fits_limits),
         )
 
 
