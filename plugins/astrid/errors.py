@@ -62,3 +62,13 @@ class IngestError(AstridError):
     def __init__(self, message: str, field: str | None = None, *, conflict: bool = False) -> None:
         super().__init__(message)
         self.field, self.conflict = field, conflict
+
+
+class ModelReferenceError(ModelError, ValueError):
+    """A model reference is not a registry name/alias/version nor a model directory under the
+    configured model roots. A ``ValueError`` too, so request validation turns it into a 4xx."""
+
+
+class UsageError(AstridError, ValueError):
+    """A command-line argument cannot be used as given (e.g. an ``--output`` that would replace an
+    input): the CLI prints it as one line and exits 2."""

@@ -159,24 +159,33 @@ def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
 
 
 def confidence_threshold(value: Any) -> float:
-    """A probability cut (a number, or a param rendered as text) in [0, 1]; ValueError otherwise."""
-    threshold = float(value)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"confidence_threshold={threshold} must lie between 0 and 1")
-    return threshold
+    """A probability cut (a number, or a param rendered as text) strictly between 0 and 1;
+    ValueError otherwise (:func:`astrid.config.check_threshold`)."""
+    from astrid.config import check_threshold
+
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"confidence_threshold={value!r} is not a number") from None
+    return check_threshold("confidence_threshold", number)
 
 
-def load_claim(claim: Claim, storage: Any, max_side: int) -> Any:
-    """The claim's FITS triplet, read through the storage root (URIs outside it are refused)."""
-    from astrid.imaging.fits import load_triplet
+def load_claim(claim: Claim, storage: Any, max_side: int, limits: Any = None) -> Any:
+    """The claim's FITS triplet, read through the storage root (URIs outside it are refused).
+
+    ``limits`` (:class:`astrid.imaging.fits.ReadLimits`: header size, plausible WCS) defaults to
+    the configuration's defaults; ``max_side`` wins over its ``max_side``."""
+    from dataclasses import replace
+
+    from astrid.imaging.fits import ReadLimits, load_triplet
 
     diff = storage.resolve(claim.difference_uri) if claim.difference_uri else None
     return load_triplet(
         storage.resolve(claim.science_uri),
         storage.resolve(claim.reference_uri),
         diff,
-        max_side=max_side,
         name=claim.name,
+        limits=replace(limits or ReadLimits(), max_side=int(max_side)),
     )
 
 
@@ -189,6 +198,7 @@ def quality_gate(
     max_side: int,
     metrics: Metrics | None = None,
     gate: Any = None,
+    limits: Any = None,
 ) -> tuple[list[Claim], list[dict[str, Any]]]:
     """Reject observations that are unreadable or fail the data-quality suite; return the rest.
 
@@ -203,7 +213,7 @@ def quality_gate(
     rejections: list[dict[str, Any]] = []
     for claim in claims:
         try:
-            triplet = load_claim(claim, storage, max_side)
+            triplet = load_claim(claim, storage, max_side, limits)
         except ObservationError as exc:
             rejections.append(_reject(catalog, claim, run, str(exc)))
             continue
@@ -257,6 +267,7 @@ def run_inference(
     metrics: Metrics | None = None,
     artifacts: Any = None,
     on_observation: Callable[[Claim, list], None] | None = None,
+    limits: Any = None,
     min_excess: float | str | None = "card",
     zeropoint_key: str | None = None,
     max_stamps: int | None = None,
@@ -289,7 +300,7 @@ def run_inference(
         for claim in claims:
             t0 = time.perf_counter()
             try:
-                triplet = load_claim(claim, storage, max_side)
+                triplet = load_claim(claim, storage, max_side, limits)
                 probability, detections = detector.analyse(triplet, threshold, min_excess)
                 detections = measure(detections, triplet, zeropoint_key=zeropoint_key)
                 if artifacts is not None and max_stamps:
@@ -477,21 +488,23 @@ class LoadedModel:
 
 def load_detector(
     registry: Any,
-    reference: str,
+    reference: Any,
     *,
+    roots: Sequence[Any] = (),
     device: str = "auto",
     batch_size: int = 8,
     metrics: Metrics | None = None,
     dag_id: str | None = None,
 ) -> LoadedModel:
-    """Resolve ``reference`` in the registry (bootstrapping an empty one with the shipped model as
-    champion) and load it; the load time goes to ``astrid.model.load_time``."""
+    """Resolve ``reference`` (a :class:`~astrid.model_reference.ModelReference` or its text; a path
+    only under the model ``roots``) in the registry (bootstrapping an empty one with the shipped
+    model as champion) and load it; the load time goes to ``astrid.model.load_time``."""
     from astrid.ml.engine import get_engine
     from astrid.paths import shipped_model_path
 
     registry.ensure_champion(shipped_model_path())
     started = time.perf_counter()
-    resolved = registry.resolve(reference)
+    resolved = registry.resolve(reference, roots)
     engine = get_engine(resolved.path, device=device, batch_size=int(batch_size))
     (metrics or NullMetrics()).timing(
         metric_name("astrid.model.load_time", dag_id), (time.perf_counter() - started) * 1000
@@ -518,7 +531,7 @@ def infer_observations(
     storage: Any,
     registry: Any,
     run: RunInfo,
-    model: str,
+    model: Any,
     threshold: float,
     batch_size: int = 8,
     device: str = "auto",
@@ -528,6 +541,8 @@ def infer_observations(
     metrics: Metrics | None = None,
     zeropoint_key: str | None = None,
     max_stamps: int | None = None,
+    model_roots: Sequence[Any] = (),
+    limits: Any = None,
 ) -> dict[str, Any]:
     """Load ``model`` from the registry, infer ``claims`` (:func:`run_inference`: photometry with
     ``zeropoint_key``, the stamps of each observation's ``max_stamps`` best detections), write the
@@ -539,7 +554,13 @@ def infer_observations(
     metrics = metrics or NullMetrics()
     threshold = confidence_threshold(threshold)
     loaded = load_detector(
-        registry, model, device=device, batch_size=batch_size, metrics=metrics, dag_id=run.dag_id
+        registry,
+        model,
+        roots=model_roots,
+        device=device,
+        batch_size=batch_size,
+        metrics=metrics,
+        dag_id=run.dag_id,
     )
     summary = run_inference(
         claims,
@@ -554,6 +575,7 @@ def infer_observations(
         min_excess=vetting,
         zeropoint_key=zeropoint_key,
         max_stamps=max_stamps,
+        limits=limits,
     ).to_xcom()
     summary["device"] = loaded.device
     summary["star_residual_vetting"] = loaded.vetting_label(vetting)

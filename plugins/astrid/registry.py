@@ -12,20 +12,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from astrid.errors import ModelError
+from astrid.model_reference import (
+    CHALLENGER,
+    CHAMPION,
+    MODEL_NAME,
+    ModelReference,
+    checked_model_path,
+    parse_model_reference,
+    path_version,
+)
 
-MODEL_NAME = "astrid-unet"
+__all__ = ["CHALLENGER", "CHAMPION", "MODEL_NAME", "ModelRegistry", "ResolvedModel"]
+
 INFERENCE_EXPERIMENT = "astrid-inference"
 VALIDATION_EXPERIMENT = "astrid-validation"
 TRAINING_EXPERIMENT = "astrid-training"
 MLFLOW_UI_ENV = "ASTRID_MLFLOW_UI_URL"  # where browsers reach the MLflow UI (links in Airflow)
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def reference_for(value: str) -> str:
@@ -88,7 +97,7 @@ def verify_model_dir(model_dir: str | Path) -> Any:
 @dataclass(frozen=True)
 class ResolvedModel:
     path: Path
-    version: str  # registry version ("3"), or the card version for a plain path
+    version: str  # registry version ("3"), or path:<dir>@<sha12> for a model loaded from a path
     reference: str
 
 
@@ -318,19 +327,21 @@ class ModelRegistry:
             shipped, alias=CHAMPION, description="shipped model"
         )
 
-    def resolve(self, reference: str) -> ResolvedModel:
-        """``models:/astrid-unet@alias``, ``models:/astrid-unet/3``, a bare version ``3``, or a path."""
-        if not reference.startswith("models:/") and not reference.isdigit():
-            path = Path(reference)
-            if not path.exists():
-                raise ModelError(
-                    f"model path {reference!r} does not exist: pass a registry reference "
-                    "(models:/astrid-unet@champion), a version number, or an existing directory"
-                )
+    def resolve(self, reference: str | ModelReference, roots: Sequence[Path] = ()) -> ResolvedModel:
+        """The local directory of a model reference (parsed by :mod:`astrid.model_reference`).
+
+        Registry references are downloaded into the cache; a path (allowed only under ``roots``,
+        checked again here with symlinks resolved) is loaded in place and recorded as
+        ``path:<dir>@<sha12>``, never as a registry version.
+        """
+        ref = reference if isinstance(reference, ModelReference) else parse_model_reference(reference, roots)
+        if ref.kind == "path":
             from astrid.ml.weights import load_model
 
-            return ResolvedModel(path=path, version=load_model(path)[1].version, reference=reference)
-        version = reference if reference.isdigit() else self._version_of(reference)
+            path = checked_model_path(ref, roots)
+            card = load_model(path)[1]
+            return ResolvedModel(path=path, version=path_version(path, card.sha256), reference=ref.uri)
+        version = ref.value if ref.kind == "version" else self._alias_target(ref)
         try:
             mv = self.client.get_model_version(MODEL_NAME, version)
         except Exception as exc:
@@ -347,7 +358,7 @@ class ModelRegistry:
         if not (target / "model_card.json").exists():
             self._download(mv.source, target)
         self._verify_or_refetch(mv.source, target)
-        return ResolvedModel(path=target, version=str(version), reference=reference)
+        return ResolvedModel(path=target, version=str(version), reference=ref.uri)
 
     def _verify_or_refetch(self, source: str, target: Path) -> None:
         """A corrupt cache entry (disk error, killed copy) is replaced once, not failed on forever."""
@@ -385,22 +396,11 @@ class ModelRegistry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _version_of(self, reference: str) -> str:
-        rest = reference.removeprefix("models:/")
-        name, sep, alias = rest.partition("@")
-        if sep:
-            if name != MODEL_NAME:
-                raise ModelError(f"unknown registered model {name!r} in {reference!r}: expected {MODEL_NAME}")
-            version = self.alias_version(alias)
-            if version is None:
-                raise ModelError(
-                    f"no model version has alias {alias!r} in {reference!r}: "
-                    "run the validation DAG or set the alias in the MLflow UI"
-                )
-            return version
-        name, _, version = rest.partition("/")
-        if name != MODEL_NAME or not version.isdigit():
+    def _alias_target(self, ref: ModelReference) -> str:
+        version = self.alias_version(ref.value)
+        if version is None:
             raise ModelError(
-                f"model reference {reference!r} not understood: use models:/{MODEL_NAME}@champion or models:/{MODEL_NAME}/<version>"
+                f"no model version has alias {ref.value!r} in {ref.uri!r}: "
+                "run the validation DAG or set the alias in the MLflow UI"
             )
         return version

@@ -117,6 +117,7 @@ def score_model(
     threshold: float,
     max_side: int,
     min_excess: float | str | None = "card",
+    limits: Any = None,
 ) -> dict[str, Any]:
     """Run ``detector`` over labelled claims and score against their truth (recall per SNR bin, F1...)."""
     from astrid.imaging.synthetic import read_truth
@@ -125,7 +126,7 @@ def score_model(
 
     pairs = []
     for claim in claims:
-        triplet = load_claim(claim, storage, max_side)
+        triplet = load_claim(claim, storage, max_side, limits)
         _, detections = detector.analyse(triplet, threshold, min_excess)
         truth = read_truth(storage.resolve(claim.truth_uri))
         pairs.append((detections, truth, triplet.difference.size))
@@ -163,6 +164,7 @@ def score_models(
     dag_id: str | None = None,
     metrics: Metrics | None = None,
     latest: int = 3,
+    limits: Any = None,
 ) -> dict[str, Any]:
     """Score the registry's champion and every candidate (:func:`candidate_versions`) on the same
     labelled claims, log each score to MLflow, log the comparison table and gauge the champion's
@@ -184,7 +186,13 @@ def score_models(
     for alias, version in models:
         detector = VersionedDetector(get_engine(registry.resolve(version).path, device=device), version)
         score = score_model(
-            detector, claims, storage, threshold=threshold, max_side=max_side, min_excess=vetting
+            detector,
+            claims,
+            storage,
+            threshold=threshold,
+            max_side=max_side,
+            min_excess=vetting,
+            limits=limits,
         )
         log_validation(
             registry,

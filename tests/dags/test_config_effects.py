@@ -13,7 +13,7 @@ Probes, by where the value takes effect:
   (``OPERATOR_SETTINGS``), so the probe takes the task from the DAG file parsed with the variable
   set and runs it, against a real SQLite catalog, real FITS files from the synthetic survey, the
   shipped U-Net on CPU and a real MLflow store; the few settings still read while a task runs
-  (model URI, alert recipients and cool-down, logging) through the real functions that read them.
+  (alert recipients and cool-down, logging) through the real functions that read them.
   Two Airflow runtime objects are stood in for, because these probes call a task's execute()
   directly instead of running a whole DAG (tests/dags/test_dag_runs.py does that): the
   TaskInstance (a recorder of xcom_push) and the notifier's delivery (recorded; real delivery is
@@ -162,10 +162,19 @@ def monitoring_effect() -> bool:
     return isinstance(task(RT, "claim").metrics, NullMetrics)
 
 
-def model_effect() -> str:
-    from astrid.airflow.operators import model_reference
+def model_path_accepted(path: str) -> Callable[[], bool]:
+    """Does the realtime DAG's model_version param (UI form, dags trigger --conf, REST) accept ``path``?"""
 
-    return model_reference(None)
+    def probe() -> bool:
+        from airflow.sdk.exceptions import ParamValidationError
+
+        try:
+            dag(RT).params.get_param("model_version").resolve(path)
+        except ParamValidationError:
+            return False
+        return True
+
+    return probe
 
 
 def recipients_effect() -> list[str]:
@@ -374,6 +383,9 @@ def runtime_env(survey, tmp_path):
 RUNTIME = {  # probes that need the seeded catalog, storage and MLflow store
     "ASTRID_INFERENCE_MAX_ATTEMPTS",
     "ASTRID_INFERENCE_MAX_IMAGE_SIDE",
+    "ASTRID_INFERENCE_MAX_HEADER_CARDS",
+    "ASTRID_INFERENCE_MIN_PIXEL_SCALE",
+    "ASTRID_INFERENCE_MAX_PIXEL_SCALE",
     "ASTRID_INFERENCE_PERFORMANCE_TRACKING",
     "ASTRID_INFERENCE_STAR_RESIDUAL_VETTING",
     "ASTRID_INFERENCE_MIN_SUCCESS_RATE",
@@ -411,7 +423,16 @@ def effects(tmp: Path, notified: list) -> dict[str, tuple[str, Callable[[], Any]
             False,
         ),
         "ASTRID_INFERENCE_PERFORMANCE_TRACKING": ("false", inference("mlflow_run_id"), None),
-        "ASTRID_INFERENCE_MODEL_URI": ("models:/astrid-unet/2", model_effect, "models:/astrid-unet/2"),
+        "ASTRID_INFERENCE_MODEL_ROOTS": (
+            "/opt/astrid/models",
+            model_path_accepted("/opt/astrid/models/unet-v2"),
+            True,
+        ),
+        "ASTRID_INFERENCE_MODEL_URI": (
+            "models:/astrid-unet/2",
+            task_attr(RT, "infer", "model_uri"),
+            "models:/astrid-unet/2",
+        ),
         "ASTRID_INFERENCE_CONFIDENCE_THRESHOLD": ("0.7", param(RT, "confidence_threshold"), 0.7),
         "ASTRID_INFERENCE_STAR_RESIDUAL_VETTING": ("off", inference("star_residual_vetting"), "off"),
         "ASTRID_INFERENCE_BATCH_SIZE": ("4", task_attr(RT, "infer", "batch_size"), 4),
@@ -421,6 +442,10 @@ def effects(tmp: Path, notified: list) -> dict[str, tuple[str, Callable[[], Any]
         "ASTRID_INFERENCE_LEASE_MINUTES": ("5", task_attr(RT, "claim", "lease_minutes"), 5),
         "ASTRID_INFERENCE_MAX_ATTEMPTS": ("5", attempts_effect, 1),
         "ASTRID_INFERENCE_MAX_IMAGE_SIDE": ("128", image_side_effect, 0),
+        # the synthetic frames' headers hold ~60 cards and their WCS is 0.36″/pixel
+        "ASTRID_INFERENCE_MAX_HEADER_CARDS": ("40", image_side_effect, 0),
+        "ASTRID_INFERENCE_MIN_PIXEL_SCALE": ("1", image_side_effect, 0),
+        "ASTRID_INFERENCE_MAX_PIXEL_SCALE": ("0.1", image_side_effect, 0),
         "ASTRID_INFERENCE_REALTIME_DEADLINE_MINUTES": ("3", deadline_minutes(RT), 3),
         "ASTRID_INFERENCE_BATCH_DEADLINE_MINUTES": ("30", deadline_minutes(BATCH), 30),
         "ASTRID_INFERENCE_VALIDATION_DEADLINE_MINUTES": ("60", deadline_minutes(VAL), 60),

@@ -116,6 +116,20 @@ def test_inference_params(dagbag):
         ({"model_version": "challenger"}, True),
         ({"model_version": "../../etc/passwd"}, False),
         ({"model_version": "latest; rm -rf"}, False),
+        # paths: only model directories under ASTRID_INFERENCE_MODEL_ROOTS (default include/models)
+        ({"model_version": "/etc"}, False),
+        ({"model_version": "/../../etc/passwd"}, False),
+        ({"model_version": str(REPO / "include" / "models" / "astrid-unet")}, True),
+        ({"model_version": str(REPO / "include" / "models" / ".." / ".." / "etc")}, False),
+        ({"model_version": str(REPO / "include" / "models")}, False),  # the root itself
+        ({"model_version": str(REPO / "include" / "models" / "a\nb")}, False),
+        ({"model_version": "models:/astrid-unet@champion"}, True),
+        ({"model_version": "models:/astrid-unet/3"}, True),
+        ({"model_version": "models:/other/3"}, False),
+        ({"model_version": "0"}, False),
+        ({"confidence_threshold": 0}, False),  # the whole frame would be one detection
+        ({"confidence_threshold": 1}, False),
+        ({"confidence_threshold": 0.3}, True),
     ],
 )
 def test_trigger_conf_is_validated(dagbag, conf, ok):

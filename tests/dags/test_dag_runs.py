@@ -209,6 +209,40 @@ def test_bad_observations_are_rejected_and_the_run_goes_on(seeded, catalog, stor
     assert summary["rejected_count"] == 3 and summary["failed_count"] == 0
 
 
+def test_a_model_directory_under_the_model_roots_is_recorded_as_a_path_model(seeded, catalog):
+    """model_version may name a model directory under ASTRID_INFERENCE_MODEL_ROOTS (default
+    include/models): its detections are keyed ``path:<dir>@<sha12>``, never as if it were a
+    registry version. A path outside the roots is refused by the DAG's params: no run."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from astrid.catalog import NewObservation
+    from astrid.ml.weights import read_card
+    from astrid.paths import REPO_ROOT
+
+    model = REPO_ROOT / "include" / "models" / "astrid-unet"
+    good = catalog.get(catalog.labelled(1)[0].observation_id)
+    [oid] = catalog.register(
+        [
+            NewObservation(
+                name="e2e-path-model",
+                science_uri=good["science_uri"],
+                reference_uri=good["reference_uri"],
+                difference_uri=good["difference_uri"],
+            )
+        ]
+    )
+    for outside in ("/etc", "/../../etc/passwd", f"{model}/../../../etc"):
+        with pytest.raises(ParamValidationError):
+            run_dag("astrid_realtime_inference", {"max_observations": 1, "model_version": outside})
+    assert catalog.get(oid)["status"] == "preprocessed"  # nothing was claimed
+    dag_run = run_dag("astrid_realtime_inference", {"max_observations": 10, "model_version": str(model)})
+    assert str(dag_run.state) == "success"
+    label = f"path:astrid-unet@{read_card(model).sha256[:12]}"
+    assert task_output(dag_run, "report")["model_version"] == label
+    assert catalog.get(oid)["status"] == "inferred"
+    assert {d["model_version"] for d in catalog.detections(observation_id=oid)} == {label}
+
+
 @pytest.fixture(scope="module")
 def registry(env):
     from astrid.airflow.hooks import ModelRegistryHook

@@ -44,8 +44,7 @@ def artifacts() -> Path:
 def test_health_is_public(standalone) -> None:
     r = requests.get(f"{standalone.url}/astrid/health", timeout=30)
     assert r.status_code == 200, r.text
-    assert r.json()["status"] == "ok"
-    assert r.json()["catalog"]["revision"]
+    assert set(r.json()) == {"status", "latency_ms"} and r.json()["status"] == "ok"
 
 
 @pytest.mark.parametrize(

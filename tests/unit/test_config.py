@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import FrozenInstanceError, fields
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from astrid.config import InferenceSchedulingConfig, load_config
 from astrid.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = str(REPO / "include" / "models" / "astrid-unet")
 
 Config = InferenceSchedulingConfig
 FIELDS = {f.name: f for f in fields(Config)}
@@ -31,6 +36,7 @@ DEFAULTS = {
     "monitoring_enabled": True,
     "alert_on_failure": True,
     "performance_tracking": True,
+    "model_roots": "include/models",
     "model_uri": "models:/astrid-unet@champion",
     "confidence_threshold": 0.5,
     "inference_batch_size": 8,
@@ -38,6 +44,9 @@ DEFAULTS = {
     "lease_minutes": 30,
     "max_attempts": 3,
     "max_image_side": 8192,
+    "max_header_cards": 10_000,
+    "min_pixel_scale_arcsec": 0.01,
+    "max_pixel_scale_arcsec": 60.0,
     "realtime_deadline_minutes": 10,
     "batch_deadline_minutes": 120,
     "validation_deadline_minutes": 180,
@@ -75,7 +84,10 @@ OVERRIDES = {
     "timezone": ("America/Santiago", "America/Santiago"),
     "log_level": ("debug", "DEBUG"),
     "device": ("cuda", "cuda"),
-    "model_uri": ("/opt/models/astrid-unet", "/opt/models/astrid-unet"),
+    "model_uri": (SHIPPED, SHIPPED),  # a path under the default model root
+    "model_roots": ("include/models:/opt/astrid/models", "include/models:/opt/astrid/models"),
+    "gpu_pool": ("gpu-large", "gpu-large"),
+    "gpu_queue": ("cuda.a100", "cuda.a100"),
     "alert_email": ("a@example.org, b@example.org", "a@example.org, b@example.org"),
     "confidence_threshold": ("0.35", 0.35),
     "min_success_rate": ("1", 1.0),
@@ -83,6 +95,8 @@ OVERRIDES = {
     "max_memory_percent": ("100", 100.0),
     "max_gpu_memory_percent": ("12.5", 12.5),
     "max_load_per_cpu": ("1.5", 1.5),
+    "min_pixel_scale_arcsec": ("0.2", 0.2),
+    "max_pixel_scale_arcsec": ("2.5", 2.5),
     "star_residual_vetting": ("off", "off"),
     "ingest_mode": ("reference", "reference"),
     "ingest_roots": (
@@ -147,8 +161,12 @@ def test_all_overrides_at_once_and_whitespace():
         assert getattr(config, name) == _override(name)[1], name
 
 
-def test_empty_variable_means_default():
-    assert Config.from_env({ENV["lease_minutes"]: "", ENV["timezone"]: "   "}) == Config()
+@pytest.mark.parametrize("name", sorted(FIELDS))
+@pytest.mark.parametrize("raw", ["", "   "])
+def test_an_empty_variable_is_an_error_not_the_default(name, raw):
+    """``VAR=`` from a template with an unset value must not silently run on defaults."""
+    with pytest.raises(ConfigError, match=f"{ENV[name]} is set but empty: unset it"):
+        Config.from_env({ENV[name]: raw})
 
 
 @pytest.mark.parametrize(
@@ -202,6 +220,49 @@ def test_booleans(raw, expected):
         ("star_residual_vetting", "-1"),
         ("star_residual_vetting", "0"),
         ("star_residual_vetting", "nan"),
+        ("star_residual_vetting", "1e9"),
+        # numbers that overflowed deep inside (timedelta, SQL LIMIT, retry counts) before
+        ("realtime_deadline_minutes", "1e308"),
+        ("batch_deadline_minutes", "1e400"),
+        ("lease_minutes", "1000000000000"),
+        ("realtime_max_observations", "1000000000000"),
+        ("batch_max_observations", "1000000000000"),
+        ("max_attempts", "1000000000000"),
+        ("max_image_side", "1000000"),
+        ("max_header_cards", "0"),
+        ("confidence_threshold", "0"),  # the whole frame would be one detection
+        ("confidence_threshold", "1"),  # nothing could ever be detected
+        ("confidence_threshold", "-0"),
+        # numbers Python would read but a person did not mean
+        ("lease_minutes", "1_000"),
+        ("lease_minutes", "３０"),  # full-width digits
+        ("lease_minutes", "0x1e"),
+        ("max_load_per_cpu", "infinity"),
+        ("min_success_rate", "0.9.1"),
+        # crons that never fire, or have a seconds / year field
+        ("realtime_schedule", "0 0 31 2 *"),
+        ("batch_schedule", "0 0 30 2 *"),
+        ("realtime_schedule", "* * * * * *"),
+        ("validation_schedule", "0 0 1 1 * 2030"),
+        ("validation_schedule", "@reboot"),
+        ("validation_schedule", "@once"),
+        # names
+        ("gpu_pool", "gpu pool"),
+        ("gpu_queue", "gpu;default"),
+        ("gpu_queue", "x" * 257),
+        ("alert_email", "oncall"),
+        ("alert_email", "Oncall <oncall@example.org>"),
+        ("alert_email", "a..b@example.org"),
+        ("alert_email", ","),
+        # model: registry references or paths under the model roots only
+        ("model_uri", "/etc"),
+        ("model_uri", "/../../etc/passwd"),
+        ("model_uri", "include/models/astrid-unet"),
+        ("model_uri", "models:/other-model@champion"),
+        ("model_uri", "latest; rm -rf"),
+        ("model_roots", "/"),
+        ("model_roots", "include/models::/opt/models"),
+        ("model_roots", "/.."),
         # arrival: ingest mode, roots, the doorbell
         ("ingest_mode", "move"),
         ("ingest_roots", "ftp://host/x"),
@@ -230,6 +291,63 @@ def test_constructor_validates_too():
     with pytest.raises(ConfigError, match="ASTRID_INFERENCE_LEASE_MINUTES"):
         Config(lease_minutes=-1)
     assert Config(log_level="warning").log_level == "WARNING"
+    assert Config(realtime_deadline_minutes=5).realtime_deadline_minutes == 5.0  # an int for a float
+    for bad in (
+        {"lease_minutes": True},  # a bool is an int to Python, not to us
+        {"lease_minutes": 30.0},
+        {"confidence_threshold": "0.5"},
+        {"confidence_threshold": float("nan")},
+        {"realtime_deadline_minutes": float("inf")},
+        {"timezone": ""},
+        {"batch_enabled": 1},
+    ):
+        with pytest.raises(ConfigError, match=ENV[next(iter(bad))]):
+            Config(**bad)
+
+
+NUMBERS = sorted(n for n, f in FIELDS.items() if type(f.default) in (int, float))
+
+
+@pytest.mark.parametrize("name", NUMBERS)
+@pytest.mark.parametrize("raw", ["1000000000000", "1e308", "-1"])
+def test_every_number_is_bounded(name, raw):
+    """No number reaches a timedelta, a SQL LIMIT or a retry loop unbounded."""
+    if type(FIELDS[name].default) is int and "e" in raw:
+        raw = "9" * 18
+    with pytest.raises(ConfigError) as err:
+        Config.from_env({ENV[name]: raw})
+    assert ENV[name] in str(err.value) and ("out of range" in str(err.value) or "must" in str(err.value))
+
+
+def test_largest_allowed_values_do_not_overflow_where_they_are_used():
+    top = {n: FIELDS[n].metadata["rule"].hi for n in NUMBERS if FIELDS[n].metadata["rule"].hi is not None}
+    assert set(NUMBERS) - set(top) == {"confidence_threshold"}  # (0, 1): checked by check_threshold
+    del top["min_pixel_scale_arcsec"]  # must stay below the maximum
+    config = Config(**{n: type(FIELDS[n].default)(v) for n, v in top.items()})
+    for kind in ("realtime", "batch", "validation"):
+        assert timedelta(minutes=config.deadline_minutes(kind)) <= timedelta(days=7)
+    assert timedelta(minutes=config.lease_minutes) <= timedelta(days=7)
+
+
+def test_pixel_scale_range_must_be_a_range():
+    with pytest.raises(ConfigError, match=r"ASTRID_INFERENCE_MIN_PIXEL_SCALE=5\.0 must be smaller than"):
+        Config.from_env({ENV["min_pixel_scale_arcsec"]: "5", ENV["max_pixel_scale_arcsec"]: "5"})
+
+
+def test_mail_header_injection_in_alert_email_is_refused():
+    with pytest.raises(ConfigError, match="ASTRID_INFERENCE_ALERT_EMAIL"):
+        Config.from_env({ENV["alert_email"]: "ops@example.org\r\nBcc: attacker@example.com"})
+
+
+def test_model_roots_and_a_path_model_uri(tmp_path):
+    root = tmp_path / "models"
+    (root / "m1").mkdir(parents=True)
+    config = Config.from_env({ENV["model_roots"]: str(root), ENV["model_uri"]: str(root / "m1")})
+    assert config.model_root_paths == (root.resolve(),)
+    # the shipped root is relative to the project directory, wherever that is
+    assert Config().model_root_paths == ((REPO / "include" / "models").resolve(),)
+    with pytest.raises(ConfigError, match="not a model directory under the model roots"):
+        Config.from_env({ENV["model_uri"]: str(root / "m1")})  # default roots: include/models only
 
 
 @pytest.mark.parametrize("kind", ["realtime", "batch", "validation"])

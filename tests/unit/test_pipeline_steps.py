@@ -59,10 +59,12 @@ def test_chunks_and_threshold():
     assert chunks([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
     assert chunks([1, 2], 0) == [[1], [2]]  # a size below 1 means one per chunk
     assert chunks([], 3) == []
-    assert confidence_threshold("0.25") == 0.25 and confidence_threshold(1) == 1.0
-    for bad in (-0.1, 1.5, "2"):
+    assert confidence_threshold("0.25") == 0.25 and confidence_threshold(0.999) == 0.999
+    for bad in (-0.1, 0, 1, 1.5, "2", "nan", "inf"):  # 0: one whole-frame detection; 1: none, ever
         with pytest.raises(ValueError, match="between 0 and 1"):
             confidence_threshold(bad)
+    with pytest.raises(ValueError, match="not a number"):
+        confidence_threshold("half")
 
 
 def test_artifacts_dir_is_per_task_and_map_index_and_safe(tmp_path):

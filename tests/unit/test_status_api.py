@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -373,11 +374,13 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_health_is_public_and_reports_the_catalog(client, catalog: Catalog) -> None:
+def test_health_is_public_and_says_only_ok(client, catalog: Catalog) -> None:
+    """Unauthenticated: status and latency, no schema revision (or anything else) to fingerprint."""
     r = client.get("/health")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["status"] == "ok" and body["catalog"]["revision"] == catalog.head_revision()
+    assert set(body) == {"status", "latency_ms"} and body["status"] == "ok"
+    assert catalog.head_revision() not in r.text
     assert r.headers["cache-control"] == "no-store"
 
 
@@ -393,7 +396,7 @@ def test_health_503_names_the_failure_without_leaking_it(app) -> None:
     with TestClient(app) as c:
         r = c.get("/health")
     assert r.status_code == 503
-    assert r.json() == {"status": "unavailable", "reason": "catalog unreachable (RuntimeError)"}
+    assert r.json() == {"status": "unavailable", "reason": "catalog unreachable"}
     assert "s3cret" not in r.text
 
 
@@ -439,6 +442,19 @@ def test_runs_hours_validated(client, auth: str, hours: str) -> None:
         ({"run_type": "batch", "max_observations": 101}, "at most 100"),
         ({"run_type": "realtime", "confidence_threshold": 1.5}, "confidence_threshold"),
         ({"run_type": "realtime", "confidence_threshold": -0.1}, "confidence_threshold"),
+        ({"run_type": "realtime", "confidence_threshold": 0}, "confidence_threshold"),
+        ({"run_type": "realtime", "confidence_threshold": -0.0}, "confidence_threshold"),
+        ({"run_type": "realtime", "confidence_threshold": 1}, "confidence_threshold"),
+        ({"run_type": "realtime", "max_observations": 10**30}, "max_observations"),
+        ({"run_type": "realtime", "model_version": "/etc"}, "not a model directory under the model roots"),
+        ({"run_type": "realtime", "model_version": "/../../etc/passwd"}, "model_version"),
+        ({"run_type": "realtime", "model_version": "../../etc"}, "model_version"),
+        ({"run_type": "realtime", "model_version": "champion\u0000"}, "model_version"),
+        ({"run_type": "realtime", "model_version": "\u202echampion"}, "model_version"),
+        ({"run_type": "realtime", "model_version": 7}, "model_version"),
+        ({"run_type": "realtime", "model_version": ""}, "model_version"),
+        ({"run_type": "realtime", "model_version": "x" * 5000}, "model_version"),
+        ({"run_type": "realtime\u0000"}, "run_type"),
         ({"run_type": "realtime", "confidence_threshold": "0.5"}, "confidence_threshold"),
         ({"run_type": "realtime", "confidence_threshold": True}, "confidence_threshold"),
         ({"run_type": "realtime", "max_observations": True}, "max_observations"),
@@ -452,6 +468,113 @@ def test_trigger_body_validated(client, auth: str, body: dict, field: str) -> No
     r = client.post("/trigger", json=body, headers=_bearer(auth))
     assert r.status_code == 422, r.text
     assert field in r.text
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+@pytest.mark.parametrize("field", ["confidence_threshold", "max_observations"])
+def test_non_finite_numbers_are_a_422_naming_the_field(client, auth: str, number: str, field: str) -> None:
+    """Python's json reads NaN/Infinity (and 1e999 as inf); the 422 must still encode (it was a 500)."""
+    body = f'{{"run_type": "realtime", "{field}": {number}}}'
+    r = client.post("/trigger", content=body, headers={**_bearer(auth), "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert [e["loc"] for e in detail] == [["body", field]]
+    assert json.loads(r.text)  # valid JSON: the echoed input is a string, not a bare NaN
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (r'{"run_type": "realtime", "model_version": "/x\ud800"}', "model_version"),
+        (r'{"run_type": "\ud800"}', "run_type"),
+    ],
+)
+def test_a_lone_surrogate_is_a_422_not_an_encoding_error(client, auth: str, body: str, field: str) -> None:
+    """JSON allows a lone surrogate escape; UTF-8 cannot encode it, so echoing it back used to fail."""
+    r = client.post("/trigger", content=body, headers={**_bearer(auth), "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", field]
+
+
+def test_a_huge_body_is_refused_before_it_is_read(client, auth: str) -> None:
+    body = json.dumps({"run_type": "realtime", "model_version": "x" * (1 << 20)})
+    r = client.post("/trigger", content=body, headers={**_bearer(auth), "Content-Type": "application/json"})
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: counted while it streams in
+        yield b'{"run_type": "realtime", "model_version": "'
+        for _ in range(100):
+            yield b"x" * 4096
+        yield b'"}'
+
+    r = client.post(
+        "/trigger", content=chunks(), headers={**_bearer(auth), "Content-Type": "application/json"}
+    )
+    assert r.status_code == 413
+
+
+def test_deeply_nested_json_is_a_client_error(client, auth: str) -> None:
+    body = '{"run_type": ' + "[" * 20000 + "]" * 20000 + "}"
+    r = client.post("/trigger", content=body, headers={**_bearer(auth), "Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+
+
+def test_a_model_path_under_the_model_roots_passes_the_api(client, auth: str, tmp_path, monkeypatch) -> None:
+    """The API accepts what the roots allow (the DAG then refuses or runs it); /etc it refuses."""
+    monkeypatch.setenv("ASTRID_INFERENCE_MODEL_ROOTS", str(tmp_path))
+    import dataclasses
+
+    from astrid.dag_kinds import KINDS
+
+    monkeypatch.setitem(
+        KINDS, "realtime", dataclasses.replace(KINDS["realtime"], dag_id="astrid_realtime_never_parsed")
+    )
+    ok = client.post(
+        "/trigger", json={"run_type": "realtime", "model_version": f"{tmp_path}/m1"}, headers=_bearer(auth)
+    )
+    assert ok.status_code == 404, ok.text  # past validation: the (renamed) DAG does not exist
+    refused = client.post(
+        "/trigger", json={"run_type": "realtime", "model_version": "/etc"}, headers=_bearer(auth)
+    )
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "model_version"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("POST", "/trigger", {"run_type": "realtime"}), ("GET", "/status", None)],
+)
+def test_a_bad_astrid_environment_is_a_500_naming_the_variable(
+    client, auth: str, monkeypatch, method: str, path: str, body
+) -> None:
+    monkeypatch.setenv("ASTRID_INFERENCE_LEASE_MINUTES", "1e12")
+    r = client.request(method, path, json=body, headers=_bearer(auth))
+    assert r.status_code == 500
+    assert "ASTRID_INFERENCE_LEASE_MINUTES" in r.json()["detail"] and "1e12" in r.json()["detail"]
+    # and nothing about it for a caller without credentials
+    anonymous = client.request(method, path, json=body)
+    assert anonymous.status_code == 401 and "ASTRID" not in anonymous.text
+
+
+def test_docs_are_served_without_a_cdn(catalog: Catalog) -> None:
+    """/astrid/docs and /astrid/redoc load their scripts and styles from the api-server itself
+    (vendored by fastapi-offline), under the plugin's mount point."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from astrid.airflow.plugin import LazyASGIApp
+
+    root = FastAPI()
+    root.mount("/astrid", LazyASGIApp("astrid.airflow.api:create_app"))
+    with TestClient(root) as client:
+        for page in ("/astrid/docs", "/astrid/redoc"):
+            html = client.get(page)
+            assert html.status_code == 200, page
+            assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+            assert assets and all(a.startswith("/astrid/static-docs/") for a in assets), assets
+            assert "cdn" not in html.text.lower()
+            for asset in assets:
+                got = client.get(asset)
+                assert got.status_code == 200 and got.content, asset
 
 
 def test_trigger_maxima_follow_the_environment(client, auth: str, monkeypatch) -> None:
@@ -577,5 +700,5 @@ def test_page_and_openapi(client, monkeypatch) -> None:
     schema = client.get("/openapi.json").json()
     assert {"/health", "/status", "/runs", "/trigger", "/ui"} <= set(schema["paths"])
     trigger = schema["components"]["schemas"]["TriggerRequest"]["properties"]
-    assert trigger["confidence_threshold"]["anyOf"][0]["maximum"] == 1
+    assert trigger["confidence_threshold"]["anyOf"][0]["exclusiveMaximum"] == 1
     assert any("Bearer" in name or "OAuth2" in name for name in schema["components"]["securitySchemes"])

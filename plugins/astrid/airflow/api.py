@@ -24,6 +24,7 @@ DAG facts are read from Airflow's metadata DB with its ORM models; catalog facts
 
 import html
 import logging
+import math
 import os
 import threading
 import time
@@ -40,21 +41,23 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from airflow.api_fastapi.logging.decorators import action_logging
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
 from astrid import status as core
-from astrid.airflow.dag_defaults import MODEL_PATTERN
-from astrid.config import InferenceSchedulingConfig, load_config
+from astrid.config import MAX_COUNT, InferenceSchedulingConfig, load_config
 from astrid.dag_kinds import DAG_IDS, KINDS, RUN_TYPES
-from astrid.errors import ConfigError
+from astrid.errors import ConfigError, ModelReferenceError
+from astrid.model_reference import MAX_LENGTH, parse_model_reference
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
 GRAFANA_ENV = "ASTRID_GRAFANA_URL"
+MAX_BODY_BYTES = 64 * 1024  # a trigger request is a few hundred bytes
 # The page talks only to this origin and may be framed only by it (the Airflow UI).
 PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -73,6 +76,7 @@ def get_config() -> InferenceSchedulingConfig:
     try:
         return load_config()
     except ConfigError as exc:  # a deployment error, not the client's: 500 naming the variable
+        log.error("AstrID configuration is invalid: %s", exc)
         raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, f"AstrID configuration: {exc}") from exc
 
 
@@ -193,11 +197,13 @@ RunType = Literal[RUN_TYPES]  # realtime, batch, validation: the DAG kinds table
 
 class HealthResponse(BaseModel):
     status: Literal["ok"]
-    catalog: dict[str, Any] = Field(description="revision (schema), head (shipped schema), latency_ms")
+    latency_ms: float = Field(description="How long the catalog took to answer, in milliseconds")
 
 
 class TriggerRequest(BaseModel):
-    """A DAG run request. Ranges match the DAGs' params (``astrid.airflow.dag_defaults``)."""
+    """A DAG run request. Ranges match the DAGs' params (``astrid.airflow.dag_defaults``); the
+    checks that depend on the configuration (the run type's maximum, the model roots) are made by
+    :meth:`dag_and_conf`, after the configuration itself has been checked."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -215,43 +221,137 @@ class TriggerRequest(BaseModel):
     )
 
     run_type: RunType = Field(description=", ".join(f"{name} → {KINDS[name].dag_id}" for name in RUN_TYPES))
-    max_observations: Annotated[int | None, Field(strict=True, ge=1)] = Field(
+    max_observations: Annotated[int | None, Field(strict=True, ge=1, le=MAX_COUNT)] = Field(
         None,
         description="Observations to claim: 1 to the configured maximum for the run type "
         "(ASTRID_INFERENCE_MAX_OBSERVATIONS, ASTRID_INFERENCE_BATCH_MAX_OBSERVATIONS). For validation: "
         "the number of labelled observations (the DAG's dataset_size). Omitted: the DAG's default.",
     )
-    model_version: Annotated[str | None, Field(pattern=MODEL_PATTERN, max_length=1024)] = Field(
+    model_version: Annotated[str | None, Field(strict=True, min_length=1, max_length=MAX_LENGTH)] = Field(
         None,
-        description="champion, challenger, a registry version number, models:/astrid-unet@alias "
-        "or /path; not for validation. Omitted: the DAG's default (champion).",
+        description="champion, challenger, a registry version number, models:/astrid-unet@alias, "
+        "models:/astrid-unet/<version>, or the absolute path of a model directory under "
+        "ASTRID_INFERENCE_MODEL_ROOTS; not for validation. Omitted: the DAG's default (champion).",
     )
-    confidence_threshold: Annotated[float | None, Field(strict=True, ge=0, le=1, allow_inf_nan=False)] = (
-        Field(None, description="Probability cut for a detection, 0-1. Omitted: the DAG's default.")
+    confidence_threshold: Annotated[float | None, Field(strict=True, gt=0, lt=1, allow_inf_nan=False)] = (
+        Field(
+            None,
+            description="Probability cut for a detection, strictly between 0 and 1. Omitted: the DAG's default.",
+        )
     )
 
     @model_validator(mode="after")
-    def _within_configured_limits(self) -> "TriggerRequest":
-        try:
-            config = load_config()
-        except ConfigError as exc:  # not a client error: must not become a 422
-            raise RuntimeError(f"AstrID configuration: {exc}") from exc
-        limit = core.max_observations_limit(self.run_type, config)
-        if limit is not None and self.max_observations is not None and self.max_observations > limit:
-            raise ValueError(
-                f"max_observations must be at most {limit} for {self.run_type} runs "
-                f"(the configured maximum), got {self.max_observations}"
-            )
-        self.dag_and_conf()  # model_version on a validation run → ValueError → 422
+    def _validation_runs_take_no_model(self) -> "TriggerRequest":
+        core.trigger_conf(self.run_type, model_version=self.model_version)  # ValueError → 422
         return self
 
-    def dag_and_conf(self) -> tuple[str, dict[str, Any]]:
+    def dag_and_conf(self, config: InferenceSchedulingConfig) -> tuple[str, dict[str, Any]]:
+        """(dag_id, conf); :class:`RequestValidationError` (422 naming the field) for a value the
+        configuration refuses."""
+        limit = core.max_observations_limit(self.run_type, config)
+        if limit is not None and self.max_observations is not None and self.max_observations > limit:
+            raise _invalid(
+                "max_observations",
+                f"max_observations must be at most {limit} for {self.run_type} runs "
+                f"(the configured maximum), got {self.max_observations}",
+                self.max_observations,
+            )
+        if self.model_version is not None:
+            try:
+                parse_model_reference(self.model_version, config.model_root_paths)
+            except ModelReferenceError as exc:
+                raise _invalid("model_version", str(exc), self.model_version) from None
         return core.trigger_conf(
             self.run_type,
             max_observations=self.max_observations,
             model_version=self.model_version,
             confidence_threshold=self.confidence_threshold,
         )
+
+
+def _invalid(name: str, message: str, value: Any) -> RequestValidationError:
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body", name), "msg": message, "input": value}]
+    )
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """An echoed request value that JSON can carry and a log can hold: non-finite floats (which
+    Python's json parses from ``NaN``/``Infinity`` but cannot write back) become strings, long
+    strings and containers are cut."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return _text(value, 200)
+    if depth >= 3:
+        return "…"
+    if isinstance(value, dict):
+        return {str(k)[:100]: _json_safe(v, depth + 1) for k, v in list(value.items())[:20]}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v, depth + 1) for v in value[:20]]
+    return _json_safe(str(value), depth)
+
+
+def _text(value: str, limit: int) -> str:
+    """``value`` cut to ``limit`` characters, writable as UTF-8 (JSON allows lone surrogates such as
+    ``"\ud800"``, which UTF-8 cannot encode: they come back escaped)."""
+    text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each refused field, for any input: FastAPI's own handler echoes the input back,
+    and a NaN or Infinity in it made the 422 itself fail to encode (a bare 500)."""
+    detail = [
+        {
+            "type": str(error.get("type", "value_error")),
+            "loc": [_json_safe(part) for part in error.get("loc", ())],
+            "msg": _text(str(error.get("msg", "")), 2000),
+            "input": _json_safe(error.get("input")),
+        }
+        for error in exc.errors()[:50]
+    ]
+    return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail})
+
+
+async def configuration_error(request: Request, exc: ConfigError) -> JSONResponse:
+    """A bad ``ASTRID_*`` variable met anywhere in a request: a 500 that names it."""
+    log.error("AstrID configuration is invalid: %s", exc)
+    return JSONResponse(status_code=500, content={"detail": f"AstrID configuration: {exc}"})
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413, before they are read
+    into memory (by ``Content-Length`` when given, else while they stream in)."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await JSONResponse(status_code=413, content={"detail": self._message})(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Any:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, self._message)
+            return message
+
+        await self.app(scope, limited, send)
+
+    @property
+    def _message(self) -> str:
+        return f"request body larger than {self.limit} bytes"
 
 
 class TriggerResponse(BaseModel):
@@ -267,8 +367,19 @@ class TriggerResponse(BaseModel):
 # ----------------------------------------------------------------------------- the app
 
 
+def _fastapi(**kwargs: Any) -> FastAPI:
+    """A FastAPI app whose /docs and /redoc load Swagger UI and ReDoc from this server
+    (``fastapi-offline`` vendors them): no browser is sent to a CDN, and the docs work offline."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:  # not installed: no docs pages rather than pages that call a CDN
+        log.warning("fastapi-offline is not installed: /astrid/docs is disabled")
+        return FastAPI(docs_url=None, redoc_url=None, **kwargs)
+    return FastAPIOffline(static_url="/static-docs", **kwargs)
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(
+    app = _fastapi(
         title="AstrID status API",
         version="1",
         description=(
@@ -284,29 +395,29 @@ def create_app() -> FastAPI:
         response_model=HealthResponse,
         tags=["health"],
         responses={
-            503: {"description": 'The catalog DB is unreachable: `{"status": "unavailable", "reason": ...}`'}
+            503: {
+                "description": 'The catalog DB is unreachable: `{"status": "unavailable", "reason": "catalog unreachable"}`'
+            }
         },
     )
     def health(opener: Annotated[Callable[[], Any], Depends(catalog_opener)]) -> Any:
-        """Container health check (no authentication): 200 when the catalog DB answers a query."""
+        """Container health check (no authentication): 200 when the catalog DB answers a query.
+
+        It says no more than that: schema revisions, versions and error texts are for
+        authenticated callers (``/status``) and the api-server log."""
         started = time.monotonic()
         try:
-            catalog = opener()
-            revision = catalog.revision()
-            head = catalog.head_revision()
+            opener().revision()
         except Exception as exc:
             log.warning("AstrID health: catalog unreachable: %s", exc, exc_info=True)
-            # The reason names the failure class only: this endpoint is public and DB errors can
-            # carry host names or SQL; the api-server log has the whole exception.
             return JSONResponse(
                 status_code=503,
                 headers={"Cache-Control": "no-store"},
-                content={"status": "unavailable", "reason": f"catalog unreachable ({type(exc).__name__})"},
+                content={"status": "unavailable", "reason": "catalog unreachable"},
             )
         latency = round((time.monotonic() - started) * 1000, 1)
         return JSONResponse(
-            headers={"Cache-Control": "no-store"},
-            content={"status": "ok", "catalog": {"revision": revision, "head": head, "latency_ms": latency}},
+            headers={"Cache-Control": "no-store"}, content={"status": "ok", "latency_ms": latency}
         )
 
     @app.get(
@@ -354,9 +465,13 @@ def create_app() -> FastAPI:
             404: {"description": "DAG not in Airflow"},
             400: {"description": "DAG has import errors"},
             409: {"description": "Run already exists"},
+            413: {"description": "Request body too large"},
+            500: {"description": "AstrID configuration invalid (the detail names the variable)"},
         },
     )
-    def trigger(body: TriggerRequest, request: Request, user: GetUserDep, session: SessionDep) -> Any:
+    def trigger(
+        body: TriggerRequest, request: Request, user: GetUserDep, config: ConfigDep, session: SessionDep
+    ) -> Any:
         """Create a manual DAG run with the given conf, through Airflow's own trigger code path
         (``airflow.api.common.trigger_dag``; params validated against the DAG's params)."""
         from airflow.api.common.trigger_dag import trigger_dag
@@ -364,7 +479,7 @@ def create_app() -> FastAPI:
         from airflow.models.dag import DagModel
         from airflow.utils.types import DagRunTriggeredByType
 
-        dag_id, conf = body.dag_and_conf()
+        dag_id, conf = body.dag_and_conf(config)
         requires_access_dag(method="POST", access_entity=DagAccessEntity.RUN, param_dag_id=dag_id)(
             request, user
         )
@@ -421,6 +536,9 @@ def create_app() -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     add_observation_routes(app)
     add_detection_routes(app)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ConfigError, configuration_error)
+    app.add_middleware(BodyLimit)
     return app
 
 

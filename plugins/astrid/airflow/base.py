@@ -53,6 +53,14 @@ def stats(enabled: Any = True) -> Any:
     return Stats
 
 
+def read_limits(max_image_side: Any, fits_limits: Any) -> Any:
+    """:class:`astrid.imaging.fits.ReadLimits` from an operator's ``max_image_side`` and its
+    ``fits_limits`` (the configuration's header-size and WCS limits, a dict from ``default_args``)."""
+    from astrid.imaging.fits import ReadLimits
+
+    return ReadLimits(max_side=int(max_image_side), **dict(fits_limits or {}))
+
+
 def flag(value: Any) -> bool:
     """A switch given as a bool or as rendered template text (``"false"``, ``"0"``, ``"off"``...)."""
     if isinstance(value, str):

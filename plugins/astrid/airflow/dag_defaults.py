@@ -24,14 +24,16 @@ from astrid.airflow.hooks import CatalogHook
 from astrid.airflow.notifiers import AstridNotifier
 from astrid.config import InferenceSchedulingConfig
 from astrid.dag_kinds import dag_kind
+from astrid.model_reference import model_pattern
 
 OWNER = "astrid"
 START_DATE_ISO = "2025-01-01"
-MODEL_PATTERN = r"^(champion|challenger|[0-9]+|models:/astrid-unet(@[A-Za-z0-9_-]+|/[0-9]+)|/.+)$"
 # InferenceSchedulingConfig fields handed to the operators that take them (as default_args).
 OPERATOR_SETTINGS = (
     "max_attempts",
     "max_image_side",
+    "model_uri",
+    "model_roots",
     "device",
     "star_residual_vetting",
     "performance_tracking",
@@ -91,6 +93,8 @@ def default_args(
             catalog_conn_id=catalog_conn_id,
         ),
         "catalog_conn_id": catalog_conn_id,
+        # the header-size and WCS limits of every FITS read, as one dict (ReadLimits' fields)
+        "fits_limits": config.fits_limits,
         **operator_settings(config),
     }
 
@@ -122,10 +126,10 @@ def confidence_threshold_param(config: InferenceSchedulingConfig) -> Param:
     return Param(
         config.confidence_threshold,
         type="number",
-        minimum=0,
-        maximum=1,
+        exclusiveMinimum=0,
+        exclusiveMaximum=1,
         title="Confidence threshold",
-        description="Probability cut for a detection (0-1).",
+        description="Probability cut for a detection, strictly between 0 and 1.",
     )
 
 
@@ -144,9 +148,11 @@ def inference_params(kind: str, config: InferenceSchedulingConfig) -> dict[str, 
         "model_version": Param(
             "champion",
             type="string",
-            pattern=MODEL_PATTERN,
+            maxLength=1024,
+            pattern=model_pattern(config.model_root_paths),
             title="Model",
-            description="champion, challenger, a registry version number, or models:/astrid-unet@alias",
+            description="champion, challenger, a registry version number, models:/astrid-unet@alias, or "
+            "the absolute path of a model directory under ASTRID_INFERENCE_MODEL_ROOTS",
         ),
         "confidence_threshold": confidence_threshold_param(config),
     }

@@ -12,7 +12,7 @@ from typing import Any
 from airflow.sdk import BaseBranchOperator
 
 from astrid.airflow.assets import SERVING_MODEL
-from astrid.airflow.base import AstridBaseOperator, astrid_template_fields
+from astrid.airflow.base import AstridBaseOperator, astrid_template_fields, read_limits
 from astrid.airflow.notifiers import AstridNotifier
 
 __all__ = ["SERVING_MODEL"]  # re-exported: the validation DAG emits it
@@ -54,6 +54,7 @@ class ScoreModelsOperator(AstridBaseOperator):
         "max_image_side",
         "star_residual_vetting",
         "validation_candidates",
+        "fits_limits",
     )
 
     def __init__(
@@ -65,6 +66,7 @@ class ScoreModelsOperator(AstridBaseOperator):
         device: str = "auto",
         star_residual_vetting: str = "card",
         validation_candidates: int | str = 3,
+        fits_limits: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -75,6 +77,7 @@ class ScoreModelsOperator(AstridBaseOperator):
             max_image_side,
             star_residual_vetting,
         )
+        self.fits_limits = fits_limits
 
     def execute(self, context: Any) -> dict[str, Any]:
         from astrid.catalog import Claim
@@ -94,6 +97,7 @@ class ScoreModelsOperator(AstridBaseOperator):
             dag_id=self.dag_id,
             metrics=self.metrics,
             latest=int(self.validation_candidates),
+            limits=read_limits(self.max_image_side, self.fits_limits),
         )
 
 

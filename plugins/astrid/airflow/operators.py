@@ -18,20 +18,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
 
-from astrid.airflow.base import AstridBaseOperator, astrid_template_fields, flag, xcom_list
+from astrid.airflow.base import AstridBaseOperator, astrid_template_fields, flag, read_limits, xcom_list
 from astrid.airflow.notifiers import AstridNotifier
-
-MODEL_ALIASES = ("champion", "challenger")
-
-
-def model_reference(value: str | None) -> str:
-    """``champion``/``challenger``/``3``/a path/a models:/ URI → a registry reference."""
-    from astrid.config import load_config
-
-    value = (str(value).strip() if value is not None else "") or load_config().model_uri
-    if value in MODEL_ALIASES:
-        return f"models:/astrid-unet@{value}"
-    return value
 
 
 class _XComLink(BaseOperatorLink):
@@ -151,12 +139,14 @@ class DataQualityOperator(AstridBaseOperator):
     Returns the accepted claims; the run goes on with them.
     """
 
-    template_fields: Sequence[str] = astrid_template_fields("observations", "max_image_side")
+    template_fields: Sequence[str] = astrid_template_fields("observations", "max_image_side", "fits_limits")
     ui_color = "#fff4e5"
 
-    def __init__(self, *, observations: Any, max_image_side: int | str, **kwargs: Any) -> None:
+    def __init__(
+        self, *, observations: Any, max_image_side: int | str, fits_limits: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.observations, self.max_image_side = observations, max_image_side
+        self.observations, self.max_image_side, self.fits_limits = observations, max_image_side, fits_limits
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
         from astrid.catalog import Claim
@@ -172,6 +162,7 @@ class DataQualityOperator(AstridBaseOperator):
             run=self.run_info(context),
             max_side=int(self.max_image_side),
             metrics=self.metrics,
+            limits=read_limits(self.max_image_side, self.fits_limits),
         )
         return [c.to_xcom() for c in accepted]
 
@@ -185,8 +176,13 @@ class UNetInferenceOperator(AstridBaseOperator):
     from :func:`astrid.pipeline.infer_observations`.
 
     :param observations: claim dicts (usually an XComArg of the claim/quality task)
-    :param model: ``champion``, ``challenger``, a registry version, ``models:/...`` or a path
-    :param confidence_threshold: probability cut in [0, 1]
+    :param model: ``champion``, ``challenger``, a registry version, ``models:/...`` or a model
+        directory under ``model_roots`` (:mod:`astrid.model_reference`); empty: ``model_uri``
+    :param model_uri: the model when ``model`` is empty (``ASTRID_INFERENCE_MODEL_URI``)
+    :param model_roots: directories a model path must lie under (``ASTRID_INFERENCE_MODEL_ROOTS``;
+        empty: no path is accepted)
+    :param fits_limits: header size and plausible-WCS limits of the reads (``ReadLimits`` fields)
+    :param confidence_threshold: probability cut strictly between 0 and 1
     :param batch_size: tiles per forward pass (halved automatically on out-of-memory)
     :param device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``
     :param max_image_side: largest accepted frame side in pixels
@@ -209,6 +205,9 @@ class UNetInferenceOperator(AstridBaseOperator):
         "zeropoint_key",
         "stamps_enabled",
         "stamps_max_per_observation",
+        "model_uri",
+        "model_roots",
+        "fits_limits",
     )
     operator_extra_links = (DetectionsLink(), DetectionCatalogLink(), MLflowRunLink())
     ui_color = "#e6f4ea"
@@ -227,6 +226,9 @@ class UNetInferenceOperator(AstridBaseOperator):
         zeropoint_key: str = "",
         stamps_enabled: bool | str = True,
         stamps_max_per_observation: int | str = 200,
+        model_uri: str = "models:/astrid-unet@champion",
+        model_roots: str = "",
+        fits_limits: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -235,20 +237,24 @@ class UNetInferenceOperator(AstridBaseOperator):
         self.star_residual_vetting, self.performance_tracking = star_residual_vetting, performance_tracking
         self.zeropoint_key, self.stamps_enabled = zeropoint_key, stamps_enabled
         self.stamps_max_per_observation = stamps_max_per_observation
+        self.model_uri, self.model_roots, self.fits_limits = model_uri, model_roots, fits_limits
 
     def execute(self, context: Any) -> dict[str, Any]:
         from astrid.catalog import Claim
-        from astrid.config import parse_vetting
+        from astrid.config import model_root_paths, parse_vetting
+        from astrid.model_reference import requested_model
         from astrid.pipeline import infer_observations
 
         registry = self.registry
+        roots = model_root_paths(str(self.model_roots))
         summary = infer_observations(
             [Claim.from_xcom(c) for c in self.observations or []],
             catalog=self.catalog,
             storage=self.storage,
             registry=registry,
             run=self.run_info(context),
-            model=model_reference(self.model),
+            model=requested_model(self.model, str(self.model_uri), roots),
+            model_roots=roots,
             threshold=self.confidence_threshold,
             batch_size=int(self.batch_size),
             device=self.device,
@@ -258,6 +264,7 @@ class UNetInferenceOperator(AstridBaseOperator):
             metrics=self.metrics,
             zeropoint_key=str(self.zeropoint_key or "") or None,
             max_stamps=int(self.stamps_max_per_observation) if flag(self.stamps_enabled) else None,
+            limits=read_limits(self.max_image_side, self.fits_limits),
         )
         if summary.get("mlflow_run_id"):
             context["ti"].xcom_push(

@@ -7,15 +7,22 @@ bounded: the file size is checked against ``max_side`` *before* anything is read
 ``NAXIS1``/``NAXIS2`` from the header *before* the pixels are loaded, so a huge or hostile file
 costs a ``stat`` and a header, never the worker's memory.
 
+Headers are bounded too: before astropy parses anything, the raw header blocks up to the image
+are walked and their cards counted (:attr:`ReadLimits.max_header_cards`), so a file padded with
+80 000 cards costs a few reads, not seconds and hundreds of MB.
+
 Every failure is a :class:`~astrid.errors.FitsError` whose message names the file, the problem and
-the fix: missing, empty/truncated, not FITS, no 2-D image HDU, frame larger than ``max_side``,
-shapes that differ within the triplet, or NaN/inf-dominated pixels (finite fraction < 0.5).
-Softer problems do not fail the observation; they are listed in :attr:`Triplet.problems`:
-non-finite pixels (replaced by the image median) and a missing or broken WCS (``wcs=None``).
+the fix: missing, empty/truncated, not FITS, a header over the card limit, no 2-D image HDU, frame
+larger than ``max_side``, shapes that differ within the triplet, or NaN/inf-dominated pixels
+(finite fraction < 0.5). Softer problems do not fail the observation; they are listed in
+:attr:`Triplet.problems`: non-finite pixels (replaced by the image median) and a missing, broken
+or implausible WCS (``wcs=None``, see :mod:`astrid.imaging.wcs`): never RA/Dec from a WCS that
+cannot be trusted.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import math
 import posixpath
@@ -28,9 +35,10 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from astrid.errors import FitsError
+from astrid.imaging.wcs import wcs_problem
 from astrid.storage import to_path
 
-__all__ = ["MIN_FINITE_FRACTION", "Triplet", "load_triplet", "max_file_bytes", "write_image"]
+__all__ = ["MIN_FINITE_FRACTION", "ReadLimits", "Triplet", "load_triplet", "max_file_bytes", "write_image"]
 
 MIN_FINITE_FRACTION = 0.5
 _BLOCK = 2880
@@ -54,6 +62,21 @@ _STRUCTURAL = {
     "CHECKSUM",
     "DATASUM",
 }
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What a read accepts. Defaults are the configuration's (``ASTRID_INFERENCE_MAX_IMAGE_SIDE``,
+    ``…_MAX_HEADER_CARDS``, ``…_MIN_PIXEL_SCALE``, ``…_MAX_PIXEL_SCALE``)."""
+
+    max_side: int = 8192
+    max_header_cards: int = 10_000
+    min_pixel_scale: float = 0.01  # arcsec/pixel
+    max_pixel_scale: float = 60.0
+
+    @classmethod
+    def from_config(cls, config: Any) -> ReadLimits:
+        return cls(max_side=config.max_image_side, **config.fits_limits)
 
 
 @dataclass
@@ -101,7 +124,10 @@ def _image_shape(header: fits.Header) -> tuple[int, ...]:
     return tuple(int(header.get(f"NAXIS{i}", 0)) for i in range(naxis, 0, -1))  # numpy order
 
 
-def _read_image(path: Any, role: str, max_side: int, problems: list[str]) -> tuple[np.ndarray, fits.Header]:
+def _read_image(
+    path: Any, role: str, limits: ReadLimits, problems: list[str]
+) -> tuple[np.ndarray, fits.Header]:
+    max_side = limits.max_side
     label = _label(path)
     what = f"{role} file {label}"
     try:
@@ -126,7 +152,7 @@ def _read_image(path: Any, role: str, max_side: int, problems: list[str]) -> tup
         )
     try:
         with path.open("rb") as f:
-            return _parse(f, what, size, max_side, problems)
+            return _parse(f, what, size, limits, problems)
     except FitsError:
         raise
     except FileNotFoundError:
@@ -138,8 +164,9 @@ def _read_image(path: Any, role: str, max_side: int, problems: list[str]) -> tup
 
 
 def _parse(
-    f: Any, what: str, size: int, max_side: int, problems: list[str]
+    f: Any, what: str, size: int, limits: ReadLimits, problems: list[str]
 ) -> tuple[np.ndarray, fits.Header]:
+    max_side = limits.max_side
     magic = f.read(_BLOCK)
     gzipped = magic[:2] == b"\x1f\x8b"
     if not gzipped:
@@ -152,6 +179,8 @@ def _parse(
             raise FitsError(
                 f"{what} is truncated: {size} bytes, less than one 2880-byte FITS header block; re-copy it"
             )
+    f.seek(0)
+    _check_header_size(f, what, gzipped, limits)
     f.seek(0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -219,7 +248,89 @@ def _parse(
     return data, header
 
 
-def _celestial_wcs(header: fits.Header, shape: tuple[int, int], what: str, problems: list[str]) -> WCS | None:
+def _check_header_size(f: Any, what: str, gzipped: bool, limits: ReadLimits) -> None:
+    """Count the header cards up to the first 2-D image HDU from the raw 2880-byte blocks, and
+    refuse more than ``limits.max_header_cards`` before astropy parses (and allocates) them.
+
+    Only what locating the image needs is read from each header (``XTENSION``, ``BITPIX``,
+    ``NAXISn``, ``PCOUNT``, ``GCOUNT``, ``ZIMAGE``, ``ZNAXISn``); data units before the image are
+    skipped. Anything malformed is left to astropy, whose errors the caller already reports.
+    """
+    stream = gzip.GzipFile(fileobj=f, mode="rb") if gzipped else f
+    cards = 0
+    while True:
+        keys: dict[str, str] = {}
+        ended = False
+        while not ended:
+            block = stream.read(_BLOCK)
+            if len(block) < _BLOCK:
+                return  # truncated or at the end: astropy reports it
+            for start in range(0, _BLOCK, 80):
+                cards += 1
+                key = block[start : start + 8].decode("ascii", "replace").strip()
+                if key == "END":
+                    ended = True
+                    break
+                if block[start + 8 : start + 10] == b"= " and (
+                    key in _SIZE_KEYS or key.startswith(("NAXIS", "ZNAXIS"))
+                ):
+                    keys[key] = _card_value(block[start + 10 : start + 80])
+            if cards > limits.max_header_cards:
+                raise FitsError(
+                    f"{what} has more than {limits.max_header_cards} header cards "
+                    f"({limits.max_header_cards * 80} bytes) before its image: strip the HISTORY/COMMENT "
+                    "cards, or raise ASTRID_INFERENCE_MAX_HEADER_CARDS"
+                )
+        data = _data_bytes(keys)
+        if data is None:
+            return  # the image (or a header astropy will explain): stop here
+        if data > max_file_bytes(limits.max_side):
+            return  # astropy meets the same extension; the size checks refuse it
+        if gzipped:
+            for _ in range(data // (1 << 20)):
+                stream.read(1 << 20)
+            stream.read(data % (1 << 20))
+        else:
+            stream.seek(data, io.SEEK_CUR)
+
+
+_SIZE_KEYS = {"XTENSION", "BITPIX", "PCOUNT", "GCOUNT", "ZIMAGE"}
+
+
+def _card_value(raw: bytes) -> str:
+    text = raw.decode("ascii", "replace").strip()
+    if text.startswith("'"):
+        return text[1:].split("'", 1)[0].strip()
+    return text.split("/", 1)[0].strip()
+
+
+def _data_bytes(keys: dict[str, str]) -> int | None:
+    """Bytes (padded to whole blocks) of the data unit after a header; ``None`` when this HDU is
+    the 2-D image the reader will use, or its size keywords are unreadable."""
+    try:
+        prefix = "ZNAXIS" if keys.get("ZIMAGE") == "T" else "NAXIS"
+        shape = [int(keys.get(f"{prefix}{i}", "0")) for i in range(1, int(keys.get(prefix, "0")) + 1)]
+        if len([n for n in shape if n > 1]) == 2 and all(n >= 1 for n in shape):
+            return None
+        axes = [int(keys.get(f"NAXIS{i}", "0")) for i in range(1, int(keys.get("NAXIS", "0")) + 1)]
+        bits = abs(int(keys.get("BITPIX", "8")))
+        pcount, gcount = int(keys.get("PCOUNT", "0")), int(keys.get("GCOUNT", "1"))
+    except ValueError:
+        return None
+    if any(n < 0 for n in [*axes, pcount, gcount]):
+        return None
+    size = bits // 8 * gcount * (pcount + math.prod(axes)) if axes else 0
+    return -(-size // _BLOCK) * _BLOCK
+
+
+def _celestial_wcs(
+    header: fits.Header,
+    shape: tuple[int, int],
+    what: str,
+    problems: list[str],
+    limits: ReadLimits | None = None,
+) -> WCS | None:
+    limits = limits or ReadLimits()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -231,9 +342,17 @@ def _celestial_wcs(header: fits.Header, shape: tuple[int, int], what: str, probl
             h, w = shape
             probe = np.array([[0.0, 0.0], [w - 1.0, h - 1.0], [(w - 1) / 2, (h - 1) / 2]])
             world = np.asarray(wcs.all_pix2world(probe, 0), dtype=float)
-        if not np.all(np.isfinite(world)):
+            if not np.all(np.isfinite(world)):
+                problems.append(
+                    f"{what} has a WCS that gives no finite RA/Dec inside the frame: detections get no RA/Dec"
+                )
+                return None
+            problem = wcs_problem(
+                header, wcs, shape, min_scale=limits.min_pixel_scale, max_scale=limits.max_pixel_scale
+            )
+        if problem:
             problems.append(
-                f"{what} has a WCS that gives no finite RA/Dec inside the frame: detections get no RA/Dec"
+                f"{what} has an implausible WCS ({problem}): detections get no RA/Dec; fix the header's WCS"
             )
             return None
         return wcs
@@ -255,12 +374,14 @@ def load_triplet(
     *,
     max_side: int = 8192,
     name: str | None = None,
+    limits: ReadLimits | None = None,
 ) -> Triplet:
     """Read a triplet (float32, same shape). Without ``difference``: science − reference.
-    Raises :class:`FitsError` for any file that cannot give a sane image (see module docs)."""
+    Raises :class:`FitsError` for any file that cannot give a sane image (see module docs).
+    ``limits`` (default: :class:`ReadLimits` with ``max_side``) bounds sizes and the WCS."""
     if isinstance(max_side, bool) or int(max_side) < 1:
         raise ValueError(f"max_side must be a positive int, got {max_side!r}")
-    max_side = int(max_side)
+    limits = limits or ReadLimits(max_side=int(max_side))
     problems: list[str] = []
     paths = {"science": to_path(science), "reference": to_path(reference)}
     if difference is not None:
@@ -268,7 +389,7 @@ def load_triplet(
     images: dict[str, np.ndarray] = {}
     header = None
     for role, path in paths.items():
-        images[role], h = _read_image(path, role, max_side, problems)
+        images[role], h = _read_image(path, role, limits, problems)
         if role == "science":
             header = h
     for role in list(images)[1:]:
@@ -282,7 +403,7 @@ def load_triplet(
         images["difference"] = images["science"] - images["reference"]
     assert header is not None
     wcs = _celestial_wcs(
-        header, images["science"].shape, f"science file {_label(paths['science'])}", problems
+        header, images["science"].shape, f"science file {_label(paths['science'])}", problems, limits
     )
     return Triplet(
         science=images["science"],

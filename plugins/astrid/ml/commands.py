@@ -6,18 +6,24 @@
                   [--model PATH] [--device auto] [--vetting card|off|Z] --output catalog.csv
 
 writes a CSV whose header starts with exactly ``x,y,ra,dec,score,flux`` (one row per detection,
-0-based pixel coordinates, ``ra``/``dec`` in degrees and empty without a WCS), followed by the
-photometry ``flux_err,snr,mag,mag_err`` (:mod:`astrid.photometry`; ``mag``/``mag_err`` empty
-without a zero point in the header). Bad inputs exit non-zero with one clear line on stderr and
-leave no output file: the catalog is written to a temporary file next to ``--output`` and renamed
-into place only when complete.
+0-based pixel coordinates, ``ra``/``dec`` in degrees, empty without a trustworthy WCS), followed by
+the photometry ``flux_err,snr,mag,mag_err`` (:mod:`astrid.photometry`; ``mag``/``mag_err`` empty
+without a zero point in the header). Bad inputs exit 2 with one clear line on stderr and leave no
+output file: the catalog is written to a temporary file next to ``--output`` and moved into place
+only when complete. It never harms its inputs: an ``--output`` that is (or links to) an input is
+refused, an existing output is replaced only with ``--overwrite``, and the file gets the user's
+umask (an overwritten file keeps its mode).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
 import os
+import re
+import stat
 import sys
 import tempfile
 import time
@@ -246,9 +252,10 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--difference", default=None, help="difference FITS image (default: science - reference)")
     p.add_argument(
         "--threshold",
-        type=float,
+        type=_threshold,
         default=None,
-        help="probability threshold (default: the model card's recommendation, 0.5 for the shipped model)",
+        help="probability threshold, strictly between 0 and 1 (default: the model card's recommendation, "
+        "0.5 for the shipped model)",
     )
     p.add_argument(
         "--model",
@@ -256,7 +263,10 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         help="model directory or .safetensors (default: $ASTRID_MODEL_PATH or include/models/astrid-unet)",
     )
     p.add_argument(
-        "--device", default="auto", help="auto | cpu | cuda (default auto; cuda falls back to cpu)"
+        "--device",
+        type=_device,
+        default="auto",
+        help="auto | cpu | cuda | cuda:N (default auto; cuda falls back to cpu)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=8, help="tiles per forward pass (default 8)")
     p.add_argument(
@@ -270,7 +280,23 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="CSV catalog to write (x,y,ra,dec,score,flux,flux_err,snr,mag,mag_err)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists (never an input)")
     p.set_defaults(func=_run_detect)
+
+
+def _threshold(value: str) -> float:
+    from astrid.config import check_threshold
+
+    try:
+        return check_threshold("--threshold", float(value), argparse.ArgumentTypeError)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threshold={value!r} is not a number") from None
+
+
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,2})?", value):
+        raise argparse.ArgumentTypeError(f"--device={value!r} is not auto, cpu, cuda or cuda:N")
+    return value
 
 
 def _vetting(value: str) -> float | str | None:
@@ -283,38 +309,120 @@ def _vetting(value: str) -> float | str | None:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def write_catalog_atomic(path: str | os.PathLike, detections: list) -> Path:
-    """Write detections as the contract CSV via a temp file + rename (no partial file, ever)."""
+def write_catalog_atomic(path: str | os.PathLike, detections: list, *, overwrite: bool = True) -> Path:
+    """Write detections as the contract CSV via a temp file in the same directory, then move it
+    into place (no partial file, ever). Without ``overwrite`` an existing file is never replaced,
+    even one created while the catalog was being written. The file gets the user's umask; a
+    replaced file keeps its mode."""
     from astrid.pipeline import detections_csv
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = detections_csv([d.to_dict() for d in detections])
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="") as fh:
             fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
+            os.fchmod(fh.fileno(), mode)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _link_new(tmp: str, path: Path) -> None:
+    """Move ``tmp`` to ``path`` only if ``path`` does not exist (a hard link fails atomically if
+    it does); on file systems without hard links, check and rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+        os.replace(tmp, path)
+
+
+def check_output(output: str, inputs: dict[str, str | None], *, overwrite: bool) -> None:
+    """Refuse an ``--output`` that would harm an input or an existing file, or that cannot be
+    written, before any work is done (:class:`UsageError`, one line)."""
+    from astrid.errors import UsageError
+
+    out = Path(output)
+    for flag, given in inputs.items():
+        if given and "://" not in given and _same_file(out, Path(given)):
+            raise UsageError(
+                f"--output {output} is the same file as {flag} {given}: choose another output path"
+            )
+    if out.is_dir():
+        raise UsageError(f"--output {output} is a directory: give the path of the CSV file to write")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise UsageError(f"--output {output} already exists: pass --overwrite to replace it")
+        if not out.is_file():
+            raise UsageError(f"--output {output} is not a regular file: give the path of a CSV file")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--output {output} lies under {parent}, which is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {output} cannot be written: no write permission in {parent}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    with contextlib.suppress(OSError):
+        return os.path.samefile(a, b)  # hard links
+    return False
 
 
 def _run_detect(args: argparse.Namespace) -> int:
     from astrid.config import load_config
-    from astrid.imaging.fits import load_triplet
+    from astrid.errors import ModelError, UsageError
+    from astrid.imaging.fits import ReadLimits, load_triplet
     from astrid.ml.engine import get_engine
     from astrid.photometry import measure
 
     started = time.perf_counter()
-    triplet = load_triplet(args.science, args.reference, args.difference)
+    inputs = {"--science": args.science, "--reference": args.reference, "--difference": args.difference}
+    check_output(args.output, inputs, overwrite=args.overwrite)
+    engine = get_engine(args.model or _default_model(), device=args.device, batch_size=args.batch_size)
+    triplet = load_triplet(
+        args.science, args.reference, args.difference, limits=ReadLimits.from_config(load_config())
+    )
     for problem in getattr(triplet, "problems", None) or []:
         print(f"astrid detect: warning: {problem}", file=sys.stderr)
-    engine = get_engine(args.model or _default_model(), device=args.device, batch_size=args.batch_size)
-    detections = engine.analyse(triplet, args.threshold, args.vetting)[1]
+    try:
+        detections = engine.analyse(triplet, args.threshold, args.vetting)[1]
+    except RuntimeError as exc:  # torch: a model that loaded but cannot run on this input
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"model {engine.version} failed during inference ({first})") from None
     detections = measure(detections, triplet, zeropoint_key=load_config().zeropoint_key)
-    write_catalog_atomic(args.output, detections)
+    try:
+        write_catalog_atomic(args.output, detections, overwrite=args.overwrite)
+    except FileExistsError:
+        raise UsageError(
+            f"--output {args.output} appeared while detecting: pass --overwrite to replace it"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {args.output}: {exc.strerror or exc}") from None
     h, w = triplet.difference.shape
     print(
         f"{len(detections)} detections in {w}x{h} px with {engine.version} on {engine.device} "

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -62,12 +64,67 @@ class ModelCard:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+    def from_dict(cls, data: Any) -> ModelCard:
+        """A card from parsed JSON, every field checked (``ValueError`` naming it): a card that
+        loads must not break later, half-way through a run."""
+        check_card(data)
         known = {f.name for f in fields(cls)}
-        missing = {"name", "version", "architecture"} - data.keys()
-        if missing:
-            raise ValueError(f"missing keys {sorted(missing)}")
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+MAX_CARD_BYTES = 4 << 20
+
+
+def check_card(data: Any) -> None:
+    """Raise ``ValueError`` naming the first field of a model card that is missing or unusable."""
+    if not isinstance(data, dict):
+        raise ValueError(f"the card is a JSON {type(data).__name__}, not an object")
+    missing = {"name", "version", "architecture"} - data.keys()
+    if missing:
+        raise ValueError(f"missing keys {sorted(missing)}")
+    for key in ("name", "version"):
+        if not isinstance(data[key], str) or not 0 < len(data[key]) <= 200:
+            raise ValueError(f"{key} must be a non-empty string (at most 200 characters), got {data[key]!r}")
+    arch = data["architecture"]
+    if not isinstance(arch, dict):
+        raise ValueError(f"architecture must be an object, got {type(arch).__name__} {arch!r:.80}")
+    # in_channels: what astrid.ml.normalise.normalise_stack can feed (3 to 5 channels)
+    for key, low, high in (("in_channels", 3, 5), ("base_channels", 1, 256), ("depth", 1, 6)):
+        value = arch.get(key, 3 if key == "in_channels" else None)
+        if not _is_int(value) or not low <= value <= high:
+            raise ValueError(f"architecture.{key} must be an integer from {low} to {high}, got {value!r}")
+    thresholds = data.get("thresholds", {"default": 0.5})
+    if not isinstance(thresholds, dict):
+        raise ValueError(f"thresholds must be an object, got {thresholds!r:.80}")
+    for key in ("default", "recommended"):
+        if key in thresholds and not (_is_number(thresholds[key]) and 0 < thresholds[key] < 1):
+            raise ValueError(
+                f"thresholds.{key} must be a number strictly between 0 and 1, got {thresholds[key]!r}"
+            )
+    level = thresholds.get("star_residual_min_excess")
+    if level is not None and not (_is_number(level) and 0 < level <= 100):
+        raise ValueError(
+            f"thresholds.star_residual_min_excess must be null or a number in (0, 100], got {level!r}"
+        )
+    for key in ("training", "data", "metrics", "normalisation"):
+        if key in data and not isinstance(data[key], dict):
+            raise ValueError(f"{key} must be an object, got {type(data[key]).__name__}")
+    for key in ("created", "command", "notes", "weights_file"):
+        if key in data and not isinstance(data[key], str):
+            raise ValueError(f"{key} must be a string, got {data[key]!r:.80}")
+    if "parameters" in data and not (_is_int(data["parameters"]) and data["parameters"] >= 0):
+        raise ValueError(f"parameters must be a non-negative integer, got {data['parameters']!r}")
+    sha = data.get("sha256", "")
+    if not isinstance(sha, str) or (sha and not re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha!r:.80}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -128,10 +185,12 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     _, card_path = resolve_model_paths(path)
     if not card_path.is_file():
         raise ModelError(f"model card {card_path} not found; {_RETRAIN}")
+    if card_path.stat().st_size > MAX_CARD_BYTES:
+        raise ModelError(f"model card {card_path} is larger than {MAX_CARD_BYTES} bytes: not a model card")
     try:
-        return ModelCard.from_dict(json.loads(card_path.read_text()))
-    except (ValueError, TypeError) as exc:
-        raise ModelError(f"model card {card_path} is not a valid card ({exc}); {_RETRAIN}") from exc
+        return ModelCard.from_dict(json.loads(card_path.read_bytes()))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise ModelError(f"model card {card_path} is not a valid card ({exc}); {_RETRAIN}") from None
 
 
 def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
