@@ -619,6 +619,8 @@ class InferenceSchedulingConfig:
             raw = environ.get(env)
             if raw is None:
                 continue
+            if raw.strip() == "" and f.default == "":  # empty is this setting's default: "none"
+                continue
             if raw.strip() == "":
                 raise ConfigError(
                     f"{env} is set but empty: unset it to use the default ({f.default}) or give a value"

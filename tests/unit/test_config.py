@@ -161,12 +161,19 @@ def test_all_overrides_at_once_and_whitespace():
         assert getattr(config, name) == _override(name)[1], name
 
 
-@pytest.mark.parametrize("name", sorted(FIELDS))
+@pytest.mark.parametrize("name", sorted(n for n, f in FIELDS.items() if f.default != ""))
 @pytest.mark.parametrize("raw", ["", "   "])
 def test_an_empty_variable_is_an_error_not_the_default(name, raw):
     """``VAR=`` from a template with an unset value must not silently run on defaults."""
     with pytest.raises(ConfigError, match=f"{ENV[name]} is set but empty: unset it"):
         Config.from_env({ENV[name]: raw})
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FIELDS.items() if f.default == ""))
+def test_empty_is_the_default_where_the_default_means_none(name):
+    """Settings whose default is empty ("no extra roots", "the standard zero-point keywords"):
+    compose passes them as ``${VAR:-}``, so an empty value is that default, not an error."""
+    assert getattr(Config.from_env({ENV[name]: ""}), name) == ""
 
 
 @pytest.mark.parametrize(

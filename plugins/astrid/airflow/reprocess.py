@@ -57,13 +57,13 @@ def reprocess_dag_kwargs(config: Any, *, doc_md: str) -> dict[str, Any]:
 
 
 def reprocess_params(config: Any) -> dict[str, Param]:
-    from astrid.airflow.dag_defaults import MODEL_PATTERN
+    from astrid.model_reference import model_pattern
 
     return {
         "model_version": Param(
             "challenger",
             type="string",
-            pattern=MODEL_PATTERN,
+            pattern=model_pattern(config.model_root_paths),
             title="Model",
             description="champion, challenger, a registry version number, or models:/astrid-unet@alias",
         ),
