@@ -867,7 +867,7 @@ def _strip(path: Any, key: str) -> Any:
 def _frame(storage: Any, observation: dict[str, Any], kind: str) -> tuple[bytes, int, int, int]:
     """(PNG, factor, height, width) of an observation's whole frame; the last few are kept."""
     from astrid.errors import FitsError
-    from astrid.imaging.fits import read_image
+    from astrid.imaging.fits import ReadLimits, read_image
     from astrid.stamps import overview
 
     uri = observation["science_uri"] if kind == "science" else observation["difference_uri"]
@@ -878,7 +878,9 @@ def _frame(storage: Any, observation: dict[str, Any], kind: str) -> tuple[bytes,
         from astrid.errors import StorageError
 
         try:
-            data, _header = read_image(storage.resolve(uri), kind, max_side=load_config().max_image_side)
+            data, _header = read_image(
+                storage.resolve(uri), kind, limits=ReadLimits.from_config(load_config())
+            )
         except (FitsError, StorageError) as exc:
             log.error("AstrID frame of observation %s: %s", observation["id"], exc)
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"the {kind} image is not readable") from None

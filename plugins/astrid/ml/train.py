@@ -278,7 +278,9 @@ def _frame_probability(model: Any, f: _Frame) -> np.ndarray:
     import torch
 
     x = torch.from_numpy(f.x.astype(np.float32))[None].contiguous(memory_format=torch.channels_last)
-    x = x.to(next(model.parameters()).device)  # the device the model trains on
+    weight = next(model.parameters(), None)
+    if weight is not None:
+        x = x.to(weight.device)  # the device the model trains on
     h, w = f.target.shape
     m = model.multiple
     if h % m or w % m:
