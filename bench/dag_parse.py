@@ -84,17 +84,9 @@ def measure(repeats: int = 5, bytecode: bool = True) -> dict[str, dict[str, floa
         for path in sorted(DAGS.glob("*.py")):
             times, cpu = [], []
             for _ in range(repeats):
-                done = subprocess.run(
-                    [sys.executable, "-c", CHILD, str(path)],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                    check=True,
-                )
-                sample = json.loads(done.stdout.strip().splitlines()[-1])
-                times.append(sample["ms"])
-                cpu.append(sample["cpu_ms"])
+                ms, cpu_ms = _time_parse(path, env)
+                times.append(ms)
+                cpu.append(cpu_ms)
             results[path.name] = {
                 "median": statistics.median(times),
                 "cpu_median": statistics.median(cpu),
