@@ -1,6 +1,7 @@
 """DAG parse time: each ``dags/*.py`` once Airflow is imported, in fresh interpreters.
 
     .venv/bin/python bench/dag_parse.py [--repeats 5] [--write]
+    .venv/bin/python bench/dag_parse.py --compare main [--repeats 7]
 
 Measured the way the before-stop hook measures it: a fresh Python process imports
 ``airflow.sdk`` first (the dag-processor has it loaded already), then times ``exec`` of one DAG
@@ -8,6 +9,10 @@ file's code — its own imports of ``astrid.*`` included, since those are paid o
 fresh process. ``--repeats`` fresh processes per file; the median counts (budget 50 ms per file).
 Also runs ``airflow dags list-import-errors --local`` (a DagBag over dags/), which must be empty.
 With ``--write`` the figures replace the "DAG parse" section of docs/benchmarks.md.
+
+``--compare REV [REV ...]``: the same measurement on this working tree and on each git revision
+(exported with ``git archive``, bytecode compiled), interleaved file by file and repeat by repeat
+so every tree sees the same machine load; prints a markdown table of median wall and CPU ms.
 """
 
 from __future__ import annotations
@@ -79,17 +84,9 @@ def measure(repeats: int = 5, bytecode: bool = True) -> dict[str, dict[str, floa
         for path in sorted(DAGS.glob("*.py")):
             times, cpu = [], []
             for _ in range(repeats):
-                done = subprocess.run(
-                    [sys.executable, "-c", CHILD, str(path)],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                    check=True,
-                )
-                sample = json.loads(done.stdout.strip().splitlines()[-1])
-                times.append(sample["ms"])
-                cpu.append(sample["cpu_ms"])
+                ms, cpu_ms = _time_parse(path, env)
+                times.append(ms)
+                cpu.append(cpu_ms)
             results[path.name] = {
                 "median": statistics.median(times),
                 "cpu_median": statistics.median(cpu),
@@ -98,6 +95,66 @@ def measure(repeats: int = 5, bytecode: bool = True) -> dict[str, dict[str, floa
                 "runs": repeats,
             }
     return results
+
+
+def _time_parse(path: Path, env: dict[str, str]) -> tuple[float, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    sample = json.loads(done.stdout.strip().splitlines()[-1])
+    return sample["ms"], sample["cpu_ms"]
+
+
+def compare(revisions: list[str], repeats: int) -> str:
+    """Median wall/CPU parse ms of every DAG file, this tree against ``revisions``, interleaved."""
+    with tempfile.TemporaryDirectory(prefix="astrid-parse-cmp-") as scratch:
+        trees = {"this tree": ROOT}
+        for rev in revisions:
+            target = Path(scratch) / rev.replace("/", "_")
+            target.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True
+            )
+            subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+            trees[rev] = target
+        for tree in trees.values():
+            for folder in (tree / "dags", tree / "plugins"):
+                compileall.compile_dir(folder, quiet=1)
+        names = sorted({p.name for tree in trees.values() for p in (tree / "dags").glob("*.py")})
+        samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        home = Path(scratch) / "home"
+        for _ in range(repeats):
+            for name in names:
+                for label, tree in trees.items():
+                    if (tree / "dags" / name).exists():
+                        env = {**_env(home), "AIRFLOW__CORE__DAGS_FOLDER": str(tree / "dags")}
+                        env.update(
+                            AIRFLOW__CORE__PLUGINS_FOLDER=str(tree / "plugins"),
+                            PYTHONPATH=str(tree / "plugins"),
+                        )
+                        samples.setdefault((name, label), []).append(_time_parse(tree / "dags" / name, env))
+    head = "| file | " + " | ".join(f"{label}: wall / CPU ms" for label in trees) + " |"
+    lines = [head, "|---|" + "---:|" * len(trees)]
+    for name in names:
+        cells = []
+        for label in trees:
+            got = samples.get((name, label))
+            if not got:
+                cells.append("–")
+                continue
+            wall, cpu = statistics.median(s[0] for s in got), statistics.median(s[1] for s in got)
+            cells.append(f"{wall:.1f} / {cpu:.1f}")
+        lines.append(f"| `dags/{name}` | " + " | ".join(cells) + " |")
+    load = os.getloadavg()[0]
+    return (
+        "\n".join(lines)
+        + f"\n\n{repeats} fresh processes per file and tree, median; 1-min load {load:.1f} at the end.\n"
+    )
 
 
 def import_errors() -> list[dict]:
@@ -182,7 +239,13 @@ def main() -> None:
     parser.add_argument(
         "--write", action="store_true", help="write the DAG parse section of docs/benchmarks.md"
     )
+    parser.add_argument(
+        "--compare", nargs="+", metavar="REV", help="also time these git revisions, interleaved (same load)"
+    )
     args = parser.parse_args()
+    if args.compare:
+        print(compare(args.compare, args.repeats))
+        return
     cold = measure(args.repeats, bytecode=False)
     results = measure(args.repeats)
     for name, r in results.items():

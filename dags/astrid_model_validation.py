@@ -1,10 +1,11 @@
-"""Weekly model validation: score champion (and challenger) on labelled data; promote or roll back."""
+"""Weekly model validation: score the champion against every candidate; promote or roll back."""
 
 from airflow.sdk import DAG
 
-from astrid.airflow.dag_defaults import dag_kwargs, validation_params
+from astrid.airflow.assets import MODEL_DEGRADED, SERVING_MODEL, RequestRetrainingOperator
+from astrid.airflow.dag_defaults import announcer, dag_kwargs, validation_params
 from astrid.airflow.model_validation import (
-    SERVING_MODEL,
+    RETRAIN_BRANCH,
     MoveChampionOperator,
     ScoreModelsOperator,
     SelectValidationSetOperator,
@@ -17,18 +18,23 @@ config = load_config()
 DOC = f"""
 ### AstrID weekly model validation
 
-Runs the registry's `champion` (and `challenger`, when one exists) over
-**{config.validation_dataset_size}** labelled observations, computes recall per SNR bin,
-precision, F1 and false detections per megapixel (matching within 3 px), logs both to MLflow, then
-branches on the measured metrics:
+Runs the registry's `champion` and **every candidate** — the `challenger` and the latest
+{config.validation_candidates} other registry versions (`ASTRID_INFERENCE_VALIDATION_CANDIDATES`) —
+over **{config.validation_dataset_size}** labelled observations, computes recall per SNR bin,
+precision, F1 and false detections per megapixel (matching within 3 px; the figures of
+`astrid evaluate`), logs each score and the comparison table to MLflow, then branches on the
+measured metrics:
 
-* **promote** — challenger beats the champion and clears the F1 floor ({config.min_validation_f1}): alias moves;
+* **promote** — the best candidate beats the champion and clears the F1 floor ({config.min_validation_f1}): alias moves;
 * **keep** — the champion holds;
 * **rollback** — the champion fell below the floor: `champion` goes back to the previous version.
 
-A change of serving model emits the `astrid_serving_model` Asset event. Degradation emails go out
-when the champion is below the floor. Schedule `{config.schedule("validation")}` ({config.timezone});
-SLA: late after {config.validation_deadline_minutes} min.
+A change of serving model emits the `astrid_serving_model` Asset (the serving DAG warms the new
+model and reprocesses recent observations) and is announced by email (+ Slack) with the comparison
+table. A champion below the floor also sends a degradation email and updates the
+`astrid_model_degraded` Asset (`request_retraining`), which starts `astrid_model_training`.
+Schedule `{config.schedule("validation")}` ({config.timezone}); SLA: late after
+{config.validation_deadline_minutes} min. Runbook: `docs/runbook.md`.
 """
 
 with DAG(
@@ -43,10 +49,28 @@ with DAG(
         task_id="score_models",
         observations=observations.output,
         confidence_threshold="{{ params.confidence_threshold }}",
+        validation_candidates=config.validation_candidates,
     )
     decide = ValidationDecisionOperator(task_id="decide", scores=scores.output)
     decide >> [
-        MoveChampionOperator(task_id="promote", action="promote", outlets=[SERVING_MODEL]),
+        MoveChampionOperator(
+            task_id="promote",
+            action="promote",
+            scores=scores.output,
+            outlets=[SERVING_MODEL],
+            on_success_callback=announcer(config),
+        ),
         MoveChampionOperator(task_id="keep", action="keep"),
-        MoveChampionOperator(task_id="rollback", action="rollback", outlets=[SERVING_MODEL]),
+        MoveChampionOperator(
+            task_id="rollback",
+            action="rollback",
+            scores=scores.output,
+            outlets=[SERVING_MODEL],
+            on_success_callback=announcer(config),
+        ),
+        RequestRetrainingOperator(
+            task_id=RETRAIN_BRANCH,
+            reason="{{ ti.xcom_pull(task_ids='decide', key='degraded') }}",
+            outlets=[MODEL_DEGRADED],
+        ),
     ]

@@ -1,4 +1,4 @@
-"""Realtime transient detection: every 15 minutes, up to 10 fresh observations."""
+"""Realtime transient detection: on each arrival (or every 15 minutes), up to 10 fresh observations."""
 
 from airflow.sdk import DAG
 
@@ -19,9 +19,12 @@ DOC = f"""
 
 Claims up to **{config.realtime_max_observations}** preprocessed observations from the catalog,
 gates them with Great Expectations, runs the U-Net (GPU when present, CPU otherwise) and writes
-detections back. Schedule `{config.schedule("realtime")}` ({config.timezone}); SLA: late after
-{config.realtime_deadline_minutes} min (email). One run at a time; claims are leases, so a killed
-run's observations are picked up again when the lease expires.
+detections back. Runs when an observation arrives (`astrid ingest`, `POST /astrid/observations`:
+{"an arrival message on " + str(config.events_kind) if config.events_kind else "events are off"})
+and on the cron `{config.schedule("realtime")}` ({config.timezone}), which sweeps up anything a lost
+message missed. SLA: late after {config.realtime_deadline_minutes} min (email). One run at a time:
+arrivals during a run coalesce into the next one. Claims are leases, so a killed run's
+observations are picked up again when the lease expires.
 
 `preflight` skips the run when the worker is overloaded · `claim` → `quality_gate` → `infer` → `report`.
 Trigger with conf `{{"max_observations": 5, "model_version": "champion", "confidence_threshold": 0.5}}`.

@@ -48,3 +48,42 @@ def airflow_db(airflow_home: Path) -> Path:
             env=os.environ.copy(),
         )
     return airflow_home
+
+
+# -- s3 against a moto server ------------------------------------------------------------------
+
+
+def s3_storage_options(endpoint: str) -> dict:
+    """fsspec/UPath storage options for the moto server at ``endpoint``."""
+    return {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        "skip_instance_cache": True,
+    }
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    pytest.importorskip("s3fs", reason="s3fs (the fsspec S3 backend) is not installed")
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+            mp.delenv(var, raising=False)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            host, port = server.get_host_and_port()
+            endpoint = f"http://{host}:{port}"
+            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+            client.create_bucket(Bucket="astrid-survey")
+            client.create_bucket(Bucket="other-bucket")
+            client.put_object(Bucket="other-bucket", Key="survey/secret_sci.fits", Body=b"nope")
+            yield endpoint, client
+        finally:
+            server.stop()

@@ -9,7 +9,10 @@ sleep through production back-off), and runs it with ``dag.test()`` through
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -69,3 +72,39 @@ def inprocess_env(root: Path, **extra: str) -> Iterator[dict[str, str]]:
             else:
                 os.environ[key] = value
         dispose_catalogs()
+
+
+def run_child(script: str, root: Path, env: dict[str, str], *, marker: str, timeout: float = 900) -> Any:
+    """Run ``script`` in a fresh Python process against a private Airflow home, catalog, storage
+    root and MLflow store under ``root`` (``env`` adds to or overrides them; no ASTRID_/AIRFLOW
+    variable of this process leaks in), after ``airflow db migrate``. Returns the JSON the script
+    printed on its line starting with ``marker``.
+
+    A child process, because Airflow's Stats client and connections are configured from the
+    environment when first used: the SMTP/webhook connections and StatsD host of a test must be
+    in place before that."""
+    repo = Path(__file__).resolve().parents[1]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ASTRID_"))}
+    base.update(
+        {
+            "REPO": str(repo),
+            "AIRFLOW_HOME": str(root / "airflow"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(repo / "plugins"),
+            "ASTRID_CATALOG_URL": f"sqlite:///{root}/catalog.db",
+            "ASTRID_STORAGE_ROOT": (root / "storage").as_uri(),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+            "ASTRID_INFERENCE_ALERT_EMAIL": "oncall@example.org",
+            **env,
+        }
+    )
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], env=base, check=True, capture_output=True
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=base, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith(marker))
+    return json.loads(line.removeprefix(marker))

@@ -1,7 +1,7 @@
 """The ``astrid`` console script.
 
 Subcommands are registered by the module that owns them (``astrid.ml.commands`` owns train,
-evaluate and detect), so this file stays a dispatcher. Errors from the core are printed as one
+evaluate and detect; ``astrid.ingest_commands`` owns ingest, ``astrid.reprocess_commands`` reprocess), so this file stays a dispatcher. Errors from the core are printed as one
 clear line and exit non-zero; tracebacks are for bugs, not for bad input.
 """
 
@@ -104,15 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_seed(sub)
     _add_migrate(sub)
     _add_status(sub)
+    from astrid import ingest_commands, registry_commands, reprocess_commands
     from astrid.ml import commands as ml_commands
 
     ml_commands.register(sub)
+    ingest_commands.register(sub)
+    reprocess_commands.register(sub)
+    registry_commands.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not args.verbose:  # alembic narrates every catalog open at INFO
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except AstridError as exc:

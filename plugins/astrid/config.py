@@ -168,6 +168,42 @@ def _check_vetting(env: str, value: str) -> None:
     parse_vetting(env, value)
 
 
+_SQS_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?/[0-9]+/[A-Za-z0-9_-]{1,80}(\.fifo)?$")
+_REDIS_URL = re.compile(r"^rediss?://[^\s/]+(/[0-9]{1,2})?$")
+
+
+def _events_url(env: str, value: str) -> None:
+    value = value.strip()
+    if not (_REDIS_URL.match(value) or _SQS_URL.match(value)):
+        raise ConfigError(
+            f"{env}={_shown(value)} is neither a Redis URL (redis://host:6379/0) nor an SQS queue URL "
+            "(https://sqs.<region>.amazonaws.com/<account>/<queue>)"
+        )
+
+
+def _shown(value: str) -> str:
+    """A URL for an error message, its password masked."""
+    return repr(re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", value))
+
+
+def _channel(env: str, value: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", value):
+        raise ConfigError(f"{env}={value!r} must be 1-128 letters, digits or . _ : -")
+
+
+def _ingest_roots(env: str, value: str) -> None:
+    for root in (r.strip() for r in value.split(",")):
+        if root and not re.match(r"^(file://|s3://[a-z0-9][a-z0-9.-]{1,62}|/)", root):
+            raise ConfigError(f"{env}: {root!r} is not a file://, s3://bucket or absolute-path root")
+
+
+def _fits_keyword(env: str, value: str) -> None:
+    if value and not re.fullmatch(r"[A-Za-z0-9_-]{1,8}", value):
+        raise ConfigError(
+            f"{env}={value!r} is not a FITS keyword: 1-8 letters, digits, '_' or '-' (e.g. MAGZP)"
+        )
+
+
 _BOOL = Rule(lambda env, value: None, "true, false (or 1/0, yes/no, on/off)")
 _COUNT = _between(1, MAX_COUNT)
 _FRACTION = _between(0, 1)
@@ -179,7 +215,7 @@ _CRON = Rule(_check_cron, f"5-field cron that fires, or {', '.join(CRON_PRESETS)
 
 @dataclass(frozen=True)
 class InferenceSchedulingConfig:
-    """Everything the three DAGs, the operators and the alerts read from configuration."""
+    """Everything the DAGs, the operators and the alerts read from configuration."""
 
     realtime_schedule: str = _env(
         "ASTRID_INFERENCE_SCHEDULE_REALTIME", "cron for realtime inference", _CRON, default="*/15 * * * *"
@@ -219,6 +255,102 @@ class InferenceSchedulingConfig:
         "IANA timezone of the schedules",
         Rule(_check_timezone, "IANA name"),
         default="UTC",
+    )
+    validation_candidates: int = _env(
+        "ASTRID_INFERENCE_VALIDATION_CANDIDATES",
+        "latest registry versions scored against the champion besides the challenger (0: the challenger only)",
+        _between(0, 100),
+        default=3,
+    )
+    training_enabled: bool = _env(
+        "ASTRID_INFERENCE_TRAINING_ENABLED",
+        "false: the training DAG runs only when triggered (not on drift/degradation)",
+        _BOOL,
+        default=True,
+    )
+    training_deadline_minutes: float = _env(
+        "ASTRID_INFERENCE_TRAINING_DEADLINE_MINUTES", "SLA: training run late after", _DEADLINE, default=600.0
+    )
+    training_cpu_epochs: int = _env(
+        "ASTRID_INFERENCE_TRAINING_CPU_EPOCHS",
+        "epochs of the bounded CPU recipe (without CUDA; with it: the shipped recipe)",
+        _between(1, 1000),
+        default=8,
+    )
+    training_cpu_observations: int = _env(
+        "ASTRID_INFERENCE_TRAINING_CPU_OBSERVATIONS",
+        "synthetic frames of the bounded CPU recipe",
+        _between(1, 10_000),
+        default=80,
+    )
+    training_labelled: int = _env(
+        "ASTRID_INFERENCE_TRAINING_LABELLED",
+        "labelled catalog observations trained on (those past the validation set)",
+        _between(0, MAX_COUNT),
+        default=200,
+    )
+    drift_schedule: str = _env(
+        "ASTRID_INFERENCE_SCHEDULE_DRIFT", "cron for the nightly drift check", _CRON, default="30 5 * * *"
+    )
+    drift_enabled: bool = _env(
+        "ASTRID_INFERENCE_DRIFT_ENABLED", "false: DAG exists, no schedule", _BOOL, default=True
+    )
+    drift_deadline_minutes: float = _env(
+        "ASTRID_INFERENCE_DRIFT_DEADLINE_MINUTES", "SLA: drift check late after", _DEADLINE, default=60.0
+    )
+    drift_window_hours: float = _env(
+        "ASTRID_INFERENCE_DRIFT_WINDOW_HOURS",
+        "recent window compared with the reference",
+        _between(0, 24 * 90, open_lo=True, unit=" h"),
+        default=24.0,
+    )
+    drift_reference_hours: float = _env(
+        "ASTRID_INFERENCE_DRIFT_REFERENCE_HOURS",
+        "the champion's reference window: its first hours of serving",
+        _between(0, 24 * 365, open_lo=True, unit=" h"),
+        default=168.0,
+    )
+    drift_min_samples: int = _env(
+        "ASTRID_INFERENCE_DRIFT_MIN_SAMPLES",
+        "fewer values than this in either window: that statistic is not tested",
+        _between(2, MAX_COUNT),
+        default=30,
+    )
+    drift_threshold: float = _env(
+        "ASTRID_INFERENCE_DRIFT_THRESHOLD",
+        "KS distance D at which a statistic has drifted (0.2 ≈ a shift of half a σ)",
+        _between(0, 1, open_lo=True),
+        default=0.2,
+    )
+    drift_p_value: float = _env(
+        "ASTRID_INFERENCE_DRIFT_P_VALUE",
+        "drift also needs the KS test significant at this level (Bonferroni over the statistics)",
+        _between(0, 1, open_lo=True),
+        default=0.01,
+    )
+    serving_enabled: bool = _env(
+        "ASTRID_INFERENCE_SERVING_ENABLED",
+        "false: a new serving model is not warmed and reprocessed automatically",
+        _BOOL,
+        default=True,
+    )
+    serving_deadline_minutes: float = _env(
+        "ASTRID_INFERENCE_SERVING_DEADLINE_MINUTES",
+        "SLA: warm-up + reprocessing late after",
+        _DEADLINE,
+        default=120.0,
+    )
+    reprocess_hours: float = _env(
+        "ASTRID_INFERENCE_REPROCESS_HOURS",
+        "after a promotion/rollback, reprocess observations of the last hours",
+        _between(0, 24 * 90, open_lo=True, unit=" h"),
+        default=24.0,
+    )
+    reprocess_max_observations: int = _env(
+        "ASTRID_INFERENCE_REPROCESS_MAX_OBSERVATIONS",
+        "at most this many observations reprocessed per serving-model change",
+        _COUNT,
+        default=500,
     )
     log_level: str = _env(
         "ASTRID_INFERENCE_LOG_LEVEL",
@@ -387,12 +519,74 @@ class InferenceSchedulingConfig:
         _PERCENT,
         default=95.0,
     )
+    # -- arrival: ingestion and the "observation arrived" doorbell (astrid.ingest, astrid.events)
+    ingest_mode: str = _env(
+        "ASTRID_INFERENCE_INGEST_MODE",
+        "copy (files copied into the storage root: immutable, the default) or reference (registered "
+        "in place; they must already lie under the storage root)",
+        _one_of(("copy", "reference")),
+        default="copy",
+    )
+    ingest_roots: str = _env(
+        "ASTRID_INFERENCE_INGEST_ROOTS",
+        "extra roots (comma separated file:// or s3:// URIs) POST /astrid/observations may read "
+        "from, besides the storage root; the CLI reads any path its user can",
+        Rule(_ingest_roots, "file://, s3://bucket or absolute paths, comma separated; empty: none"),
+        default="",
+    )
+    events_enabled: bool = _env(
+        "ASTRID_INFERENCE_EVENTS_ENABLED",
+        "publish an observation-arrived message after each ingest and run the realtime DAG on it "
+        "(false: cron only)",
+        _BOOL,
+        default=True,
+    )
+    events_url: str = _env(
+        "ASTRID_INFERENCE_EVENTS_URL",
+        "where arrivals are published: redis://host:port/db (pub/sub) or an SQS queue URL; the "
+        "triggerer listens through the Airflow connection astrid_events (same Redis) or aws_default (SQS)",
+        Rule(_events_url, "redis://host:port/db or an SQS queue URL"),
+        default="redis://127.0.0.1:6379/0",
+    )
+    events_channel: str = _env(
+        "ASTRID_INFERENCE_EVENTS_CHANNEL",
+        "Redis pub/sub channel of arrivals",
+        Rule(_channel, "1-128 of letters, digits, `._:-`"),
+        default="astrid.observations",
+    )
+    events_poll_seconds: float = _env(
+        "ASTRID_INFERENCE_EVENTS_POLL_SECONDS",
+        "how often the triggerer polls for an arrival (0.05-60; see docs/benchmarks.md)",
+        _between(0.05, 60, unit=" s"),
+        default=0.5,
+    )
+    zeropoint_key: str = _env(
+        "ASTRID_INFERENCE_ZEROPOINT_KEY",
+        "science-header keyword of the AB zero point, tried before MAGZP, PHOTZP and MAGZPT",
+        Rule(_fits_keyword, "a FITS keyword (1-8 of letters, digits, `_-`); empty: the standard ones"),
+        default="",
+    )
+    stamps_enabled: bool = _env(
+        "ASTRID_INFERENCE_STAMPS_ENABLED",
+        "write science/reference/difference/probability cutouts of each detection (PNG + FITS)",
+        _BOOL,
+        default=True,
+    )
+    stamps_max_per_observation: int = _env(
+        "ASTRID_INFERENCE_STAMPS_MAX_PER_OBSERVATION",
+        "stamps for at most this many detections per observation (highest scores first)",
+        _COUNT,
+        default=200,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = _typed(f.metadata["env"], getattr(self, f.name), type(f.default))
+            value = _typed(
+                f.metadata["env"], getattr(self, f.name), type(f.default), empty_ok=f.default == ""
+            )
             object.__setattr__(self, f.name, value)
             f.metadata["rule"].check(f.metadata["env"], value)
+        object.__setattr__(self, "events_url", self.events_url.strip())
         # validated case-insensitively (so errors show the value as given), stored upper-case
         object.__setattr__(self, "log_level", self.log_level.upper())
         self._check_together()
@@ -425,6 +619,8 @@ class InferenceSchedulingConfig:
             raw = environ.get(env)
             if raw is None:
                 continue
+            if raw.strip() == "" and f.default == "":  # empty is this setting's default: "none"
+                continue
             if raw.strip() == "":
                 raise ConfigError(
                     f"{env} is set but empty: unset it to use the default ({f.default}) or give a value"
@@ -441,9 +637,16 @@ class InferenceSchedulingConfig:
         return cls(**values)
 
     def schedule(self, kind: str) -> str | None:
-        """Cron of a DAG kind (:mod:`astrid.dag_kinds`); ``None`` (manual only) when disabled."""
+        """Cron of a DAG kind (:mod:`astrid.dag_kinds`); ``None`` (manual only) when disabled, or
+        when the kind is scheduled on Assets (see :meth:`enabled`)."""
         row = dag_kind(kind)
-        return getattr(self, row.schedule_setting) if getattr(self, row.enabled_setting) else None
+        if row.schedule_setting is None or not self.enabled(kind):
+            return None
+        return getattr(self, row.schedule_setting)
+
+    def enabled(self, kind: str) -> bool:
+        """The kind's switch: scheduled (cron or Assets) when true, manual only when false."""
+        return bool(getattr(self, dag_kind(kind).enabled_setting))
 
     def deadline_minutes(self, kind: str) -> float:
         return getattr(self, dag_kind(kind).deadline_setting)
@@ -452,6 +655,17 @@ class InferenceSchedulingConfig:
     def vetting_level(self) -> float | str | None:
         """``"card"``, ``None`` (off) or a z level: what ``InferenceEngine.analyse(min_excess=)`` takes."""
         return parse_vetting("ASTRID_INFERENCE_STAR_RESIDUAL_VETTING", self.star_residual_vetting)
+
+    @property
+    def events_kind(self) -> str | None:
+        """``"redis"``, ``"sqs"``, or ``None`` when events are switched off."""
+        if not self.events_enabled:
+            return None
+        return "redis" if self.events_url.startswith(("redis://", "rediss://")) else "sqs"
+
+    @property
+    def ingest_root_uris(self) -> list[str]:
+        return [r.strip() for r in self.ingest_roots.split(",") if r.strip()]
 
     @property
     def alert_recipients(self) -> list[str]:
@@ -524,7 +738,7 @@ def _parse(env: str, raw: str, kind: type) -> Any:
     return raw
 
 
-def _typed(env: str, value: Any, kind: type) -> Any:
+def _typed(env: str, value: Any, kind: type, *, empty_ok: bool = False) -> Any:
     """Constructor arguments get the types the environment parser gives (no bool for an int)."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -532,7 +746,7 @@ def _typed(env: str, value: Any, kind: type) -> Any:
         raise ConfigError(f"{env}={value!r} must be a {kind.__name__}, not a {type(value).__name__}")
     if kind is float and not math.isfinite(value):
         raise ConfigError(f"{env}={value!r} is not a finite number")
-    if kind is str and not value.strip():
+    if kind is str and not value.strip() and not empty_ok:
         raise ConfigError(f"{env} is empty: unset it to use the default or give a value")
     return value
 

@@ -51,6 +51,19 @@ class CatalogError(AstridError):
     """The observation catalog refused an operation (e.g. a lease held by another run)."""
 
 
+class IngestError(AstridError):
+    """An observation offered for ingestion was refused; nothing was registered.
+
+    ``field`` names the input at fault (``science``, ``reference``, ``difference``, ``id``,
+    ``meta``, ...) so the API can answer 4xx naming it and the CLI can name the option;
+    ``conflict`` says the input is fine but clashes with what is registered (HTTP 409).
+    """
+
+    def __init__(self, message: str, field: str | None = None, *, conflict: bool = False) -> None:
+        super().__init__(message)
+        self.field, self.conflict = field, conflict
+
+
 class ModelReferenceError(ModelError, ValueError):
     """A model reference is not a registry name/alias/version nor a model directory under the
     configured model roots. A ``ValueError`` too, so request validation turns it into a 4xx."""

@@ -30,6 +30,14 @@ METRICS: dict[str, tuple[str, str]] = {
     "astrid.alerts.suppressed": ("counter", "alerts suppressed by the cool-down"),
     "astrid.validation.f1": ("gauge", "F1 of the champion on the weekly validation set"),
     "astrid.deadline.missed": ("counter", "deadline alerts fired for a DAG run (from our deadline callback)"),
+    # the nightly drift check (astrid.drift): KS distance D of each statistic, current vs reference
+    "astrid.drift.score": ("gauge", "drift check: KS distance of the detection score distribution"),
+    "astrid.drift.detections_per_mpix": ("gauge", "drift check: KS distance of detections per megapixel"),
+    "astrid.drift.sky": ("gauge", "drift check: KS distance of the input sky level"),
+    "astrid.drift.seeing": ("gauge", "drift check: KS distance of the input seeing (FWHM)"),
+    "astrid.drift.noise": ("gauge", "drift check: KS distance of the difference-image noise"),
+    "astrid.drift.rejection_rate": ("gauge", "drift check: KS distance of the rejected/accepted indicator"),
+    "astrid.drift.drifted": ("gauge", "drift check: statistics past the drift threshold (0 = none)"),
 }
 
 

@@ -21,11 +21,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from astrid.catalog import Catalog, Claim
+from astrid.drift import input_statistics
 from astrid.errors import ObservationError
 from astrid.logs import log_event, timed
 from astrid.metrics import Metrics, NullMetrics, metric_name
 
-CATALOG_COLUMNS = ("x", "y", "ra", "dec", "score", "flux")
+# The contract's first six columns stay first (readers of `astrid detect` index them); photometry
+# (astrid.photometry) is appended after them.
+CATALOG_COLUMNS = ("x", "y", "ra", "dec", "score", "flux", "flux_err", "snr", "mag", "mag_err")
 
 
 class Detector(Protocol):
@@ -266,14 +269,22 @@ def run_inference(
     on_observation: Callable[[Claim, list], None] | None = None,
     limits: Any = None,
     min_excess: float | str | None = "card",
+    zeropoint_key: str | None = None,
+    max_stamps: int | None = None,
 ) -> RunSummary:
     """Infer every claim, write detections + statuses, write artifacts; return the summary.
 
     ``min_excess`` is the star-residual vetting level (``"card"``: the model card's, ``None``: off).
+    Each detection's flux error, SNR and (with a zero point in the header, ``zeropoint_key`` first)
+    AB magnitude are measured by :func:`astrid.photometry.measure`. With ``artifacts`` and
+    ``max_stamps``, the stamps of each observation's ``max_stamps`` best detections are written
+    beside the catalog (:mod:`astrid.stamps`) and their URIs stored with the detections.
 
     ``artifacts`` is a directory path-like (under the storage root) for the run's detection
     catalog CSV and probability thumbnails; ``None`` skips artifacts.
     """
+    from astrid.photometry import measure
+
     metrics = metrics or NullMetrics()
     summary = RunSummary(model_version=detector.version)
     rows: list[dict[str, Any]] = []
@@ -291,7 +302,19 @@ def run_inference(
             try:
                 triplet = load_claim(claim, storage, max_side, limits)
                 probability, detections = detector.analyse(triplet, threshold, min_excess)
+                detections = measure(detections, triplet, zeropoint_key=zeropoint_key)
+                if artifacts is not None and max_stamps:
+                    detections = _with_stamps(
+                        artifacts, claim, triplet, probability, detections, storage, max_stamps, run
+                    )
                 catalog.complete(claim.observation_id, run.run_id, detector.version, detections)
+                catalog.record_statistics(  # what the nightly drift check compares (astrid.drift)
+                    claim.observation_id,
+                    run.run_id,
+                    detector.version,
+                    detections=len(detections),
+                    **input_statistics(triplet),
+                )
             except ObservationError as exc:
                 catalog.fail(claim.observation_id, run.run_id, str(exc))
                 summary.failed_count += 1
@@ -341,6 +364,46 @@ def run_inference(
     return summary
 
 
+def _with_stamps(
+    artifacts: Any,
+    claim: Claim,
+    triplet: Any,
+    probability: np.ndarray,
+    detections: list[Any],
+    storage: Any,
+    limit: int,
+    run: RunInfo,
+) -> list[Any]:
+    """``detections`` with the URIs of the stamps written for them. A storage failure costs the
+    stamps only (logged), never the detections: they are the result, the stamps a view of it."""
+    from dataclasses import replace
+
+    from astrid.stamps import stamp_prefix, write_stamps
+
+    try:
+        uris = write_stamps(
+            stamp_prefix(artifacts, claim.observation_id, claim.name),
+            triplet,
+            probability,
+            detections,
+            storage=storage,
+            observation=claim.name,
+            limit=limit,
+        )
+    except Exception as exc:
+        log_event(
+            "stamps.failed",
+            level=30,
+            run_id=run.run_id,
+            dag_id=run.dag_id,
+            exc=exc,
+            observation_id=claim.observation_id,
+            observation=claim.name,
+        )
+        return detections
+    return [replace(d, stamp_uri=uri) if uri else d for d, uri in zip(detections, uris, strict=True)]
+
+
 def _emit_run_metrics(metrics: Metrics, dag_id: str, s: RunSummary) -> None:
     """Counters and this process's memory; run-level gauges come once per run from the report."""
     metrics.incr(metric_name("astrid.observations.processed", dag_id), s.processed_count)
@@ -387,7 +450,7 @@ def detections_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] = CATA
 def _write_catalog(path: Any, rows: Sequence[dict[str, Any]]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
-        fh.write(detections_csv(rows, ("observation_id", "observation", *CATALOG_COLUMNS)))
+        fh.write(detections_csv(rows, ("observation_id", "observation", *CATALOG_COLUMNS, "stamp_uri")))
     return str(path)
 
 
@@ -476,11 +539,14 @@ def infer_observations(
     vetting: float | str | None = "card",
     track: bool = True,
     metrics: Metrics | None = None,
+    zeropoint_key: str | None = None,
+    max_stamps: int | None = None,
     model_roots: Sequence[Any] = (),
     limits: Any = None,
 ) -> dict[str, Any]:
-    """Load ``model`` from the registry, infer ``claims`` (:func:`run_inference`), write the run's
-    artifacts and, when ``track``, log the run to MLflow. Returns the XCom summary: the
+    """Load ``model`` from the registry, infer ``claims`` (:func:`run_inference`: photometry with
+    ``zeropoint_key``, the stamps of each observation's ``max_stamps`` best detections), write the
+    run's artifacts and, when ``track``, log the run to MLflow. Returns the XCom summary: the
     :class:`RunSummary` fields plus ``device``, ``star_residual_vetting`` and, when tracked,
     ``mlflow_run_id``."""
     from astrid.tracking import log_inference
@@ -507,6 +573,8 @@ def infer_observations(
         metrics=metrics,
         artifacts=artifacts_dir(storage, run),
         min_excess=vetting,
+        zeropoint_key=zeropoint_key,
+        max_stamps=max_stamps,
         limits=limits,
     ).to_xcom()
     summary["device"] = loaded.device

@@ -33,6 +33,65 @@ __all__ = ["CHALLENGER", "CHAMPION", "MODEL_NAME", "ModelRegistry", "ResolvedMod
 
 INFERENCE_EXPERIMENT = "astrid-inference"
 VALIDATION_EXPERIMENT = "astrid-validation"
+TRAINING_EXPERIMENT = "astrid-training"
+MLFLOW_UI_ENV = "ASTRID_MLFLOW_UI_URL"  # where browsers reach the MLflow UI (links in Airflow)
+
+
+def reference_for(value: str) -> str:
+    """``champion``/``challenger`` → ``models:/astrid-unet@<alias>``; anything else as given (a
+    version number, a ``models:/`` URI or a path, for :meth:`ModelRegistry.resolve`)."""
+    value = str(value).strip()
+    return f"models:/{MODEL_NAME}@{value}" if value in (CHAMPION, CHALLENGER) else value
+
+
+def verify_model_dir(model_dir: str | Path) -> Any:
+    """Check a trained model directory before it enters the registry; return its card.
+
+    Refuses, each with a :class:`ModelError` that names the file and the fix: a path that does
+    not exist or is not a directory; a missing ``model.safetensors`` or ``model_card.json``; either
+    file being a symbolic link (it could point anywhere on the host); a card naming another
+    weights file (``weights_file`` such as ``../x`` would reach outside the directory) or another
+    model; and everything :func:`astrid.ml.weights.load_model` refuses (sha256 mismatch = corrupt
+    or swapped weights, not safetensors, an architecture the tensors do not fit).
+    """
+    from astrid.ml.weights import CARD_FILE, WEIGHTS_FILE, load_model, read_card
+
+    path = Path(model_dir)
+    if not path.exists():
+        raise ModelError(
+            f"model directory {path} does not exist: pass the directory `astrid train --output` wrote"
+        )
+    if not path.is_dir():
+        raise ModelError(
+            f"{path} is not a directory: pass the model directory holding {WEIGHTS_FILE} and {CARD_FILE}"
+        )
+    for name in (WEIGHTS_FILE, CARD_FILE):
+        file = path / name
+        if file.is_symlink():
+            raise ModelError(f"{file} is a symbolic link: copy the real file into the model directory")
+        if not file.is_file():
+            raise ModelError(
+                f"{file} is missing: a model directory holds {WEIGHTS_FILE} and {CARD_FILE} (astrid train writes both)"
+            )
+    try:
+        raw = json.loads((path / CARD_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(
+            f"{path / CARD_FILE} is not readable JSON ({exc}): restore the card astrid train wrote"
+        ) from exc
+    if not isinstance(raw, dict):
+        raise ModelError(
+            f"{path / CARD_FILE} is not a model card (a JSON object): restore the card astrid train wrote"
+        )
+    card = read_card(path)
+    if card.weights_file != WEIGHTS_FILE:
+        raise ModelError(
+            f"{path / CARD_FILE} names weights file {card.weights_file!r}: only {WEIGHTS_FILE} inside the "
+            "model directory is accepted"
+        )
+    if card.name != MODEL_NAME:
+        raise ModelError(f"{path / CARD_FILE} is a card for model {card.name!r}, not {MODEL_NAME}")
+    return load_model(path)[1]
 
 
 @dataclass(frozen=True)
@@ -117,34 +176,110 @@ class ModelRegistry:
                 self.client.log_metric(run_id, key, float(value))
 
     def run_url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI: under ``ASTRID_MLFLOW_UI_URL`` when set (the address a
+        browser reaches; the tracking URI is often a container-only name like http://mlflow:5000),
+        else under an http(s) tracking URI, else http://localhost:5000."""
+        from astrid.status import safe_http_url
+
         run = self.client.get_run(run_id)
-        base = (
-            self.tracking_uri
-            if self.tracking_uri.startswith("http")
-            else os.environ.get("ASTRID_MLFLOW_UI_URL", "http://localhost:5000")
-        )
+        ui = safe_http_url(os.environ.get(MLFLOW_UI_ENV), default="")
+        base = ui or (self.tracking_uri if self.tracking_uri.startswith("http") else "http://localhost:5000")
         return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
     # -- registry -------------------------------------------------------------------------
-    def register(self, model_dir: Path, *, alias: str | None = None, description: str = "") -> str:
-        """Upload a model directory as a new version (optionally setting an alias); returns the version."""
-        from astrid.ml.weights import load_model
+    def register(
+        self,
+        model_dir: Path,
+        *,
+        alias: str | None = None,
+        description: str = "",
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """Upload a model directory as a new version (optionally setting an alias); returns the version.
 
-        load_model(model_dir)  # refuse to register anything that does not load
+        Only the model's two files are uploaded (never whatever else the directory holds), and
+        the version is tagged with the weights' ``sha256`` and the card's version.
+        """
+        import shutil
+        import tempfile
+
+        from astrid.ml.weights import CARD_FILE, WEIGHTS_FILE, load_model
+
+        card = load_model(model_dir)[1]  # refuse to register anything that does not load
         try:
             self.client.get_registered_model(MODEL_NAME)
         except Exception:
             with contextlib.suppress(Exception):  # created concurrently by another task
                 self.client.create_registered_model(MODEL_NAME, description="AstrID U-Net transient detector")
-        with self.run(VALIDATION_EXPERIMENT, f"register-{Path(model_dir).name}") as run:
-            self.client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
+        with (
+            tempfile.TemporaryDirectory(prefix="astrid-register-") as staging,
+            self.run(VALIDATION_EXPERIMENT, f"register-{Path(model_dir).name}") as run,
+        ):
+            for name in (WEIGHTS_FILE, CARD_FILE):
+                shutil.copyfile(Path(model_dir) / name, Path(staging) / name)
+            self.client.log_artifacts(run.info.run_id, staging, artifact_path="model")
             source = f"{run.info.artifact_uri}/model"
+        version_tags = {"sha256": card.sha256, "card_version": card.version, **(tags or {})}
         mv = self.client.create_model_version(
-            MODEL_NAME, source=source, run_id=run.info.run_id, description=description
+            MODEL_NAME, source=source, run_id=run.info.run_id, description=description, tags=version_tags
         )
         if alias:
             self.set_alias(alias, mv.version)
         return str(mv.version)
+
+    def register_checked(
+        self,
+        model_dir: str | Path,
+        *,
+        alias: str = CHALLENGER,
+        description: str = "",
+        tags: dict[str, str] | None = None,
+    ) -> tuple[str, bool]:
+        """Register a trained model directory as ``alias`` (default ``challenger``) after
+        :func:`verify_model_dir`; weights already registered (same sha256) are not uploaded
+        again, the alias moves to their version. Returns ``(version, created)``."""
+        card = verify_model_dir(model_dir)
+        existing = self.version_with_sha256(card.sha256)
+        if existing is not None:
+            self.set_alias(alias, existing)
+            return existing, False
+        return self.register(Path(model_dir), alias=alias, description=description, tags=tags), True
+
+    def versions(self, limit: int | None = None) -> list[str]:
+        """Registered versions of the model, newest first (at most ``limit``)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name='{MODEL_NAME}'")
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return []
+            raise
+        numbers = sorted((int(mv.version) for mv in found), reverse=True)
+        return [str(n) for n in numbers[:limit]]
+
+    def version_with_sha256(self, sha256: str) -> str | None:
+        """The newest version whose weights have this sha256 (tagged at registration), if any."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name='{MODEL_NAME}'")
+        except MlflowException:
+            return None
+        same = [int(mv.version) for mv in found if (mv.tags or {}).get("sha256") == sha256]
+        return str(max(same)) if same else None
+
+    def run_model(self, run_id: str) -> Path:
+        """The model a run logged under its ``model`` artifacts (a training run), downloaded into
+        the cache once and verified (:func:`astrid.ml.weights.load_model`)."""
+        if not run_id.isalnum():  # MLflow run ids are hex: nothing else may name a cache directory
+            raise ModelError(f"MLflow run id {run_id!r} is not a run id (hexadecimal)")
+        target = self.cache / f"run-{run_id}"
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+        if not (target / "model_card.json").exists():
+            self._download(source, target)
+        self._verify_or_refetch(source, target)
+        return target
 
     def alias_version(self, alias: str) -> str | None:
         """The version the alias points at; ``None`` only when the model or alias does not exist.

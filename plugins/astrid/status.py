@@ -332,6 +332,6 @@ def trigger_conf(
 
 
 def _kind(run_type: str) -> Any:
-    if run_type not in KINDS:
+    if run_type not in RUN_TYPES:
         raise ValueError(f"run_type must be one of {', '.join(RUN_TYPES)}, got {run_type!r}")
     return KINDS[run_type]

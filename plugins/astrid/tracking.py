@@ -1,4 +1,5 @@
-"""What AstrID records in MLflow: one tracking run per inference step and per validated model.
+"""What AstrID records in MLflow: one tracking run per inference step, per validated model, per
+training (with its epochs and its comparison with the champion), and the validation's comparison.
 
 The registry (:class:`astrid.registry.ModelRegistry`) is the client; this module decides the run
 names, tags, params and metrics, so inference and validation runs read alike in the MLflow UI
@@ -90,3 +91,41 @@ def flat_metrics(score: Mapping[str, Any]) -> dict[str, float]:
         if b.get("n") and b.get("recall") is not None:
             flat["recall_snr_" + "".join(ch if ch.isalnum() else "_" for ch in str(b["label"]))] = b["recall"]
     return {k: v for k, v in flat.items() if v is not None and math.isfinite(v)}
+
+
+def training_params(config: Any, *, device: str, labelled: int) -> dict[str, Any]:
+    """The params of a training run: the recipe's fields (lists as text), the device and how many
+    labelled catalog observations were trained on beside the synthetic frames."""
+    recipe = {k: (str(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in config.to_dict().items()}
+    return {**recipe, "device": device, "labelled_observations": labelled}
+
+
+def log_training_epoch(registry: Any, run_id: str, row: Mapping[str, Any]) -> None:
+    """One epoch of :func:`astrid.ml.train.train` (its history row) as metrics at step ``epoch``."""
+    step = int(row["epoch"])
+    for key, value in row.items():
+        if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+            registry.client.log_metric(run_id, key, float(value), step=step)
+
+
+def log_candidate_evaluation(
+    registry: Any, run_id: str, scores: Mapping[str, Mapping[str, Any]], table: str
+) -> None:
+    """The candidate's validation figures (plain names) and the champion's (``champion_`` prefix)
+    on the training run, with the comparison table as an artifact."""
+    registry.log(run_id, metrics=flat_metrics(scores["candidate"]))
+    registry.log(run_id, metrics={f"champion_{k}": v for k, v in flat_metrics(scores["champion"]).items()})
+    registry.client.log_text(run_id, table, "evaluation/comparison.md")
+
+
+def log_comparison(registry: Any, *, dag_run_id: str, table: str, scores: Mapping[str, Any]) -> str:
+    """The weekly validation's comparison of the champion with every candidate: one run holding
+    the table (markdown) and the scores (JSON) as artifacts. Returns the MLflow run id."""
+    import json
+
+    tags = {"airflow.run_id": dag_run_id, "alias": "comparison"}
+    with registry.run(VALIDATION_EXPERIMENT, f"compare-{dag_run_id}", tags) as mlrun:
+        registry.log(mlrun.info.run_id, params={"models": len(scores.get("candidates", [])) + 1})
+        registry.client.log_text(mlrun.info.run_id, table, "comparison.md")
+        registry.client.log_text(mlrun.info.run_id, json.dumps(scores, indent=2), "scores.json")
+    return mlrun.info.run_id

@@ -1,20 +1,34 @@
 """Weekly model validation: score models on labelled observations and decide what serves.
 
-The decision is a pure function of measured metrics so it can be tested exhaustively and read
-in one screen: promote a challenger only when it is at least as good as the champion by a margin
-and above the floor; roll the champion back when it fell below the floor and there is a previous
-version to go back to; otherwise keep what serves.
+Every candidate is scored on the same observations as the champion: the ``challenger`` alias and
+the latest N registry versions (``ASTRID_INFERENCE_VALIDATION_CANDIDATES``), so a good model that
+lost its alias, or an older version, can still win. The decision is a pure function of measured
+metrics so it can be tested exhaustively and read in one screen: promote the best candidate only
+when it is at least as good as the champion by a margin and above the floor; roll the champion
+back when it fell below the floor and there is a previous version to go back to; otherwise keep
+what serves. The comparison table (:func:`comparison_table`) goes to MLflow and into the
+promotion/rollback announcement.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from astrid.metrics import Metrics, NullMetrics, metric_name
 
 PROMOTE, KEEP, ROLLBACK = "promote", "keep", "rollback"
+# the figures of the comparison table: (column, score key); a key a score lacks shows as "–"
+TABLE_COLUMNS = (
+    ("F1", "f1"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("recall SNR ≥ 7", "recall_snr_ge_7"),
+    ("recall SNR 4.5–7", "recall_snr_4_5_to_7"),
+    ("false / Mpix", "false_per_mpix"),
+    ("observations", "observations"),
+)
 
 
 @dataclass(frozen=True)
@@ -29,19 +43,24 @@ class Decision:
 
 def decide(
     champion: dict[str, Any],
-    challenger: dict[str, Any] | None,
+    candidates: Sequence[dict[str, Any]],
     *,
     min_f1: float,
     history: Sequence[str],
     margin: float = 0.01,
 ) -> Decision:
-    """``champion``/``challenger``: {"version", "f1", ...} from :func:`score_model`."""
-    if challenger is not None and challenger["f1"] >= min_f1 and challenger["f1"] >= champion["f1"] + margin:
+    """``champion`` and each candidate: {"version", "f1", ...} from :func:`score_model`.
+
+    The candidate promoted is the best by F1 of those above the floor that beat the champion by
+    ``margin`` (the first listed of equals: the challenger is listed first)."""
+    eligible = [c for c in candidates if c["f1"] >= min_f1 and c["f1"] >= champion["f1"] + margin]
+    if eligible:
+        best = max(eligible, key=lambda c: c["f1"])
         return Decision(
             PROMOTE,
-            f"challenger v{challenger['version']} F1 {challenger['f1']:.3f} beats champion "
+            f"{_label(best)} F1 {best['f1']:.3f} beats champion "
             f"v{champion['version']} F1 {champion['f1']:.3f} by >= {margin}",
-            challenger["version"],
+            best["version"],
         )
     if champion["f1"] < min_f1:
         previous = next((v for v in reversed(history) if v != champion["version"]), None)
@@ -58,6 +77,36 @@ def decide(
             "but there is no previous version to roll back to",
         )
     return Decision(KEEP, f"champion v{champion['version']} F1 {champion['f1']:.3f} holds (floor {min_f1})")
+
+
+def _label(score: Mapping[str, Any]) -> str:
+    alias = score.get("alias")
+    return f"{alias} v{score['version']}" if alias else f"v{score['version']}"
+
+
+def comparison_table(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """A markdown table, one row per ``(role, score)``: the figures ``astrid evaluate`` reports."""
+    head = "| model | version | " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |"
+    lines = [head, "|---|---|" + "---:|" * len(TABLE_COLUMNS)]
+    for role, score in rows:
+        cells = [_cell(score.get(key)) for _, key in TABLE_COLUMNS]
+        lines.append(f"| {role} | {score.get('version', '–')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def scores_table(scores: Mapping[str, Any]) -> str:
+    """:func:`comparison_table` of :func:`score_models`' output: the champion, then each candidate."""
+    rows = [("champion", scores["champion"])]
+    rows += [(c.get("alias") or "candidate", c) for c in scores.get("candidates", [])]
+    return comparison_table(rows)
 
 
 def score_model(
@@ -85,6 +134,23 @@ def score_model(
     return _json_safe({"version": detector.version, **report.to_dict()})
 
 
+def candidate_versions(registry: Any, *, latest: int) -> list[tuple[str, str]]:
+    """``(alias, version)`` of every candidate, each version once, the champion's excluded: the
+    ``challenger`` first (alias ``challenger``), then up to ``latest`` of the newest other
+    registered versions (alias ``""``)."""
+    from astrid.registry import CHALLENGER, CHAMPION
+
+    seen = {registry.alias_version(CHAMPION)}
+    out: list[tuple[str, str]] = []
+    challenger = registry.alias_version(CHALLENGER)
+    if challenger is not None and challenger not in seen:
+        out.append((CHALLENGER, challenger))
+        seen.add(challenger)
+    others = [v for v in registry.versions() if v not in seen]
+    out += [("", v) for v in others[:latest]]
+    return out
+
+
 def score_models(
     registry: Any,
     claims: Sequence[Any],
@@ -97,28 +163,29 @@ def score_models(
     dag_run_id: str,
     dag_id: str | None = None,
     metrics: Metrics | None = None,
+    latest: int = 3,
     limits: Any = None,
 ) -> dict[str, Any]:
-    """Score the registry's champion (and challenger, when one exists) on the same labelled claims,
-    log each score to MLflow and gauge the champion's F1 (``astrid.validation.f1``).
+    """Score the registry's champion and every candidate (:func:`candidate_versions`) on the same
+    labelled claims, log each score to MLflow, log the comparison table and gauge the champion's
+    F1 (``astrid.validation.f1``).
 
-    Returns ``{"history": [...], "champion": score, "challenger": score}`` (challenger only when
-    the alias exists): what :func:`decide_from_scores` takes.
+    Returns ``{"history": [...], "champion": score, "candidates": [score, ...], "table": markdown,
+    "comparison_run_id": ...}`` (each candidate's score carries its ``alias``): what
+    :func:`decide_from_scores` takes.
     """
     from astrid.ml.engine import get_engine
     from astrid.paths import shipped_model_path
     from astrid.pipeline import VersionedDetector
-    from astrid.registry import CHALLENGER, CHAMPION
-    from astrid.tracking import log_validation
+    from astrid.registry import CHAMPION
+    from astrid.tracking import log_comparison, log_validation
 
     registry.ensure_champion(shipped_model_path())
-    scores: dict[str, Any] = {"history": registry.champion_history()}
-    for alias in (CHAMPION, CHALLENGER):
-        version = registry.alias_version(alias)
-        if version is None:
-            continue
+    models = [(CHAMPION, registry.alias_version(CHAMPION)), *candidate_versions(registry, latest=latest)]
+    scored = []
+    for alias, version in models:
         detector = VersionedDetector(get_engine(registry.resolve(version).path, device=device), version)
-        scores[alias] = score_model(
+        score = score_model(
             detector,
             claims,
             storage,
@@ -129,12 +196,22 @@ def score_models(
         )
         log_validation(
             registry,
-            alias,
-            scores[alias],
+            alias or "candidate",
+            score,
             dag_run_id=dag_run_id,
             observations=len(claims),
             threshold=threshold,
         )
+        scored.append({**score, "alias": alias})
+    scores: dict[str, Any] = {
+        "history": registry.champion_history(),
+        "champion": scored[0],
+        "candidates": scored[1:],
+    }
+    scores["table"] = scores_table(scores)
+    scores["comparison_run_id"] = log_comparison(
+        registry, dag_run_id=dag_run_id, table=scores["table"], scores=scores
+    )
     (metrics or NullMetrics()).gauge(metric_name("astrid.validation.f1", dag_id), scores[CHAMPION]["f1"])
     return scores
 
@@ -142,7 +219,7 @@ def score_models(
 def decide_from_scores(scores: dict[str, Any], *, min_f1: float) -> Decision:
     """:func:`decide` on the output of :func:`score_models`."""
     return decide(
-        scores["champion"], scores.get("challenger"), min_f1=min_f1, history=scores.get("history", [])
+        scores["champion"], scores.get("candidates", []), min_f1=min_f1, history=scores.get("history", [])
     )
 
 

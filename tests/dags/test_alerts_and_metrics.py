@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dag_runner import run_child
 from tests.integration.standalone import SmtpSink
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,32 +112,7 @@ def email_text(message) -> str:
 
 
 def run_scenario(tmp_path: Path, scenario: dict, env: dict[str, str]) -> list[str]:
-    home = tmp_path / "airflow"
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ASTRID_"))}
-    base.update(
-        {
-            "REPO": str(REPO),
-            "SCENARIO": json.dumps(scenario),
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "ASTRID_CATALOG_URL": f"sqlite:///{tmp_path}/catalog.db",
-            "ASTRID_STORAGE_ROOT": (tmp_path / "storage").as_uri(),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-            "ASTRID_INFERENCE_ALERT_EMAIL": "oncall@example.org",
-            **env,
-        }
-    )
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], env=base, check=True, capture_output=True
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=base, capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("STATES="))
-    return json.loads(line.removeprefix("STATES="))
+    return run_child(SCRIPT, tmp_path, {"SCENARIO": json.dumps(scenario), **env}, marker="STATES=")
 
 
 def test_failed_task_emails_the_error_and_a_link_to_the_run(tmp_path, sink):

@@ -43,6 +43,7 @@ RT, BATCH, VAL, MAINT = (
     "astrid_model_validation",
     "astrid_maintenance",
 )
+TRAIN, DRIFT, SERVING = "astrid_model_training", "astrid_drift_check", "astrid_serving_model"
 
 
 @contextmanager
@@ -73,6 +74,25 @@ def param(dag_id: str, name: str) -> Callable[[], Any]:
 
 def task_attr(dag_id: str, task_id: str, attr: str) -> Callable[[], Any]:
     return lambda: getattr(dag(dag_id).get_task(task_id), attr)
+
+
+def timetable(dag_id: str) -> Callable[[], str]:
+    return lambda: type(dag(dag_id).timetable).__name__
+
+
+def cpu_recipe(field: str) -> Callable[[], Any]:
+    """The training recipe the train task, as parsed, chooses for a CPU worker (the fallback)."""
+
+    def probe() -> Any:
+        from astrid.training import training_recipe
+
+        train = dag(TRAIN).get_task("train")
+        recipe = training_recipe(
+            "cpu", {}, cpu_epochs=int(train.cpu_epochs), cpu_observations=int(train.cpu_observations)
+        )
+        return getattr(recipe, field)
+
+    return probe
 
 
 def deadline_minutes(dag_id: str) -> Callable[[], float]:
@@ -246,6 +266,23 @@ def inference(key: str) -> Callable[[], Any]:
     return probe
 
 
+def stored(measure: Callable[[list[dict[str, Any]]], Any]) -> Callable[[], Any]:
+    """One real U-Net run of the realtime infer task; ``measure`` of the detections it stored."""
+
+    def probe() -> Any:
+        from astrid.airflow.hooks import CatalogHook
+
+        inference("processed_count")()
+        return measure(CatalogHook().get_conn().detections())
+
+    return probe
+
+
+def stamped(rows: list[dict[str, Any]]) -> int:
+    assert len(rows) >= 2, "the probe needs two detections to tell a stamp limit of 1 apart"
+    return sum(bool(r["stamp_uri"]) for r in rows)
+
+
 def report_effect(summary: dict[str, Any], earlier_zero_runs: int, notified: list) -> Callable[[], int]:
     """Degradation alerts the realtime report task raises for ``summary`` after earlier runs that
     processed observations and found nothing."""
@@ -275,14 +312,14 @@ def report_effect(summary: dict[str, Any], earlier_zero_runs: int, notified: lis
     return probe
 
 
-def validation_effect(notified: list) -> Callable[[], tuple[str, int]]:
+def validation_effect(notified: list) -> Callable[[], tuple[Any, int]]:
     """The weekly decision for a champion at F1 0.85 with a challenger at 0.86, and the alerts sent."""
 
-    def probe() -> tuple[str, int]:
+    def probe() -> tuple[Any, int]:
         decide = task(VAL, "decide")
         decide.scores = {
             "champion": {"version": "2", "f1": 0.85},
-            "challenger": {"version": "3", "f1": 0.86},
+            "candidates": [{"version": "3", "f1": 0.86, "alias": "challenger"}],
             "history": ["1", "2"],
         }
         before = len(notified)
@@ -353,6 +390,9 @@ RUNTIME = {  # probes that need the seeded catalog, storage and MLflow store
     "ASTRID_INFERENCE_STAR_RESIDUAL_VETTING",
     "ASTRID_INFERENCE_MIN_SUCCESS_RATE",
     "ASTRID_INFERENCE_ZERO_DETECTION_RUNS",
+    "ASTRID_INFERENCE_ZEROPOINT_KEY",
+    "ASTRID_INFERENCE_STAMPS_ENABLED",
+    "ASTRID_INFERENCE_STAMPS_MAX_PER_OBSERVATION",
 }
 
 
@@ -425,10 +465,46 @@ def effects(tmp: Path, notified: list) -> dict[str, tuple[str, Callable[[], Any]
             report_effect({"processed_count": 5, "failed_count": 0, "detections_found": 0}, 2, notified),
             1,
         ),
-        "ASTRID_INFERENCE_MIN_VALIDATION_F1": ("0.9", validation_effect(notified), ("rollback", 1)),
+        "ASTRID_INFERENCE_MIN_VALIDATION_F1": (
+            "0.9",
+            validation_effect(notified),
+            (["rollback", "request_retraining"], 1),  # below the floor: roll back and ask for retraining
+        ),
         "ASTRID_INFERENCE_MAX_MEMORY_PERCENT": ("50", preflight(memory_percent=60), None),
         "ASTRID_INFERENCE_MAX_LOAD_PER_CPU": ("1", preflight(load_per_cpu=2), None),
         "ASTRID_INFERENCE_MAX_GPU_MEMORY_PERCENT": ("50", preflight(gpu_percent=60), None),
+        # the synthetic header's zero point is MAGZPT; a configured key is tried first (EXPTIME: a
+        # number in the plausible range, so the magnitudes move by EXPTIME - MAGZPT)
+        "ASTRID_INFERENCE_ZEROPOINT_KEY": ("EXPTIME", stored(lambda rows: [r["mag"] for r in rows]), None),
+        "ASTRID_INFERENCE_STAMPS_ENABLED": ("false", stored(stamped), 0),
+        "ASTRID_INFERENCE_STAMPS_MAX_PER_OBSERVATION": ("1", stored(stamped), 1),
+        # the model's life: validation candidates, training, drift, the serving-model change
+        "ASTRID_INFERENCE_VALIDATION_CANDIDATES": (
+            "5",
+            task_attr(VAL, "score_models", "validation_candidates"),
+            5,
+        ),
+        "ASTRID_INFERENCE_TRAINING_ENABLED": ("false", timetable(TRAIN), "NullTimetable"),
+        "ASTRID_INFERENCE_TRAINING_DEADLINE_MINUTES": ("30", deadline_minutes(TRAIN), 30),
+        "ASTRID_INFERENCE_TRAINING_CPU_EPOCHS": ("3", cpu_recipe("epochs"), 3),
+        "ASTRID_INFERENCE_TRAINING_CPU_OBSERVATIONS": ("20", cpu_recipe("observations"), 20),
+        "ASTRID_INFERENCE_TRAINING_LABELLED": ("7", param(TRAIN, "labelled"), 7),
+        "ASTRID_INFERENCE_SCHEDULE_DRIFT": ("0 6 * * *", cron(DRIFT), "0 6 * * *"),
+        "ASTRID_INFERENCE_DRIFT_ENABLED": ("false", cron(DRIFT), None),
+        "ASTRID_INFERENCE_DRIFT_DEADLINE_MINUTES": ("30", deadline_minutes(DRIFT), 30),
+        "ASTRID_INFERENCE_DRIFT_WINDOW_HOURS": ("12", task_attr(DRIFT, "drift_check", "window_hours"), 12),
+        "ASTRID_INFERENCE_DRIFT_REFERENCE_HOURS": (
+            "48",
+            task_attr(DRIFT, "drift_check", "reference_hours"),
+            48,
+        ),
+        "ASTRID_INFERENCE_DRIFT_MIN_SAMPLES": ("10", task_attr(DRIFT, "drift_check", "min_samples"), 10),
+        "ASTRID_INFERENCE_DRIFT_THRESHOLD": ("0.3", task_attr(DRIFT, "drift_check", "threshold"), 0.3),
+        "ASTRID_INFERENCE_DRIFT_P_VALUE": ("0.05", task_attr(DRIFT, "drift_check", "p_value"), 0.05),
+        "ASTRID_INFERENCE_SERVING_ENABLED": ("false", timetable(SERVING), "NullTimetable"),
+        "ASTRID_INFERENCE_SERVING_DEADLINE_MINUTES": ("30", deadline_minutes(SERVING), 30),
+        "ASTRID_INFERENCE_REPROCESS_HOURS": ("6", param(SERVING, "hours"), 6),
+        "ASTRID_INFERENCE_REPROCESS_MAX_OBSERVATIONS": ("50", param(SERVING, "max_observations"), 50),
     }
 
 

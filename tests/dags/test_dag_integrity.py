@@ -16,16 +16,27 @@ import pytest
 from astrid.airflow.demo import load_dag
 
 REPO = Path(__file__).resolve().parents[2]
-DAG_IDS = {"astrid_realtime_inference", "astrid_batch_inference", "astrid_model_validation"}
+DAG_IDS = {
+    "astrid_realtime_inference",
+    "astrid_batch_inference",
+    "astrid_model_validation",
+    "astrid_model_training",
+    "astrid_drift_check",
+    "astrid_serving_model",
+}
 SCHEDULES = {
     "astrid_realtime_inference": "*/15 * * * *",
     "astrid_batch_inference": "0 2 * * *",
     "astrid_model_validation": "0 4 * * 0",
+    "astrid_model_training": None,  # on Assets (below)
+    "astrid_drift_check": "30 5 * * *",
+    "astrid_serving_model": None,
 }
 
 
 def _cron_of(dag) -> str | None:
-    return getattr(dag.timetable, "expression", None)
+    timetable = getattr(dag.timetable, "timetable", dag.timetable)  # AssetOrTimeSchedule wraps a cron
+    return getattr(timetable, "expression", None)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +82,9 @@ def test_deadlines_match_config(dagbag):
         "astrid_realtime_inference": 10,
         "astrid_batch_inference": 120,
         "astrid_model_validation": 180,
+        "astrid_model_training": 600,
+        "astrid_drift_check": 60,
+        "astrid_serving_model": 120,
     }
     for dag_id, minutes in expected.items():
         alerts = dagbag.dags[dag_id].deadline
@@ -176,3 +190,53 @@ def test_mapped_batch_inference_uses_gpu_pool_and_queue(dagbag):
     assert (
         dag.get_task("quality_gate").is_mapped if hasattr(dag.get_task("quality_gate"), "is_mapped") else True
     )
+
+
+def _asset_names(dag) -> set[str]:
+    condition = dag.timetable.asset_condition
+    return {a.name for a in getattr(condition, "objects", [condition])}
+
+
+def test_the_model_loop_is_wired_by_assets(dagbag):
+    """validation --promote/rollback--> serving; validation --degraded--> training <--drift-- drift check."""
+
+    def outlets(dag_id: str, task_id: str) -> set[str]:
+        return {a.name for a in dagbag.dags[dag_id].get_task(task_id).outlets}
+
+    serving, training = dagbag.dags["astrid_serving_model"], dagbag.dags["astrid_model_training"]
+    assert type(serving.timetable).__name__ == type(training.timetable).__name__ == "AssetTriggeredTimetable"
+    assert _asset_names(serving) == {"astrid_serving_model"}
+    assert (
+        outlets("astrid_model_validation", "promote")
+        == outlets("astrid_model_validation", "rollback")
+        == {"astrid_serving_model"}
+    )
+    assert outlets("astrid_model_validation", "keep") == set()
+    assert _asset_names(training) == {"astrid_model_drift", "astrid_model_degraded"}
+    assert outlets("astrid_model_validation", "request_retraining") == {"astrid_model_degraded"}
+    assert outlets("astrid_drift_check", "request_retraining") == {"astrid_model_drift"}
+    # promotions and rollbacks are announced; the training and reprocessing steps use the GPU queue
+    for task_id in ("promote", "rollback"):
+        (callback,) = dagbag.dags["astrid_model_validation"].get_task(task_id).on_success_callback
+        assert callback.kind == "promotion"
+    for dag_id, task_id in (
+        ("astrid_model_training", "train"),
+        ("astrid_serving_model", "warm_model"),
+        ("astrid_serving_model", "reprocess_recent"),
+    ):
+        task = dagbag.dags[dag_id].get_task(task_id)
+        assert (task.pool, task.queue) == ("gpu", "gpu"), (dag_id, task_id)
+
+
+def test_model_loop_switches_make_the_asset_dags_manual(monkeypatch):
+    monkeypatch.setenv("ASTRID_INFERENCE_TRAINING_ENABLED", "false")
+    monkeypatch.setenv("ASTRID_INFERENCE_SERVING_ENABLED", "false")
+    assert type(load_dag("astrid_model_training").timetable).__name__ == "NullTimetable"
+    assert type(load_dag("astrid_serving_model").timetable).__name__ == "NullTimetable"
+
+
+def test_model_loop_dags_record_no_inference_runs_on_failure(dagbag):
+    """Their run history is Airflow's and MLflow's: no RecordFailedRun (it writes inference_runs)."""
+    for dag_id in ("astrid_model_training", "astrid_drift_check", "astrid_serving_model"):
+        assert not dagbag.dags[dag_id].on_failure_callback, dag_id
+    assert dagbag.dags["astrid_realtime_inference"].on_failure_callback

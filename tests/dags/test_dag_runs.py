@@ -7,7 +7,6 @@ against injected truth, XCom summaries, MLflow runs and registry alias moves.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 
 from astrid.airflow.demo import task_output
 from tests.dag_runner import inprocess_env, run_dag
+from tests.model_helpers import blind_copy
 
 SIZE = 384
 
@@ -250,31 +250,6 @@ def registry(env):
     return ModelRegistryHook().get_conn()
 
 
-def _blind_copy(tmp_path: Path) -> Path:
-    """The shipped model with its output bias pushed to -40: a genuinely worse model (finds nothing)."""
-    import json
-
-    from safetensors.torch import load_file, save_file
-
-    from astrid.paths import shipped_model_path
-
-    src = shipped_model_path()
-    dst = tmp_path / "blind-model"
-    shutil.copytree(src, dst)
-    weights = next(dst.glob("*.safetensors"))
-    tensors = load_file(str(weights))
-    bias = [k for k in tensors if k.endswith("bias")][-1]
-    tensors[bias] = tensors[bias] - 40.0
-    save_file(tensors, str(weights))
-    card = json.loads((dst / "model_card.json").read_text())
-    import hashlib
-
-    card["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    card["version"] = card.get("version", "x") + "-blind"
-    (dst / "model_card.json").write_text(json.dumps(card))
-    return dst
-
-
 def test_validation_keeps_a_healthy_champion(seeded, registry):
     dag_run = run_dag("astrid_model_validation", {"dataset_size": 4})
     assert str(dag_run.state) == "success"
@@ -291,17 +266,25 @@ def test_validation_promotes_a_better_challenger_and_rolls_back_a_degraded_champ
     from astrid.paths import shipped_model_path
 
     healthy = registry.alias_version("champion")
-    blind = registry.register(_blind_copy(tmp_path), alias="champion", description="test: degraded model")
+    blind = registry.register(blind_copy(tmp_path), alias="champion", description="test: degraded model")
     challenger = registry.register(shipped_model_path(), alias="challenger")
     # a degraded champion and a healthy challenger: promote
     dag_run = run_dag("astrid_model_validation", {"dataset_size": 4})
     assert registry.alias_version("champion") == challenger
     assert registry.alias_version("challenger") is None
-    # now degrade the champion again with no challenger: forced degradation rolls back
+    # now degrade the champion again with no challenger and no other candidate scored: a
+    # champion below the floor rolls back (with candidates, the best of them would be promoted)
     registry.set_alias("champion", blind)
-    dag_run = run_dag("astrid_model_validation", {"dataset_size": 4})
+    import os
+
+    os.environ["ASTRID_INFERENCE_VALIDATION_CANDIDATES"] = "0"
+    try:
+        dag_run = run_dag("astrid_model_validation", {"dataset_size": 4})
+    finally:
+        del os.environ["ASTRID_INFERENCE_VALIDATION_CANDIDATES"]
     states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
     assert states["rollback"] == "success"
+    assert states["request_retraining"] == "success"  # the degraded champion asks for retraining
     assert registry.alias_version("champion") == challenger  # the previous champion
     assert healthy is not None
     # the serving-model change emitted Asset events

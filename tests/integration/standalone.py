@@ -281,6 +281,27 @@ class RedisDb:
         self.client.close()
 
 
+def events_env(redis_url: str, channel: str, poll: float) -> dict[str, str]:
+    """Arrival events on one Redis database and channel: the publishers' and the triggerer's side."""
+    return {
+        "ASTRID_INFERENCE_EVENTS_ENABLED": "true",
+        "ASTRID_INFERENCE_EVENTS_URL": redis_url,
+        "ASTRID_INFERENCE_EVENTS_CHANNEL": channel,
+        "ASTRID_INFERENCE_EVENTS_POLL_SECONDS": str(poll),
+        "AIRFLOW_CONN_ASTRID_EVENTS": redis_url,
+    }
+
+
+def wait_for_listener(client: Any, channel: str, timeout: float = 180) -> None:
+    """Until the triggerer has subscribed to ``channel`` (a message before that is lost)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if client.pubsub_numsub(channel)[0][1] > 0:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"no subscriber on {channel} within {timeout}s: is the triggerer running?")
+
+
 def redis_unavailable(host: str = "127.0.0.1", port: int = 6379) -> str | None:
     """``None`` when Redis answers, else the reason (for ``pytest.skip``)."""
     try:

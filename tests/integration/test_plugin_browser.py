@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -213,6 +214,25 @@ def test_astrid_page_in_the_airflow_ui(standalone) -> None:
             playwright_api.expect(realtime_row.locator(".last-state .state")).to_have_text("success")
             playwright_api.expect(realtime_row.locator(".detections")).not_to_have_text("—")
             page.screenshot(path=str(out / "04-run-succeeded.png"), full_page=True)
+
+            # 5. the infer task's "Detections" extra link (relative to Airflow's base URL) opens the
+            # run's gallery, with every stamp decoded
+            links = standalone.api(
+                "GET", f"/api/v2/dags/astrid_realtime_inference/dagRuns/{run_id}/taskInstances/infer/links"
+            ).json()["extra_links"]
+            assert not links["Detections"].startswith("/"), links
+            page.goto(urljoin(f"{standalone.url}/", links["Detections"]))
+            page.wait_for_selector("body[data-loaded='true'][data-view='run']", timeout=60_000)
+            stamps = page.locator("#run-gallery img.stamp")
+            playwright_api.expect(stamps.first).to_be_visible(timeout=30_000)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#run-gallery img.stamp')].every(i => i.complete)"
+            )
+            widths = page.eval_on_selector_all(
+                "#run-gallery img.stamp", "imgs => imgs.map(i => i.naturalWidth)"
+            )
+            assert widths and all(w == 4 * 63 for w in widths), widths
+            page.screenshot(path=str(out / "05-run-gallery.png"), full_page=False)
         except Exception:
             page.screenshot(path=str(out / "failure.png"), full_page=True)
             raise
@@ -235,8 +255,11 @@ def test_astrid_page_in_the_airflow_ui(standalone) -> None:
         "GET", f"/api/v2/dags/astrid_realtime_inference/dagRuns/{run_id}/taskInstances/infer/links"
     )
     assert links.status_code == 200, links.text
-    assert {"MLflow run", "Detection catalog"} <= set(links.json()["extra_links"]), links.json()
-    assert links.json()["extra_links"]["Detection catalog"], links.json()
+    assert {"Detections", "MLflow run", "Detection catalog"} <= set(links.json()["extra_links"]), links.json()
+    catalog_csv = standalone.api("GET", "/" + links.json()["extra_links"]["Detection catalog"])
+    assert catalog_csv.status_code == 200 and catalog_csv.text.startswith("id,observation_id,"), (
+        catalog_csv.text
+    )
     print(f"timings: { {k: round(v, 1) for k, v in timings.items()} }; run: {realtime['last_inference']}")
 
 

@@ -34,7 +34,14 @@ from tests.catalog_helpers import (
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 LEASE = timedelta(minutes=30)
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-TABLES = {"observations", "detections", "inference_runs", "alert_state", "alembic_version"}
+TABLES = {
+    "observations",
+    "detections",
+    "inference_runs",
+    "inference_results",
+    "alert_state",
+    "alembic_version",
+}
 
 
 def _skip_without_postgres() -> None:
@@ -63,7 +70,10 @@ def catalog(request, tmp_path):
         cat = Catalog(request.getfixturevalue("pg_url"))
         with cat.engine.begin() as conn:
             conn.execute(
-                sa.text("TRUNCATE observations, detections, inference_runs, alert_state RESTART IDENTITY")
+                sa.text(
+                    "TRUNCATE observations, detections, inference_results, inference_statistics, inference_runs, "
+                    "alert_state RESTART IDENTITY"
+                )
             )
     yield cat
     cat.dispose()
@@ -470,5 +480,168 @@ def test_sqlite_connections_use_wal_and_busy_timeout(tmp_path):
         with cat.engine.begin() as conn:  # ON DELETE CASCADE works, i.e. foreign keys are on
             conn.execute(sa.delete(ObservationRow).where(ObservationRow.id == oid))
         assert cat.detections() == []
+    finally:
+        cat.dispose()
+
+
+# ---------------------------------------------------------------------- 0002: ingestion, results
+
+
+def test_reregistering_a_name_with_other_files_is_refused_and_registers_nothing(catalog):
+    (oid,) = catalog.register([obs(1)])
+    moved = obs(1)
+    moved.science_uri = "elsewhere/science.fits"
+    with pytest.raises(
+        CatalogError, match=r"obs-0001.*science_uri.*night/obs-0001/science.fits.*another name"
+    ):
+        catalog.register([obs(2), moved])
+    assert catalog.get(oid)["science_uri"] == "night/obs-0001/science.fits"
+    with pytest.raises(CatalogError, match="obs-0002"):
+        catalog.get("obs-0002")  # the batch is one transaction: its new rows went too
+    no_difference = obs(1)
+    no_difference.difference_uri = None
+    with pytest.raises(CatalogError, match="difference_uri"):
+        catalog.register([no_difference])
+    assert catalog.register([obs(1)]) == [oid]  # the same files again: idempotent
+
+
+def _hashed(i: int, digest: str, **kw) -> NewObservation:
+    return obs(i, content_hash=digest, arrived_at=T0, meta={"user": {"night": "n1"}}, **kw)
+
+
+def test_register_unique_is_idempotent_by_content_and_refuses_id_collisions(catalog):
+    first = catalog.register_unique(_hashed(1, "a" * 64), status="ingested")
+    assert first.created and first.status == "ingested" and first.arrived_at == T0
+    row = catalog.get(first.observation_id)
+    assert row["content_hash"] == "a" * 64 and row["meta"] == {"user": {"night": "n1"}}
+    again = catalog.register_unique(_hashed(7, "a" * 64))  # same content, any name: the same one
+    assert (again.observation_id, again.name, again.created) == (first.observation_id, "obs-0001", False)
+    with pytest.raises(CatalogError, match=r"'obs-0001' is already taken by other files.*another"):
+        catalog.register_unique(_hashed(1, "b" * 64))
+    catalog.register([obs(2)])  # seeded, no hash
+    with pytest.raises(CatalogError, match=r"'obs-0002' is already taken.*unhashed"):
+        catalog.register_unique(_hashed(2, "c" * 64))
+    assert catalog.status_counts()["ingested"] == 1 and len(catalog.observations()) == 2
+    with pytest.raises(CatalogError, match="content_hash"):
+        catalog.register_unique(obs(3))
+
+
+def test_reprocessing_results_sit_beside_the_live_ones_and_resume(catalog):
+    a, b, c, d = catalog.register(
+        [obs(1, mjd=60001.0), obs(2, mjd=60002.0), obs(3, mjd=60003.0), obs(4, mjd=None)]
+    )
+    claims = catalog.claim(2, "live", LEASE)
+    assert [x.observation_id for x in claims] == [a, b]
+    catalog.complete(claims[0], "live", "v1", [det(1, 1), det(2, 2)])
+    catalog.complete(claims[1], "live", "v1", [])
+    live_before = catalog.detections(model_version="v1")
+    assert [x.observation_id for x in catalog.reprocess_candidates("v1")] == [c, d]
+    todo = catalog.reprocess_candidates("v2", mjd_from=60001.5, mjd_to=60003.5)
+    assert [x.observation_id for x in todo] == [b, c] and all(x.run_id is None for x in todo)
+    assert catalog.store_results(b, "reprocess-1", "v2", [det(5, 5, 0.7)]) == 1
+    # resumable: what is done is no longer a candidate; the rest still is
+    assert [x.observation_id for x in catalog.reprocess_candidates("v2")] == [a, c, d]
+    assert [x.observation_id for x in catalog.reprocess_candidates("v2", after_id=a, limit=1)] == [c]
+    assert catalog.store_results(b, "reprocess-2", "v2", [det(6, 6, 0.8)]) == 1  # replaced, not added
+    assert [x["x"] for x in catalog.detections(b, "v2")] == [6.0]
+    assert catalog.detections(model_version="v1") == live_before  # the live version untouched
+    assert catalog.results(a) == {"v1": 2} and catalog.results(b) == {"v1": 0, "v2": 1}
+    row = catalog.get(b)
+    assert (row["status"], row["model_version"]) == ("inferred", "v1")  # no claim, no status change
+    assert catalog.get(c)["status"] == "preprocessed"
+    with pytest.raises(CatalogError, match="404"):
+        catalog.store_results(404, "r", "v2", [])
+    catalog.record_run(run_id="reprocess-1", dag_id="astrid_reprocess", kind="reprocess")
+
+
+def test_upgrade_from_0001_keeps_rows_and_backfills_results(empty_url):
+    cat = Catalog(empty_url)
+    try:
+        cat.migrate("0001")
+        with cat.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO observations (name, survey, science_uri, reference_uri, status, "
+                    "model_version, claimed_by, inferred_at) VALUES "
+                    "('old', 's', 'a.fits', 'b.fits', 'inferred', 'v1', 'run-1', CURRENT_TIMESTAMP), "
+                    "('new', 's', 'c.fits', 'd.fits', 'preprocessed', NULL, NULL, NULL)"
+                )
+            )
+            old = conn.scalar(sa.text("SELECT id FROM observations WHERE name = 'old'"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO detections (observation_id, model_version, x, y, score, run_id) "
+                    "VALUES (:o, 'v1', 1, 2, 0.9, 'run-1'), (:o, 'v1', 3, 4, 0.8, 'run-1')"
+                ),
+                {"o": old},
+            )
+        cat.migrate()
+        assert cat.revision() == cat.head_revision()
+        assert len(cat.detections(old)) == 2  # the table copy did not cascade-delete them
+        assert cat.results(old) == {"v1": 2}
+        assert [x.name for x in cat.reprocess_candidates("v1")] == ["new"]
+        # the CHECK constraints survived the table copy
+        with pytest.raises(sa.exc.IntegrityError), cat.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE observations SET attempts = -1 WHERE id = :o"), {"o": old})
+    finally:
+        cat.dispose()
+
+
+# ---------------------------------------------------------------------- 0003: photometry, stamps
+
+
+def test_detections_keep_photometry_and_stamp_uri(catalog):
+    from astrid.ml.detect import Detection
+
+    (oid,) = catalog.register([obs(1)])
+    (claim,) = catalog.claim(1, "run-a", LEASE)
+    found = [
+        Detection(10.0, 20.0, 150.0, 2.0, 0.95, 500.0, 25.0, 20.0, 21.5, 0.054, "file:///s/stamps/1-o/0000"),
+        Detection(30.0, 40.0, None, None, 0.6, -3.0, 10.0, -0.3),  # no zero point, no stamp
+    ]
+    catalog.complete(claim, "run-a", "v1", found)
+    first, second = catalog.detections(oid)
+    assert (first["flux_err"], first["snr"], first["mag"], first["mag_err"]) == (25.0, 20.0, 21.5, 0.054)
+    assert first["stamp_uri"] == "file:///s/stamps/1-o/0000"
+    assert (second["mag"], second["mag_err"], second["stamp_uri"]) == (None, None, None)
+    assert second["snr"] == -0.3
+    # a non-finite measurement is refused, naming it, and nothing is written
+    (oid2,) = catalog.register([obs(2)])
+    (claim2,) = catalog.claim(1, "run-b", LEASE)
+    with pytest.raises(CatalogError, match="non-finite snr"):
+        catalog.complete(
+            claim2, "run-b", "v1", [Detection(1.0, 2.0, None, None, 0.9, 5.0, 1.0, float("inf"))]
+        )
+    assert catalog.detections(oid2) == []
+
+
+def test_0003_keeps_existing_detections_with_null_photometry(empty_url):
+    cat = Catalog(empty_url)
+    try:
+        cat.migrate("0002")
+        with cat.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO observations (name, survey, science_uri, reference_uri, status, model_version) "
+                    "VALUES ('old', 's', 'a.fits', 'b.fits', 'inferred', 'v1')"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO detections (observation_id, model_version, x, y, score, flux, run_id) "
+                    "SELECT id, 'v1', 1, 2, 0.9, 7.5, 'run-1' FROM observations"
+                )
+            )
+        cat.migrate()
+        (row,) = cat.detections()
+        assert (row["x"], row["flux"], row["flux_err"], row["snr"], row["stamp_uri"]) == (
+            1,
+            7.5,
+            None,
+            None,
+            None,
+        )
+        indexes = {i["name"] for i in sa.inspect(cat.engine).get_indexes("detections")}
+        assert {"ix_detections_run_id", "ix_detections_dec_ra"} <= indexes
     finally:
         cat.dispose()

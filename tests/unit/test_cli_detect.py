@@ -19,7 +19,7 @@ from astrid.ml.engine import get_engine
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
-HEADER = ["x", "y", "ra", "dec", "score", "flux"]
+HEADER = ["x", "y", "ra", "dec", "score", "flux", "flux_err", "snr", "mag", "mag_err"]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_detect_writes_contract_csv_with_wcs(files, tmp_path, observation):
         ]
     )
     assert rc == 0
-    assert out.read_text().splitlines()[0] == "x,y,ra,dec,score,flux"
+    assert out.read_text().splitlines()[0].startswith("x,y,ra,dec,score,flux,")
     header, rows = _rows(out)
     assert header == HEADER and len(rows) >= 3
     # the contract: found transients carry the WCS sky coordinates of their pixel position (how
@@ -86,6 +86,16 @@ def test_detect_writes_contract_csv_with_wcs(files, tmp_path, observation):
         )
         assert 0.5 < float(near[0]["score"]) <= 1.0
     assert found >= len(observation.truth) // 2, f"only {found} of {len(observation.truth)} bright transients"
+    # the photometry columns after the six: error, SNR, and the AB magnitude from the header's MAGZPT
+    zp = observation.header["MAGZPT"]
+    for r in rows:
+        flux, err = float(r["flux"]), float(r["flux_err"])
+        assert err > 0 and float(r["snr"]) == pytest.approx(flux / err, rel=1e-6)
+        if flux > 0:
+            assert float(r["mag"]) == pytest.approx(zp - 2.5 * np.log10(flux), rel=1e-9)
+            assert float(r["mag_err"]) == pytest.approx(1.0857362 * err / flux, rel=1e-6)
+        else:
+            assert r["mag"] == r["mag_err"] == ""
     assert not [p for p in out.parent.iterdir() if p.name != "catalog.csv"]  # no temp files left
 
 
@@ -110,6 +120,7 @@ def test_detect_without_wcs_or_difference_leaves_ra_dec_empty(files, tmp_path):
     header, rows = _rows(out)
     assert header == HEADER and rows
     assert all(r["ra"] == "" and r["dec"] == "" for r in rows)
+    assert all(r["mag"] == "" and float(r["snr"]) != 0 for r in rows)  # no header: no zero point
     assert all(float(r["score"]) > 0.5 for r in rows)
 
 

@@ -58,6 +58,21 @@ DEFAULTS = {
     "max_memory_percent": 95.0,
     "max_load_per_cpu": 8.0,
     "max_gpu_memory_percent": 95.0,
+    "ingest_mode": "copy",
+    "ingest_roots": "",
+    "events_enabled": True,
+    "events_url": "redis://127.0.0.1:6379/0",
+    "events_channel": "astrid.observations",
+    "events_poll_seconds": 0.5,
+    "zeropoint_key": "",
+    "stamps_enabled": True,
+    "stamps_max_per_observation": 200,
+    "validation_candidates": 3,
+    "training_enabled": True,
+    "drift_schedule": "30 5 * * *",
+    "drift_threshold": 0.2,
+    "drift_p_value": 0.01,
+    "reprocess_hours": 24.0,
 }
 
 # (raw env value, parsed value) for fields whose values are constrained; the rest get a generic
@@ -83,6 +98,21 @@ OVERRIDES = {
     "min_pixel_scale_arcsec": ("0.2", 0.2),
     "max_pixel_scale_arcsec": ("2.5", 2.5),
     "star_residual_vetting": ("off", "off"),
+    "ingest_mode": ("reference", "reference"),
+    "ingest_roots": (
+        "s3://drop-bucket/incoming, file:///data/in",
+        "s3://drop-bucket/incoming, file:///data/in",
+    ),
+    "events_url": (
+        "https://sqs.eu-west-1.amazonaws.com/123456789012/astrid-arrivals",
+        "https://sqs.eu-west-1.amazonaws.com/123456789012/astrid-arrivals",
+    ),
+    "events_channel": ("astrid.test", "astrid.test"),
+    "events_poll_seconds": ("0.25", 0.25),
+    "zeropoint_key": ("ZP_AB", "ZP_AB"),
+    "drift_schedule": ("0 6 * * *", "0 6 * * *"),
+    "drift_threshold": ("0.3", 0.3),
+    "drift_p_value": ("0.05", 0.05),
 }
 
 
@@ -131,12 +161,19 @@ def test_all_overrides_at_once_and_whitespace():
         assert getattr(config, name) == _override(name)[1], name
 
 
-@pytest.mark.parametrize("name", sorted(FIELDS))
+@pytest.mark.parametrize("name", sorted(n for n, f in FIELDS.items() if f.default != ""))
 @pytest.mark.parametrize("raw", ["", "   "])
 def test_an_empty_variable_is_an_error_not_the_default(name, raw):
     """``VAR=`` from a template with an unset value must not silently run on defaults."""
     with pytest.raises(ConfigError, match=f"{ENV[name]} is set but empty: unset it"):
         Config.from_env({ENV[name]: raw})
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FIELDS.items() if f.default == ""))
+def test_empty_is_the_default_where_the_default_means_none(name):
+    """Settings whose default is empty ("no extra roots", "the standard zero-point keywords"):
+    compose passes them as ``${VAR:-}``, so an empty value is that default, not an error."""
+    assert getattr(Config.from_env({ENV[name]: ""}), name) == ""
 
 
 @pytest.mark.parametrize(
@@ -233,6 +270,19 @@ def test_booleans(raw, expected):
         ("model_roots", "/"),
         ("model_roots", "include/models::/opt/models"),
         ("model_roots", "/.."),
+        # arrival: ingest mode, roots, the doorbell
+        ("ingest_mode", "move"),
+        ("ingest_roots", "ftp://host/x"),
+        ("events_url", "amqp://broker/x"),
+        ("events_url", "redis://host:6379/db zero"),
+        ("events_channel", "two words"),
+        ("events_poll_seconds", "0"),
+        ("events_poll_seconds", "600"),
+        # a FITS keyword: 1-8 letters, digits, _ or -
+        ("zeropoint_key", "MAG ZP"),
+        ("zeropoint_key", "MAGZP_AB_TOO_LONG"),
+        ("stamps_max_per_observation", "0"),
+        ("stamps_enabled", "sometimes"),
     ],
 )
 def test_invalid_values_name_the_variable_and_the_value(name, raw):
@@ -364,3 +414,13 @@ def test_configuration_doc_is_generated_from_the_code():
 )
 def test_vetting_level_is_what_the_engine_takes(raw, level):
     assert Config.from_env({ENV["star_residual_vetting"]: raw}).vetting_level == level
+
+
+def test_events_kind_follows_the_url_and_the_switch():
+    assert Config().events_kind == "redis"
+    sqs = "https://sqs.us-east-1.amazonaws.com/123456789012/q"
+    assert Config.from_env({ENV["events_url"]: sqs}).events_kind == "sqs"
+    assert Config.from_env({ENV["events_enabled"]: "false"}).events_kind is None
+    with pytest.raises(ConfigError) as err:
+        Config.from_env({ENV["events_url"]: "redis://user:hunter2@host:6379/0/extra"})
+    assert "hunter2" not in str(err.value) and "***" in str(err.value)

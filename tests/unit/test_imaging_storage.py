@@ -12,6 +12,7 @@ from astrid.errors import FitsError, StorageError
 from astrid.imaging.fits import load_triplet
 from astrid.imaging.synthetic import make_observation, read_truth, write_observation
 from astrid.storage import StorageRoot, to_path
+from tests.conftest import s3_endpoint, s3_storage_options  # noqa: F401 - s3_endpoint re-exported for older imports
 
 
 @pytest.fixture()
@@ -159,43 +160,12 @@ def test_memory_filesystem_round_trip() -> None:
         load_triplet(root.resolve("night9/zz_sci.fits"), root.resolve(uris["reference_uri"]))
 
 
-# -- s3 against a moto server --------------------------------------------------------------
+# -- s3 against a moto server (the s3_endpoint fixture is in tests/conftest.py) ----------------
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    pytest.importorskip("s3fs", reason="s3fs (the fsspec S3 backend) is not installed")
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
-            mp.delenv(var, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            endpoint = f"http://{host}:{port}"
-            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-            client.create_bucket(Bucket="astrid-survey")
-            client.create_bucket(Bucket="other-bucket")
-            client.put_object(Bucket="other-bucket", Key="survey/secret_sci.fits", Body=b"nope")
-            yield endpoint, client
-        finally:
-            server.stop()
-
-
-def test_s3_round_trip_through_storage_root(s3_endpoint) -> None:
+def test_s3_round_trip_through_storage_root(s3_endpoint) -> None:  # noqa: F811
     endpoint, client = s3_endpoint
-    options = {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-        "skip_instance_cache": True,
-    }
+    options = s3_storage_options(endpoint)
     root = StorageRoot(UPath("s3://astrid-survey/survey", **options))
     obs = make_observation(6, 128, n_transients=4)
     uris = write_observation(obs, root.path / "2026-01-01", "obs6")

@@ -69,7 +69,11 @@ def test_wcs_matches_astropy_pixel_to_world_zero_based():
 
 def test_detection_dict_and_frozen():
     d = Detection(1.0, 2.0, None, None, 0.9, 12.0)
-    assert d.to_dict() == {"x": 1.0, "y": 2.0, "ra": None, "dec": None, "score": 0.9, "flux": 12.0}
+    assert d.to_dict() == {
+        **{"x": 1.0, "y": 2.0, "ra": None, "dec": None, "score": 0.9, "flux": 12.0},
+        **{"flux_err": None, "snr": None, "mag": None, "mag_err": None, "stamp_uri": None},  # after the six
+    }
+    assert list(d.to_dict())[:6] == ["x", "y", "ra", "dec", "score", "flux"]
     with pytest.raises(AttributeError):
         d.x = 3.0  # type: ignore[misc]
 

@@ -157,7 +157,8 @@ def test_score_models_logs_each_alias_and_gauges_the_champion_f1(world):
         dag_id="astrid_model_validation",
         metrics=metrics,
     )
-    assert set(scores) == {"history", CHAMPION}  # no challenger alias yet
+    assert scores["candidates"] == []  # nothing registered but the champion yet
+    assert "| champion | 1 |" in scores["table"]
     assert scores[CHAMPION]["version"] == "1" and 0.0 <= scores[CHAMPION]["f1"] <= 1.0
     assert (
         "gauge",
@@ -167,8 +168,9 @@ def test_score_models_logs_each_alias_and_gauges_the_champion_f1(world):
     runs = registry.client.search_runs(
         [registry.experiment_id("astrid-validation")], "tags.`airflow.run_id` = 'manual__v'"
     )
-    assert [r.info.run_name for r in runs] == ["validate-champion-v1"]
-    assert runs[0].data.metrics["f1"] == pytest.approx(scores[CHAMPION]["f1"])
+    assert sorted(r.info.run_name for r in runs) == ["compare-manual__v", "validate-champion-v1"]
+    validated = next(r for r in runs if r.info.run_name == "validate-champion-v1")
+    assert validated.data.metrics["f1"] == pytest.approx(scores[CHAMPION]["f1"])
     decision = decide_from_scores(scores, min_f1=0.0)
     assert decision.action == KEEP and decision.to_xcom()["reason"].startswith("champion v1")
 

@@ -21,6 +21,7 @@ import pytest
 from astrid import status as core
 from astrid.catalog import Catalog, NewObservation
 from astrid.config import InferenceSchedulingConfig
+from astrid.dag_kinds import DAG_IDS
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -129,7 +130,10 @@ def test_build_status_per_dag_facts(seeded: Catalog) -> None:
     payload = core.build_status(_facts(), seeded, now=NOW, grafana_url="https://grafana.example/d/x")
     json.dumps(payload)  # JSON-safe as is
     dags = {d["dag_id"]: d for d in payload["dags"]}
-    assert list(dags) == [RT, BATCH, VAL]
+    assert list(dags)[:3] == [RT, BATCH, VAL]
+    # the model's life DAGs are listed too (here not parsed yet): training, drift check, serving
+    assert list(dags)[3:] == ["astrid_model_training", "astrid_drift_check", "astrid_serving_model"]
+    assert all(not dags[d]["exists"] and dags[d]["kind"] for d in list(dags)[3:])
 
     rt = dags[RT]
     assert rt["kind"] == "realtime" and rt["exists"] and rt["paused"] is False
@@ -194,7 +198,7 @@ def test_empty_catalog_and_no_facts() -> None:
             return []
 
     payload = core.build_status([], Empty(), now=NOW)
-    assert [d["exists"] for d in payload["dags"]] == [False, False, False]
+    assert [d["exists"] for d in payload["dags"]] == [False] * len(DAG_IDS)
     assert payload["catalog"]["stuck_claims"] == 0 and payload["catalog"]["oldest_stuck_lease"] is None
     assert payload["links"]["grafana"] == core.DEFAULT_GRAFANA_URL
 
@@ -293,10 +297,10 @@ def test_plugin_import_is_light_and_declares_app_view_and_links() -> None:
     assert info["name"] == "astrid"
     assert info["apps"] == [["/astrid", "AstrID status API"]]
     page = info["views"][0]
-    assert page["name"] == "AstrID" and page["href"] == "/astrid/ui" and page["url_route"] == "astrid"
+    assert page["name"] == "AstrID" and page["href"] == "astrid/ui" and page["url_route"] == "astrid"
     assert page["nav_top_level"] is True
     assert info["views"][1]["href"] == "https://grafana.example/d/astrid"
-    assert info["links"] == ["MLflow run", "Detection catalog"]
+    assert info["links"] == ["Detections", "Detection catalog", "MLflow run"]
 
 
 def test_plugin_discovery_loads_the_plugin_once_without_errors(tmp_path: Path) -> None:
@@ -410,7 +414,7 @@ def test_everything_but_health_needs_airflow_auth(client, auth: str, method: str
 def test_status_and_runs_with_a_real_token(client, auth: str, seeded: Catalog) -> None:
     r = client.get("/status", headers=_bearer(auth))
     assert r.status_code == 200, r.text
-    assert [d["dag_id"] for d in r.json()["dags"]] == [RT, BATCH, VAL]
+    assert [d["dag_id"] for d in r.json()["dags"]] == list(DAG_IDS)
     assert r.json()["catalog"]["observations"] == 5
     r = client.get("/runs", params={"hours": 720}, headers=_bearer(auth))
     assert r.status_code == 200, r.text

@@ -8,6 +8,7 @@ importing the plugin costs the scheduler and workers nothing.
   detection count; catalog counts per status and stuck claims.
 * ``GET /runs``     — the catalog's inference-run history for the last ``hours`` (1-720).
 * ``POST /trigger`` — create a DAG run (realtime, batch or validation) with validated conf.
+* ``POST /observations`` — ingest one FITS triplet (as ``astrid ingest``; see the block at the end).
 * ``GET /ui``       — the AstrID page shown inside the Airflow UI (static HTML + JS).
 
 Authentication is Airflow's own: the dependency the core API uses (:func:`get_user`: a JWT from
@@ -25,17 +26,21 @@ import html
 import logging
 import math
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from airflow.api_fastapi.logging.decorators import action_logging
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -215,9 +220,7 @@ class TriggerRequest(BaseModel):
         },
     )
 
-    run_type: RunType = Field(
-        description=", ".join(f"{kind.name} → {kind.dag_id}" for kind in KINDS.values())
-    )
+    run_type: RunType = Field(description=", ".join(f"{name} → {KINDS[name].dag_id}" for name in RUN_TYPES))
     max_observations: Annotated[int | None, Field(strict=True, ge=1, le=MAX_COUNT)] = Field(
         None,
         description="Observations to claim: 1 to the configured maximum for the run type "
@@ -531,7 +534,585 @@ def create_app() -> FastAPI:
         return HTMLResponse(text, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    add_observation_routes(app)
+    add_detection_routes(app)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ConfigError, configuration_error)
     app.add_middleware(BodyLimit)
     return app
+
+
+# ----------------------------------------------------------------------------- POST /observations
+# Ingestion over HTTP: the same validation as `astrid ingest` (astrid.ingest), behind Airflow's
+# auth like /trigger (an ingested observation makes the realtime DAG run: the caller needs create
+# access to its runs). Files are read only under the storage root or ASTRID_INFERENCE_INGEST_ROOTS.
+
+
+class ObservationRequest(BaseModel):
+    """One triplet to register. Paths are relative to the storage root, or absolute URIs/paths
+    under it or under an ``ASTRID_INFERENCE_INGEST_ROOTS`` root."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "science": "incoming/2026-12-01/m31_sci.fits",
+                    "reference": "incoming/2026-12-01/m31_ref.fits",
+                    "difference": "incoming/2026-12-01/m31_diff.fits",
+                    "id": "m31-2026-12-01-0042",
+                    "meta": {"night": "2026-12-01", "seeing": 1.1},
+                }
+            ]
+        },
+    )
+
+    science: Annotated[str, Field(min_length=1, max_length=2048)]
+    reference: Annotated[str, Field(min_length=1, max_length=2048)]
+    difference: Annotated[str | None, Field(min_length=1, max_length=2048)] = Field(
+        None, description="Omitted: the observation waits as 'ingested' for the subtraction step"
+    )
+    id: Annotated[str | None, Field(max_length=128)] = Field(
+        None, description="Observation id; omitted: <science file stem>-<content hash>"
+    )
+    meta: Annotated[dict[str, str | int | float], Field(max_length=32)] = Field(default_factory=dict)
+    wcs: bool = Field(True, description="false: the frames have no WCS; accept them (no RA/Dec)")
+    mode: Literal["copy", "reference"] | None = Field(
+        None,
+        description="copy into the storage root, or reference in place (default: ASTRID_INFERENCE_INGEST_MODE)",
+    )
+
+
+class ObservationResponse(BaseModel):
+    observation_id: int
+    id: str
+    created: bool = Field(description="false: the same files were already registered (this is that one)")
+    status: str
+    content_hash: str
+    arrived_at: datetime | None
+    uris: dict[str, str]
+    announced: bool = Field(description="the arrival message was published")
+    problems: list[str]
+
+
+def open_storage() -> Any:
+    """The storage root the DAGs use (connection ``astrid_storage``, else the embedded default)."""
+    from astrid.airflow.hooks import ObservationStorageHook
+
+    return ObservationStorageHook().get_conn()
+
+
+def storage_opener() -> Callable[[], Any]:
+    """Dependency: how to open the storage root (tests override it)."""
+    return open_storage
+
+
+def require_ingest(request: Request, user: GetUserDep) -> Any:
+    requires_access_dag(
+        method="POST", access_entity=DagAccessEntity.RUN, param_dag_id=KINDS["realtime"].dag_id
+    )(request, user)
+    return user
+
+
+def ingest_observation(
+    body: ObservationRequest,
+    catalog: Any,
+    storage: Any,
+    config: InferenceSchedulingConfig,
+) -> Any:
+    from astrid.errors import IngestError
+    from astrid.events import doorbell
+    from astrid.ingest import Ingestor, IngestRequest
+    from astrid.storage import StorageRoot
+
+    try:
+        ingestor = Ingestor(
+            catalog,
+            storage,
+            mode=body.mode or config.ingest_mode,
+            max_side=config.max_image_side,
+            doorbell=doorbell(config),
+            sources=[StorageRoot.from_uri(uri) for uri in config.ingest_root_uris],
+        )
+        result = ingestor.ingest(
+            IngestRequest(
+                science=body.science,
+                reference=body.reference,
+                difference=body.difference,
+                name=body.id,
+                meta=body.meta,
+                require_wcs=body.wcs,
+            )
+        )
+    except IngestError as exc:
+        field = exc.field or "body"
+        code = (
+            status.HTTP_409_CONFLICT
+            if exc.conflict
+            else status.HTTP_503_SERVICE_UNAVAILABLE  # the storage root refused the copy
+            if field == "storage"
+            else status.HTTP_422_UNPROCESSABLE_CONTENT
+        )
+        loc = ["body", field] if field in ObservationRequest.model_fields else ["body"]
+        raise HTTPException(code, [{"loc": loc, "msg": str(exc), "type": "ingest"}]) from None
+    log.info(
+        "AstrID ingest: observation %s %s (created=%s)", result.observation_id, result.name, result.created
+    )
+    return JSONResponse(
+        status_code=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+        content=ObservationResponse(**result.to_json()).model_dump(mode="json"),
+    )
+
+
+def add_observation_routes(app: FastAPI) -> None:
+    @app.post(
+        "/observations",
+        response_model=ObservationResponse,
+        status_code=status.HTTP_201_CREATED,
+        tags=["ingest"],
+        dependencies=[Depends(action_logging(event="astrid_ingest"))],
+        responses={
+            200: {"description": "The same files were already registered: that observation"},
+            401: {"description": "Not authenticated"},
+            403: {"description": "Forbidden"},
+            409: {"description": "The id is taken by other files"},
+            422: {"description": "A file or field was refused (named in detail[].loc)"},
+            503: {"description": "Catalog or storage unreachable"},
+        },
+    )
+    def post_observation(
+        body: ObservationRequest,
+        _user: Annotated[Any, Depends(require_ingest)],
+        catalog: CatalogDep,
+        opener: Annotated[Callable[[], Any], Depends(storage_opener)],
+        config: ConfigDep,
+    ) -> Any:
+        """Register one science/reference(/difference) triplet, exactly as `astrid ingest` does:
+        validated before anything is registered, idempotent by content, then announced to the
+        realtime DAG. 201 when new, 200 when the same files were already registered."""
+        try:
+            storage = opener()
+        except Exception as exc:
+            log.exception("AstrID storage root unavailable")
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, f"storage unreachable ({type(exc).__name__})"
+            ) from exc
+        return ingest_observation(body, catalog, storage, config)
+
+
+# ----------------------------------------------------------------------------- detections (issue 16)
+# What the detector found, for people (the AstrID page's drill-down) and for tools (CSV, VOTable):
+# GET /detections (filters, cone search, pages, exports), one detection, its stamps, the
+# observations of a run, an observation with its whole frame. Read access like /status. Files are
+# found by id through the catalog and the storage root (astrid.storage refuses URIs outside it):
+# a client never names a path. The core (queries, cone geometry, exports) is astrid.detections.
+
+DETECTION_FORMATS = {"json": "application/json", "csv": "text/csv", "votable": "application/x-votable+xml"}
+STAMP_TYPES = {"png": "image/png", "fits": "application/fits"}
+FRAME_SIDE = 1024  # px: the longer side of an observation's frame image at most
+
+
+class _Kept:
+    """The last ``size`` values computed, by key (thread-safe: endpoints run in a thread pool).
+    What it keeps is immutable in storage (a run's stamps, an observation's frame)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self._values, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]
+        value = make()
+        with self._lock:
+            self._values[key] = value
+            while len(self._values) > self.size:
+                self._values.popitem(last=False)
+        return value
+
+
+_FRAMES = _Kept(8)  # (uri, kind) -> (png, factor, height, width)
+_STRIPS = _Kept(16)  # stamp strip URI -> decoded PNG
+
+
+class DetectionOut(BaseModel):
+    """One detection. Sky positions in degrees (ICRS, from the frame's WCS); pixels 0-based."""
+
+    id: int
+    observation_id: int
+    observation: str = Field(description="observation name")
+    run_id: str = Field(description="run that stored it: <dag id>:<dag run id> for DAG runs")
+    model_version: str
+    mjd: float | None = Field(description="observation start, MJD (UTC) [d]")
+    filter: str | None
+    x: float = Field(description="0-based column [pix]")
+    y: float = Field(description="0-based row [pix]")
+    ra: float | None = Field(description="right ascension [deg]; null without a WCS")
+    dec: float | None = Field(description="declination [deg]; null without a WCS")
+    score: float = Field(description="U-Net transient probability")
+    flux: float | None = Field(
+        description="aperture flux (r = 3 px) on the difference image, its units (ADU)"
+    )
+    flux_err: float | None = Field(description="1σ error of flux")
+    snr: float | None = Field(description="flux / flux_err")
+    mag: float | None = Field(
+        description="AB magnitude of the aperture flux [mag]; null without a zero point"
+    )
+    mag_err: float | None = Field(description="1σ error of mag [mag]")
+    separation: float | None = Field(None, description="distance from the cone's centre [arcsec]")
+    created_at: str | None = Field(description="when it was stored (ISO 8601, UTC)")
+    has_stamp: bool
+    stamp_png: str | None = Field(description="its stamps as PNG, relative to /astrid/")
+    stamp_fits: str | None = Field(description="its stamps as FITS with the WCS, relative to /astrid/")
+
+
+class DetectionPage(BaseModel):
+    count: int = Field(description="detections on this page")
+    offset: int
+    limit: int
+    next_offset: int | None = Field(description="offset of the next page; null on the last")
+    detections: list[DetectionOut]
+
+
+class RunObservation(BaseModel):
+    id: int
+    name: str
+    mjd: float | None
+    filter: str | None
+    status: str
+    ra_center: float | None
+    dec_center: float | None
+    model_version: str
+    detections: int
+    best_score: float | None
+
+
+class ObservationView(BaseModel):
+    id: int
+    name: str
+    mjd: float | None
+    filter: str | None
+    status: str
+    width: int | None = Field(description="frame width [pix]; null when its file is not readable")
+    height: int | None = Field(description="frame height [pix]")
+    frame_png: str | None = Field(description="the whole frame, downsampled, relative to /astrid/")
+    frame_factor: int | None = Field(
+        description="frame pixel (x, y) is PNG pixel ((x + 0.5) / f, rows - (y + 0.5) / f)"
+    )
+    detections: list[DetectionOut]
+
+
+def _query_error(name: str, message: str, value: Any) -> HTTPException:
+    """A 422 in FastAPI's own shape, naming the query parameter."""
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        detail=[{"type": "value_error", "loc": ["query", name], "msg": message, "input": value}],
+    )
+
+
+def _with_links(row: dict[str, Any]) -> dict[str, Any]:
+    link = f"detections/{row['id']}/stamp" if row.get("has_stamp") else None
+    row = {k: v for k, v in row.items() if k != "stamp_uri"}
+    return {**row, "stamp_png": link and f"{link}.png", "stamp_fits": link and f"{link}.fits"}
+
+
+def _storage(opener: Callable[[], Any]) -> Any:
+    try:
+        return opener()
+    except Exception as exc:
+        log.exception("AstrID storage root unavailable")
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"storage unreachable ({type(exc).__name__})"
+        ) from exc
+
+
+def _stamp(storage: Any, stamp_uri: str, kind: str, what: str) -> bytes:
+    """One detection's stamps out of its observation's files (found through the storage root,
+    which refuses URIs outside it); 404 when refused, absent or unreadable."""
+    from astrid.errors import StorageError
+    from astrid.stamps import detection_fits, detection_png, split_stamp_uri
+
+    try:
+        prefix, index = split_stamp_uri(stamp_uri)
+        path = storage.resolve(f"{prefix}.{kind}")
+        if kind == "png":
+            return detection_png(_strip(path, f"{prefix}.png"), index)
+        with path.open("rb") as fh:
+            return detection_fits(fh, index)
+    except (StorageError, ValueError) as exc:
+        log.error("AstrID: %s: the catalog's stamp_uri %r is refused: %s", what, stamp_uri, exc)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} are not available") from None
+    except (FileNotFoundError, IndexError):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} are not in storage (deleted?)") from None
+    except OSError as exc:
+        log.error("AstrID: %s: %s", what, exc)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} are not readable") from None
+
+
+def _strip(path: Any, key: str) -> Any:
+    """An observation's stamp strip (PIL image), decoded once: a gallery asks for every row."""
+
+    def decode() -> Any:
+        from PIL import Image
+
+        with path.open("rb") as fh:
+            image = Image.open(fh)
+            image.load()
+        return image
+
+    return _STRIPS.get(key, decode)
+
+
+def _frame(storage: Any, observation: dict[str, Any], kind: str) -> tuple[bytes, int, int, int]:
+    """(PNG, factor, height, width) of an observation's whole frame; the last few are kept."""
+    from astrid.errors import FitsError
+    from astrid.imaging.fits import ReadLimits, read_image
+    from astrid.stamps import overview
+
+    uri = observation["science_uri"] if kind == "science" else observation["difference_uri"]
+    if not uri:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"observation {observation['id']} has no {kind} image")
+
+    def render() -> tuple[bytes, int, int, int]:
+        from astrid.errors import StorageError
+
+        try:
+            data, _header = read_image(
+                storage.resolve(uri), kind, limits=ReadLimits.from_config(load_config())
+            )
+        except (FitsError, StorageError) as exc:
+            log.error("AstrID frame of observation %s: %s", observation["id"], exc)
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"the {kind} image is not readable") from None
+        png, factor = overview(data, FRAME_SIDE)
+        return png, factor, *data.shape
+
+    return _FRAMES.get((uri, kind), render)
+
+
+def _observation(catalog: Any, observation_id: int) -> dict[str, Any]:
+    from astrid.errors import CatalogError
+
+    try:
+        return catalog.get(observation_id)
+    except CatalogError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no observation {observation_id}") from None
+
+
+DetectionId = Annotated[int, PathParam(ge=1, le=2**62, description="detection id")]
+ObservationId = Annotated[int, PathParam(ge=1, le=2**62, description="observation id")]
+StorageOpenerDep = Annotated[Callable[[], Any], Depends(storage_opener)]
+_READ_ERRORS = {
+    401: {"description": "Not authenticated"},
+    403: {"description": "Forbidden"},
+    404: {"description": "Not found"},
+    503: {"description": "Catalog or storage unreachable"},
+}
+
+
+def add_detection_routes(app: FastAPI) -> None:
+    from astrid import detections as found
+
+    @app.get(
+        "/detections",
+        response_model=DetectionPage,
+        tags=["detections"],
+        responses={
+            200: {
+                "description": "A page of detections: JSON, CSV or a VOTable (units, UCDs)",
+                "content": {DETECTION_FORMATS["csv"]: {}, DETECTION_FORMATS["votable"]: {}},
+            },
+            422: {"description": "A parameter was refused (named in detail[].loc)"},
+            **{k: v for k, v in _READ_ERRORS.items() if k != 404},
+        },
+    )
+    def list_detections(
+        request: Request,
+        _user: ReadUserDep,
+        catalog: CatalogDep,
+        run_id: Annotated[
+            str | None,
+            Query(min_length=1, max_length=300, description="<dag id>:<dag run id> (or a CLI run id)"),
+        ] = None,
+        observation_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+        model_version: Annotated[
+            str | None, Query(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/+-]+$")
+        ] = None,
+        min_score: Annotated[float | None, Query(ge=0, le=1, allow_inf_nan=False)] = None,
+        start: Annotated[
+            datetime | None, Query(description="observed at or after (ISO 8601; no zone = UTC)")
+        ] = None,
+        end: Annotated[
+            datetime | None, Query(description="observed before (ISO 8601; no zone = UTC)")
+        ] = None,
+        ra: Annotated[
+            float | None, Query(ge=0, le=360, allow_inf_nan=False, description="cone centre RA [deg]")
+        ] = None,
+        dec: Annotated[
+            float | None, Query(ge=-90, le=90, allow_inf_nan=False, description="cone centre Dec [deg]")
+        ] = None,
+        radius: Annotated[
+            float | None,
+            Query(gt=0, le=found.MAX_RADIUS, allow_inf_nan=False, description="cone radius [deg]"),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=found.MAX_LIMIT)] = 100,
+        offset: Annotated[int, Query(ge=0, le=found.MAX_OFFSET)] = 0,
+        format: Annotated[
+            Literal["json", "csv", "votable"], Query(description="json, csv or votable")
+        ] = "json",
+    ) -> Any:
+        """Detections, highest score first, filtered by run, observation, model version, minimum
+        score and observation time (``start`` ≤ MJD-OBS < ``end``), optionally inside a cone
+        (``ra``, ``dec``, ``radius`` in degrees: all three or none). Pages of ``limit`` from
+        ``offset``; ``next_offset`` (JSON) or a ``Link: rel="next"`` header (CSV, VOTable) says
+        where the next page starts."""
+        cone = (ra, dec, radius)
+        if any(v is not None for v in cone) and any(v is None for v in cone):
+            missing = [n for n, v in zip(("ra", "dec", "radius"), cone, strict=True) if v is None]
+            raise _query_error(missing[0], "a cone search needs ra, dec and radius together", None)
+        mjd_from = found.mjd(start) if start else None
+        mjd_to = found.mjd(end) if end else None
+        if mjd_from is not None and mjd_to is not None and mjd_to <= mjd_from:
+            raise _query_error("end", "end must be after start", str(end))
+        query = found.DetectionQuery(
+            run_id=run_id,
+            observation_id=observation_id,
+            model_version=model_version,
+            min_score=min_score,
+            mjd_from=mjd_from,
+            mjd_to=mjd_to,
+            cone=found.Cone(ra, dec, radius) if ra is not None else None,
+            limit=limit,
+            offset=offset,
+        )
+        page = found.search(catalog, query)
+        if format == "json":
+            rows = [_with_links(r) for r in page.rows]
+            return {
+                "count": len(rows),
+                "offset": page.offset,
+                "limit": page.limit,
+                "next_offset": page.next_offset,
+                "detections": rows,
+            }
+        headers = {
+            "Content-Disposition": f'attachment; filename="astrid-detections.{"xml" if format == "votable" else "csv"}"'
+        }
+        if page.next_offset is not None:
+            following = urlencode({**request.query_params, "offset": page.next_offset})
+            headers["Link"] = f'<detections?{following}>; rel="next"'
+        if format == "csv":
+            return Response(found.to_csv(page.rows), media_type=DETECTION_FORMATS["csv"], headers=headers)
+        body = found.to_votable(page.rows, f"AstrID detections ({_describe(query)})")
+        return Response(body, media_type=DETECTION_FORMATS["votable"], headers=headers)
+
+    @app.get(
+        "/detections/{detection_id}", response_model=DetectionOut, tags=["detections"], responses=_READ_ERRORS
+    )
+    def get_detection(detection_id: DetectionId, _user: ReadUserDep, catalog: CatalogDep) -> Any:
+        """One detection."""
+        row = found.detection(catalog, detection_id)
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no detection {detection_id}")
+        return _with_links(row)
+
+    @app.get(
+        "/detections/{detection_id}/stamp.{kind}",
+        tags=["detections"],
+        response_class=Response,
+        responses={200: {"content": {t: {} for t in STAMP_TYPES.values()}}, **_READ_ERRORS},
+    )
+    def get_stamp(
+        detection_id: DetectionId,
+        kind: Literal["png", "fits"],
+        _user: ReadUserDep,
+        catalog: CatalogDep,
+        opener: StorageOpenerDep,
+    ) -> Response:
+        """The detection's stamps (science, reference, difference, probability): one PNG strip,
+        or a FITS file with one image extension each, carrying the stamp's WCS."""
+        row = found.detection(catalog, detection_id)
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no detection {detection_id}")
+        if not row["stamp_uri"]:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"detection {detection_id} has no stamps")
+        body = _stamp(_storage(opener), row["stamp_uri"], kind, f"the stamps of detection {detection_id}")
+        headers = {"Cache-Control": "private, max-age=86400"}
+        if kind == "fits":
+            headers["Content-Disposition"] = f'attachment; filename="astrid-detection-{detection_id}.fits"'
+        return Response(body, media_type=STAMP_TYPES[kind], headers=headers)
+
+    @app.get(
+        "/observations", response_model=list[RunObservation], tags=["detections"], responses=_READ_ERRORS
+    )
+    def list_run_observations(
+        _user: ReadUserDep,
+        catalog: CatalogDep,
+        run_id: Annotated[str, Query(min_length=1, max_length=300, description="<dag id>:<dag run id>")],
+    ) -> Any:
+        """The observations a run processed, with the detections it found in each."""
+        return found.run_observations(catalog, run_id)
+
+    @app.get(
+        "/observations/{observation_id}",
+        response_model=ObservationView,
+        tags=["detections"],
+        responses=_READ_ERRORS,
+    )
+    def get_observation(
+        observation_id: ObservationId,
+        _user: ReadUserDep,
+        catalog: CatalogDep,
+        opener: StorageOpenerDep,
+        model_version: Annotated[
+            str | None, Query(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/+-]+$")
+        ] = None,
+    ) -> Any:
+        """An observation, its frame's size and image, and its detections (one model version's, or
+        all)."""
+        obs = _observation(catalog, observation_id)
+        try:
+            _png, factor, height, width = _frame(_storage(opener), obs, "science")
+        except HTTPException:  # its files are gone or unreadable: the detections still stand
+            factor = height = width = None
+        page = found.search(
+            catalog,
+            found.DetectionQuery(
+                observation_id=observation_id, model_version=model_version, limit=found.MAX_LIMIT
+            ),
+        )
+        return {
+            **{k: obs[k] for k in ("id", "name", "mjd", "filter")},
+            "status": getattr(obs["status"], "value", obs["status"]),
+            "width": width,
+            "height": height,
+            "frame_png": f"observations/{observation_id}/frame.png" if factor else None,
+            "frame_factor": factor,
+            "detections": [_with_links(r) for r in page.rows],
+        }
+
+    @app.get(
+        "/observations/{observation_id}/frame.png",
+        tags=["detections"],
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, **_READ_ERRORS},
+    )
+    def get_frame(
+        observation_id: ObservationId,
+        _user: ReadUserDep,
+        catalog: CatalogDep,
+        opener: StorageOpenerDep,
+        kind: Annotated[Literal["science", "difference"], Query()] = "science",
+    ) -> Response:
+        """The observation's whole frame, block-averaged to at most 1024 px a side."""
+        png, *_ = _frame(_storage(opener), _observation(catalog, observation_id), kind)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+
+def _describe(query: Any) -> str:
+    parts = [
+        f"{k}={v}" for k, v in vars(query).items() if v is not None and k not in ("limit", "offset", "cone")
+    ]
+    if query.cone is not None:
+        parts.append(f"cone ra={query.cone.ra} dec={query.cone.dec} radius={query.cone.radius} deg")
+    return ", ".join(parts) or "all"

@@ -32,7 +32,12 @@ def astrid_template_fields(*fields: str) -> tuple[str, ...]:
 
 def catalog_run_id(context: Any) -> str:
     """The claim owner recorded in the catalog: unique across DAGs (run ids alone are not)."""
-    return f"{context['dag'].dag_id}:{context['run_id']}"
+    return catalog_run_key(context["dag"].dag_id, context["run_id"])
+
+
+def catalog_run_key(dag_id: str, run_id: str) -> str:
+    """``<dag id>:<dag run id>``: how the catalog names a DAG run's claims and detections."""
+    return f"{dag_id}:{run_id}"
 
 
 def stats(enabled: Any = True) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference, Param
 
+from astrid.airflow.arrival import realtime_schedule
 from astrid.airflow.callbacks import RecordFailedRun
 from astrid.airflow.hooks import CatalogHook
 from astrid.airflow.notifiers import AstridNotifier
@@ -43,6 +44,9 @@ OPERATOR_SETTINGS = (
     "max_memory_percent",
     "max_load_per_cpu",
     "max_gpu_memory_percent",
+    "zeropoint_key",
+    "stamps_enabled",
+    "stamps_max_per_observation",
 )
 
 
@@ -91,8 +95,13 @@ def default_args(
         "catalog_conn_id": catalog_conn_id,
         # the header-size and WCS limits of every FITS read, as one dict (ReadLimits' fields)
         "fits_limits": config.fits_limits,
-        **{name: getattr(config, name) for name in OPERATOR_SETTINGS},
+        **operator_settings(config),
     }
+
+
+def operator_settings(config: InferenceSchedulingConfig) -> dict[str, Any]:
+    """:data:`OPERATOR_SETTINGS` with their configured values (for ``default_args``)."""
+    return {name: getattr(config, name) for name in OPERATOR_SETTINGS}
 
 
 def deadline(kind: str, config: InferenceSchedulingConfig, catalog_conn_id: str) -> DeadlineAlert:
@@ -101,6 +110,15 @@ def deadline(kind: str, config: InferenceSchedulingConfig, catalog_conn_id: str)
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=timedelta(minutes=config.deadline_minutes(kind)),
         callback=AsyncCallback(AstridNotifier, kwargs=_alert_kwargs("deadline", config, catalog_conn_id)),
+    )
+
+
+def announcer(config: InferenceSchedulingConfig, catalog_conn_id: str = CatalogHook.default_conn_name) -> Any:
+    """``on_success_callback`` of a task that moved the champion: email (+ Slack) its return value
+    (what happened, then the comparison table) as a ``promotion`` announcement."""
+    return AstridNotifier(
+        message="{{ ti.xcom_pull(task_ids=ti.task_id) }}",
+        **_alert_kwargs("promotion", config, catalog_conn_id),
     )
 
 
@@ -153,6 +171,35 @@ def validation_params(config: InferenceSchedulingConfig) -> dict[str, Param]:
     }
 
 
+def training_params(config: InferenceSchedulingConfig) -> dict[str, Param]:
+    return {
+        "validation_size": Param(
+            config.validation_dataset_size,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            title="Validation set",
+            description="The first N labelled observations (the weekly validation's): compared on, never trained on.",
+        ),
+        "labelled": Param(
+            config.training_labelled,
+            type="integer",
+            minimum=0,
+            maximum=100_000,
+            title="Labelled observations to train on",
+            description="Taken after the validation set; trained on beside the synthetic survey.",
+        ),
+        "recipe": Param(
+            {},
+            type="object",
+            title="Recipe overrides",
+            description='astrid.ml.train.TrainConfig fields, e.g. {"epochs": 12, "seed": 2}; empty: the '
+            "shipped recipe with CUDA, the bounded CPU recipe without it.",
+        ),
+        "confidence_threshold": confidence_threshold_param(config),
+    }
+
+
 def dag_kwargs(
     kind: str,
     config: InferenceSchedulingConfig,
@@ -161,16 +208,26 @@ def dag_kwargs(
     tags: list[str],
     params: dict[str, Param],
     catalog_conn_id: str = CatalogHook.default_conn_name,
+    assets: Any = None,
 ) -> dict[str, Any]:
     """Everything a DAG kind's ``DAG(...)`` takes but its tasks: id, schedule, policy, deadline.
 
     ``catalog_conn_id`` reaches every task, the failure alerts, the deadline alert and the DAG's
-    failure callback (:class:`~astrid.airflow.callbacks.RecordFailedRun`) alike.
+    failure callback (:class:`~astrid.airflow.callbacks.RecordFailedRun`, for the kinds that
+    record inference runs) alike. A kind scheduled on Assets rather than a cron gets ``assets``
+    as its schedule while its switch is on (manual only when off).
     """
     row = dag_kind(kind)
+    if row.schedule_setting is None:
+        schedule = assets if config.enabled(kind) else None
+    elif kind == "realtime":  # on each arrival message or on its cron (astrid.airflow.arrival)
+        schedule = realtime_schedule(config)
+    else:
+        schedule = config.schedule(kind)
+    failure_callback = RecordFailedRun(kind, catalog_conn_id=catalog_conn_id) if row.records_runs else None
     return {
         "dag_id": row.dag_id,
-        "schedule": config.schedule(kind),
+        "schedule": schedule,
         "start_date": pendulum.parse(START_DATE_ISO, tz=config.timezone),
         "catchup": False,
         "max_active_runs": 1,
@@ -179,7 +236,7 @@ def dag_kwargs(
         "max_consecutive_failed_dag_runs": 3,
         "render_template_as_native_obj": True,
         "deadline": deadline(kind, config, catalog_conn_id),
-        "on_failure_callback": RecordFailedRun(kind, catalog_conn_id=catalog_conn_id),
+        "on_failure_callback": failure_callback,
         "params": params,
         "doc_md": doc_md,
     }

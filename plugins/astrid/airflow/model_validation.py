@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import Asset, BaseBranchOperator
+from airflow.sdk import BaseBranchOperator
 
+from astrid.airflow.assets import SERVING_MODEL
 from astrid.airflow.base import AstridBaseOperator, astrid_template_fields, read_limits
 from astrid.airflow.notifiers import AstridNotifier
 
-SERVING_MODEL = Asset(name="astrid_serving_model", uri="file:///astrid/models/astrid-unet/champion")
+__all__ = ["SERVING_MODEL"]  # re-exported: the validation DAG emits it
 ACTIONS = ("promote", "keep", "rollback")  # astrid.validation's PROMOTE, KEEP, ROLLBACK
+RETRAIN_BRANCH = "request_retraining"  # also chosen when the champion is below the floor
 NO_LABELLED_DATA = (
     "no labelled observations in the catalog: seed some with "
     "`astrid seed --count N --labelled N` or register labelled data"
@@ -41,8 +43,9 @@ class SelectValidationSetOperator(AstridBaseOperator):
 
 
 class ScoreModelsOperator(AstridBaseOperator):
-    """Score champion (and challenger when one exists) on the same observations; log to MLflow
-    (:func:`astrid.validation.score_models`)."""
+    """Score the champion and every candidate (the challenger and the latest
+    ``validation_candidates`` versions) on the same observations; log the scores and the
+    comparison table to MLflow (:func:`astrid.validation.score_models`)."""
 
     template_fields: Sequence[str] = astrid_template_fields(
         "observations",
@@ -50,6 +53,7 @@ class ScoreModelsOperator(AstridBaseOperator):
         "device",
         "max_image_side",
         "star_residual_vetting",
+        "validation_candidates",
         "fits_limits",
     )
 
@@ -61,10 +65,12 @@ class ScoreModelsOperator(AstridBaseOperator):
         max_image_side: int | str,
         device: str = "auto",
         star_residual_vetting: str = "card",
+        validation_candidates: int | str = 3,
         fits_limits: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.validation_candidates = validation_candidates
         self.observations, self.confidence_threshold = observations, confidence_threshold
         self.device, self.max_image_side, self.star_residual_vetting = (
             device,
@@ -90,6 +96,7 @@ class ScoreModelsOperator(AstridBaseOperator):
             dag_run_id=context["run_id"],
             dag_id=self.dag_id,
             metrics=self.metrics,
+            latest=int(self.validation_candidates),
             limits=read_limits(self.max_image_side, self.fits_limits),
         )
 
@@ -97,8 +104,10 @@ class ScoreModelsOperator(AstridBaseOperator):
 class ValidationDecisionOperator(BaseBranchOperator, AstridBaseOperator):
     """Promote, keep or roll back — on the measured metrics (see :func:`astrid.validation.decide`).
 
-    Pushes the decision (XCom key ``decision``) for the branch it picks, and sends a degradation
-    alert when the champion is below ``min_validation_f1``.
+    Pushes the decision (XCom key ``decision``) for the branch it picks. When the champion is
+    below ``min_validation_f1`` it sends a degradation alert and also picks the
+    ``request_retraining`` branch (XCom key ``degraded``: the reason), which updates the
+    degradation Asset the training DAG is scheduled on.
     """
 
     template_fields: Sequence[str] = astrid_template_fields("scores", "min_validation_f1")
@@ -117,14 +126,17 @@ class ValidationDecisionOperator(BaseBranchOperator, AstridBaseOperator):
             "validation.decision", run_id=context["run_id"], action=decision.action, reason=decision.reason
         )
         context["ti"].xcom_push(key="decision", value=decision.to_xcom())
-        if self.scores["champion"]["f1"] < min_f1:
-            AstridNotifier(
-                kind="degradation",
-                message=f"model validation: {decision.reason}",
-                catalog_conn_id=self.catalog_conn_id,
-                monitoring_enabled=self.monitoring_enabled,
-            ).notify(context)
-        return decision.action
+        if self.scores["champion"]["f1"] >= min_f1:
+            return decision.action
+        reason = f"model validation: {decision.reason}"
+        context["ti"].xcom_push(key="degraded", value=reason)
+        AstridNotifier(
+            kind="degradation",
+            message=reason,
+            catalog_conn_id=self.catalog_conn_id,
+            monitoring_enabled=self.monitoring_enabled,
+        ).notify(context)
+        return [decision.action, RETRAIN_BRANCH]
 
 
 class MoveChampionOperator(AstridBaseOperator):
@@ -134,17 +146,25 @@ class MoveChampionOperator(AstridBaseOperator):
     Promote and rollback emit the ``astrid_serving_model`` Asset event (give them
     ``outlets=[SERVING_MODEL]``); a broken model never becomes champion because
     :meth:`ModelRegistry.register` refuses models that do not load.
+
+    Returns what happened in words, then (given ``scores``) the comparison table: the text a
+    ``promotion`` notifier in ``on_success_callback`` announces.
     """
 
-    def __init__(self, *, action: str, decision_task_id: str = "decide", **kwargs: Any) -> None:
+    template_fields: Sequence[str] = astrid_template_fields("scores")
+
+    def __init__(
+        self, *, action: str, decision_task_id: str = "decide", scores: Any = None, **kwargs: Any
+    ) -> None:
         if action not in ACTIONS:
             raise ValueError(f"action {action!r}: expected {', '.join(ACTIONS)}")
         super().__init__(**kwargs)
-        self.action, self.decision_task_id = action, decision_task_id
+        self.action, self.decision_task_id, self.scores = action, decision_task_id, scores
 
     def execute(self, context: Any) -> str:
-        from astrid.validation import apply_decision
+        from astrid.validation import apply_decision, scores_table
 
         decision = context["ti"].xcom_pull(task_ids=self.decision_task_id, key="decision")
         registry = self.registry if self.action != "keep" else None
-        return apply_decision(registry, self.action, decision, run_id=context["run_id"])
+        said = f"{self.action}: " + apply_decision(registry, self.action, decision, run_id=context["run_id"])
+        return f"{said}\n\n{scores_table(self.scores)}" if self.scores else said

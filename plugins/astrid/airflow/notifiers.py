@@ -4,6 +4,11 @@ Notifier classes (like the providers' ``SmtpNotifier``), usable as task/DAG call
 Deadline Alert callbacks (``AsyncCallback(AstridNotifier, kwargs=...)`` runs in the triggerer).
 Every alert has a key (kind + DAG); a repeat within the cool-down is suppressed, with the state
 kept in the catalog's ``alert_state`` table — persisted, so restarts and many workers agree.
+
+Besides alerts, ``kind="promotion"`` announces a change of serving model (a promotion or a
+rollback, with the validation's comparison table): keyed by DAG *run*, so each change is
+announced once (a retried task does not repeat it) and no cool-down ever hides one. Markdown
+tables in a message become HTML tables in the email and a code block on Slack.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from airflow.sdk import BaseNotifier
 from astrid.airflow.base import stats
 from astrid.airflow.hooks import CatalogHook, connection_or_none, shared_catalog
 
-KINDS = ("deadline", "failure", "degradation")
+KINDS = ("deadline", "failure", "degradation", "drift", "promotion")
+ANNOUNCEMENTS = ("promotion",)  # one per DAG run, never suppressed by the cool-down
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,8 @@ class Alert:
 
     @property
     def key(self) -> str:
+        if self.kind in ANNOUNCEMENTS:
+            return f"{self.kind}:{self.dag_id}:{self.run_id}"
         return f"{self.kind}:{self.dag_id}"
 
 
@@ -68,6 +76,13 @@ def build_alert(kind: str, context: dict[str, Any], message: str = "") -> Alert:
         detail = (
             f"Task {task} failed after its retries: {type(error).__name__ if error else ''}: {error or ''}"
         )
+    elif kind == "promotion":
+        headline = message.strip().splitlines()[0] if message.strip() else dag_id
+        subject = f"[AstrID] Serving model changed: {headline}"
+        detail = ""
+    elif kind == "drift":
+        subject = f"[AstrID] Drift: {dag_id}"
+        detail = "Inputs or outputs of the serving model moved away from its reference window."
     else:
         subject = f"[AstrID] Degradation: {dag_id}"
         detail = ""
@@ -221,14 +236,49 @@ class AstridNotifier(BaseNotifier):
         from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
 
         SlackWebhookHook(slack_webhook_conn_id=self.webhook_conn_id).send(
-            text=f"*{alert.subject}*\n{alert.body}"
+            text=f"*{alert.subject}*\n{_slack(alert.body)}"
         )
         return True
 
 
+def _blocks(text: str) -> list[tuple[bool, list[str]]]:
+    """``text`` as runs of lines: (is a markdown table, lines)."""
+    blocks: list[tuple[bool, list[str]]] = []
+    for line in text.splitlines():
+        table = line.lstrip().startswith("|")
+        if blocks and blocks[-1][0] == table:
+            blocks[-1][1].append(line)
+        else:
+            blocks.append((table, [line]))
+    return blocks
+
+
+def _html_table(lines: list[str]) -> str:
+    rows = [[html.escape(c.strip()) for c in line.strip().strip("|").split("|")] for line in lines]
+    rows = [r for r in rows if not all(set(c) <= set("-: ") for c in r)]  # the |---| line
+    if not rows:
+        return ""
+    head = "".join(f"<th>{c}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f'<table border="1" cellpadding="4" cellspacing="0"><tr>{head}</tr>{body}</table>'
+
+
 def _html(alert: Alert) -> str:
-    lines = html.escape(alert.body).replace("\n", "<br>")
-    return f'<h3>{html.escape(alert.subject)}</h3><p>{lines}</p><p><a href="{alert.url}">Open the run</a></p>'
+    parts = []
+    for table, lines in _blocks(alert.body):
+        if table:
+            parts.append(_html_table(lines))
+        else:
+            parts.append("<p>" + "<br>".join(html.escape(line) for line in lines) + "</p>")
+    link = f'<p><a href="{alert.url}">Open the run</a></p>'
+    return f"<h3>{html.escape(alert.subject)}</h3>{''.join(parts)}{link}"
+
+
+def _slack(text: str) -> str:
+    """Markdown tables as code blocks (Slack does not render tables)."""
+    return "\n".join(
+        "```\n" + "\n".join(lines) + "\n```" if table else "\n".join(lines) for table, lines in _blocks(text)
+    )
 
 
 def _count(metrics: Any, dag_id: str, sent: bool, kind: str) -> None:

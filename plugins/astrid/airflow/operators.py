@@ -37,8 +37,44 @@ class MLflowRunLink(_XComLink):
     name = "MLflow run"
 
 
-class DetectionCatalogLink(_XComLink):
+class _RunPageLink(BaseOperatorLink):
+    """A page of the status API about the task's DAG run, found by the run's catalog key.
+
+    The URL is relative (no leading ``/``): the Airflow UI resolves it against its own base URL,
+    so it works wherever Airflow is served (``[api] base_url`` with a path, a proxy prefix)."""
+
+    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
+        from astrid.airflow.base import catalog_run_key
+
+        return self.url(catalog_run_key(ti_key.dag_id, ti_key.run_id))
+
+    def url(self, run_key: str) -> str:
+        raise NotImplementedError
+
+
+class DetectionsLink(_RunPageLink):
+    """The AstrID page's view of the run: its observations and a gallery of its detections."""
+
+    name = "Detections"
+
+    def url(self, run_key: str) -> str:
+        from urllib.parse import quote
+
+        return f"astrid/ui#run={quote(run_key, safe='')}"
+
+
+class DetectionCatalogLink(_RunPageLink):
+    """The run's detection catalog as CSV, served by the status API from the catalog (a browser
+    cannot open the run's s3:// or file:// artifacts)."""
+
     name = "Detection catalog"
+
+    def url(self, run_key: str) -> str:
+        from urllib.parse import urlencode
+
+        from astrid.detections import MAX_LIMIT
+
+        return "astrid/detections?" + urlencode({"run_id": run_key, "format": "csv", "limit": MAX_LIMIT})
 
 
 class ClaimObservationsOperator(AstridBaseOperator):
@@ -152,6 +188,9 @@ class UNetInferenceOperator(AstridBaseOperator):
     :param max_image_side: largest accepted frame side in pixels
     :param star_residual_vetting: ``card``, ``off`` or a level in σ
     :param performance_tracking: log the step (params, metrics, catalog) to MLflow
+    :param zeropoint_key: header keyword of the AB zero point tried before MAGZP, PHOTZP, MAGZPT
+    :param stamps_enabled: write each observation's detection stamps beside the run's catalog
+    :param stamps_max_per_observation: stamps for at most this many detections of an observation
     """
 
     template_fields: Sequence[str] = astrid_template_fields(
@@ -163,11 +202,14 @@ class UNetInferenceOperator(AstridBaseOperator):
         "max_image_side",
         "star_residual_vetting",
         "performance_tracking",
+        "zeropoint_key",
+        "stamps_enabled",
+        "stamps_max_per_observation",
         "model_uri",
         "model_roots",
         "fits_limits",
     )
-    operator_extra_links = (MLflowRunLink(), DetectionCatalogLink())
+    operator_extra_links = (DetectionsLink(), DetectionCatalogLink(), MLflowRunLink())
     ui_color = "#e6f4ea"
 
     def __init__(
@@ -181,6 +223,9 @@ class UNetInferenceOperator(AstridBaseOperator):
         device: str = "auto",
         star_residual_vetting: str = "card",
         performance_tracking: bool | str = True,
+        zeropoint_key: str = "",
+        stamps_enabled: bool | str = True,
+        stamps_max_per_observation: int | str = 200,
         model_uri: str = "models:/astrid-unet@champion",
         model_roots: str = "",
         fits_limits: Any = None,
@@ -190,6 +235,8 @@ class UNetInferenceOperator(AstridBaseOperator):
         self.observations, self.model, self.confidence_threshold = observations, model, confidence_threshold
         self.batch_size, self.device, self.max_image_side = batch_size, device, max_image_side
         self.star_residual_vetting, self.performance_tracking = star_residual_vetting, performance_tracking
+        self.zeropoint_key, self.stamps_enabled = zeropoint_key, stamps_enabled
+        self.stamps_max_per_observation = stamps_max_per_observation
         self.model_uri, self.model_roots, self.fits_limits = model_uri, model_roots, fits_limits
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -215,10 +262,10 @@ class UNetInferenceOperator(AstridBaseOperator):
             vetting=parse_vetting("star_residual_vetting", str(self.star_residual_vetting)),
             track=flag(self.performance_tracking),
             metrics=self.metrics,
+            zeropoint_key=str(self.zeropoint_key or "") or None,
+            max_stamps=int(self.stamps_max_per_observation) if flag(self.stamps_enabled) else None,
             limits=read_limits(self.max_image_side, self.fits_limits),
         )
-        if summary["catalog_uri"]:
-            context["ti"].xcom_push(key=DetectionCatalogLink().xcom_key, value=summary["catalog_uri"])
         if summary.get("mlflow_run_id"):
             context["ti"].xcom_push(
                 key=MLflowRunLink().xcom_key, value=registry.run_url(summary["mlflow_run_id"])

@@ -18,10 +18,15 @@ from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 
-from astrid.airflow.operators import DetectionCatalogLink, MLflowRunLink
+from astrid.airflow.operators import DetectionCatalogLink, DetectionsLink, MLflowRunLink
 from astrid.status import safe_http_url
 
 URL_PREFIX = "/astrid"
+# The UI resolves these against its base URL (<base href>): no leading "/", so they work when
+# Airflow is served under a path ([api] base_url = https://host/airflow) as well as at the root.
+PAGE_HREF = "astrid/ui"
+ICON_HREF = "astrid/static/astrid.svg"
+ICON_DARK_HREF = "astrid/static/astrid-dark.svg"
 
 
 class LazyASGIApp:
@@ -61,12 +66,12 @@ class AstridPlugin(AirflowPlugin):
     external_views: ClassVar[list[Any]] = [
         {  # a top-level nav item; the page is embedded (iframe) at /plugin/astrid
             "name": "AstrID",
-            "href": f"{URL_PREFIX}/ui",
+            "href": PAGE_HREF,
             "url_route": "astrid",
             "destination": "nav",
             "nav_top_level": True,
-            "icon": f"{URL_PREFIX}/static/astrid.svg",
-            "icon_dark_mode": f"{URL_PREFIX}/static/astrid-dark.svg",
+            "icon": ICON_HREF,
+            "icon_dark_mode": ICON_DARK_HREF,
         },
         {  # no url_route: a plain link (new tab); Grafana refuses to be framed by default
             "name": "AstrID Grafana",
@@ -75,5 +80,5 @@ class AstridPlugin(AirflowPlugin):
             "category": "browse",
         },
     ]
-    # Lets the UI show the `infer` task's "MLflow run" / "Detection catalog" buttons.
-    operator_extra_links: ClassVar[list[Any]] = [MLflowRunLink(), DetectionCatalogLink()]
+    # Lets the UI show the `infer` task's "Detections" / "Detection catalog" / "MLflow run" buttons.
+    operator_extra_links: ClassVar[list[Any]] = [DetectionsLink(), DetectionCatalogLink(), MLflowRunLink()]

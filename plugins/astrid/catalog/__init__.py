@@ -4,19 +4,22 @@ idempotent writes). See :mod:`astrid.catalog.store` for the concurrency model.""
 from astrid.catalog.models import (
     AlertStateRow,
     DetectionRow,
+    InferenceResultRow,
     InferenceRunRow,
     ObservationRow,
     ObservationStatus,
 )
-from astrid.catalog.store import Catalog, Claim, NewObservation
+from astrid.catalog.store import Catalog, Claim, NewObservation, Registered
 
 __all__ = [
     "AlertStateRow",
     "Catalog",
     "Claim",
     "DetectionRow",
+    "InferenceResultRow",
     "InferenceRunRow",
     "NewObservation",
     "ObservationRow",
     "ObservationStatus",
+    "Registered",
 ]

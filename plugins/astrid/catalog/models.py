@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from astrid.dag_kinds import RUN_TYPES
+from astrid.dag_kinds import REPROCESS_KIND, RUN_TYPES
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -43,9 +43,9 @@ class ObservationStatus(enum.StrEnum):
     REJECTED = "rejected"
 
 
-# inference_runs.kind: a DAG kind, or a CLI run. A new DAG kind changes this CHECK constraint, so it
-# needs a migration (tests/unit/test_catalog.py compares the models with the migrations).
-RUN_KINDS = (*RUN_TYPES, "cli")
+# inference_runs.kind: a DAG kind, a CLI run, or a reprocessing run (astrid.reprocess; migration
+# 0002). A new kind changes this CHECK constraint, so it needs a migration.
+RUN_KINDS = (*RUN_TYPES, "cli", REPROCESS_KIND)
 
 
 def _in(column: str, values: Any) -> str:
@@ -130,6 +130,10 @@ class ObservationRow(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=_NOW)
     updated_at: Mapped[datetime] = mapped_column(server_default=_NOW)
     inferred_at: Mapped[datetime | None]
+    # 0002: ingestion from outside (astrid ingest / POST /astrid/observations)
+    content_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    arrived_at: Mapped[datetime | None]
+    meta: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
 
     detections: Mapped[list[DetectionRow]] = relationship(
         back_populates="observation", cascade="all, delete-orphan", passive_deletes=True
@@ -173,12 +177,68 @@ class DetectionRow(Base):
     flux: Mapped[float | None] = mapped_column(sa.Float)
     run_id: Mapped[str] = mapped_column(sa.String(255))
     created_at: Mapped[datetime] = mapped_column(server_default=_NOW)
+    # 0003: photometry (astrid.photometry) and the stamps' URI prefix (astrid.stamps)
+    flux_err: Mapped[float | None] = mapped_column(sa.Float)
+    snr: Mapped[float | None] = mapped_column(sa.Float)
+    mag: Mapped[float | None] = mapped_column(sa.Float)
+    mag_err: Mapped[float | None] = mapped_column(sa.Float)
+    stamp_uri: Mapped[str | None] = mapped_column(sa.Text)
 
     observation: Mapped[ObservationRow] = relationship(back_populates="detections")
 
     __table_args__ = (
         sa.Index("ix_detections_observation_id_model_version", "observation_id", "model_version"),
         sa.Index("ix_detections_model_version", "model_version"),
+        sa.Index("ix_detections_run_id", "run_id"),  # GET /astrid/detections?run_id=
+        sa.Index("ix_detections_dec_ra", "dec", "ra"),  # the cone search's box
+    )
+
+
+class InferenceResultRow(Base):
+    """That ``model_version`` has processed an observation (with ``detections`` found), whatever
+    the path: the live queue (:meth:`Catalog.complete`) or reprocessing
+    (:meth:`Catalog.store_results`). One row per (observation, model version): reprocessing is
+    resumable (done pairs are skipped) and an observation with no detections still counts as done."""
+
+    __tablename__ = "inference_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    observation_id: Mapped[int] = mapped_column(sa.ForeignKey("observations.id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(sa.String(128))
+    run_id: Mapped[str] = mapped_column(sa.String(255))
+    detections: Mapped[int] = mapped_column(default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(server_default=_NOW)
+
+    __table_args__ = (
+        sa.UniqueConstraint("observation_id", "model_version"),
+        sa.Index("ix_inference_results_model_version", "model_version"),
+        sa.Index("ix_inference_results_run_id", "run_id"),  # 0003: GET /astrid/observations?run_id=
+    )
+
+
+class InferenceStatisticsRow(Base):
+    """What the input of one inference looked like, and what came out (migration 0004): the sky
+    level, seeing and noise of the observation, its size and the detections ``model_version``
+    found — recorded by the live inference path (:func:`astrid.pipeline.run_inference`) so the
+    nightly drift check (:mod:`astrid.drift`) can compare windows. One row per (observation,
+    model version); reprocessing does not write here (old inputs would look like new ones)."""
+
+    __tablename__ = "inference_statistics"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    observation_id: Mapped[int] = mapped_column(sa.ForeignKey("observations.id", ondelete="CASCADE"))
+    model_version: Mapped[str] = mapped_column(sa.String(128))
+    run_id: Mapped[str] = mapped_column(sa.String(255))
+    recorded_at: Mapped[datetime] = mapped_column(server_default=_NOW)
+    sky: Mapped[float | None] = mapped_column(sa.Float)  # science background (robust median)
+    seeing_px: Mapped[float | None] = mapped_column(sa.Float)  # FWHM in pixels (header)
+    noise: Mapped[float | None] = mapped_column(sa.Float)  # difference-image robust sigma
+    megapixels: Mapped[float] = mapped_column(sa.Float)
+    detections: Mapped[int] = mapped_column(default=0, server_default="0")
+
+    __table_args__ = (
+        sa.UniqueConstraint("observation_id", "model_version"),
+        sa.Index("ix_inference_statistics_model_version_recorded_at", "model_version", "recorded_at"),
     )
 
 

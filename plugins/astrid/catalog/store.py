@@ -47,7 +47,9 @@ from astrid.catalog.models import (
     RUN_KINDS,
     AlertStateRow,
     DetectionRow,
+    InferenceResultRow,
     InferenceRunRow,
+    InferenceStatisticsRow,
     ObservationRow,
     ObservationStatus,
 )
@@ -64,7 +66,10 @@ _O = ObservationRow.__table__
 _D = DetectionRow.__table__
 _R = InferenceRunRow.__table__
 _A = AlertStateRow.__table__
+_RES = InferenceResultRow.__table__
+_ST = InferenceStatisticsRow.__table__
 _S = ObservationStatus
+PHOTOMETRY = ("flux_err", "snr", "mag", "mag_err")  # optional detection measurements (astrid.photometry)
 
 
 def _utcnow(now: datetime | None = None) -> datetime:
@@ -136,6 +141,24 @@ class NewObservation:
     exptime: float | None = None
     ra_center: float | None = None
     dec_center: float | None = None
+    content_hash: str | None = None
+    arrived_at: datetime | None = None
+    meta: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Registered:
+    """What :meth:`Catalog.register_unique` did: ``created`` is False when the same content
+    (``content_hash``) was already registered, under ``name``."""
+
+    observation_id: int
+    name: str
+    created: bool
+    status: str
+    arrived_at: datetime | None
+
+
+_FILE_COLUMNS = ("science_uri", "reference_uri", "difference_uri")
 
 
 _CLAIM_COLUMNS = (
@@ -166,12 +189,50 @@ def _claim_from_row(row: Any, run_id: str | None = None, lease: bool = True) -> 
     )
 
 
+def _registered(row: Any, *, created: bool) -> Registered:
+    status = row.status.value if isinstance(row.status, ObservationStatus) else str(row.status)
+    return Registered(row.id, row.name, created, status, row.arrived_at)
+
+
+def _same_files_or_refuse(stored: Any, wanted: Mapping[str, Any]) -> None:
+    differ = [c for c in _FILE_COLUMNS if getattr(stored, c) != wanted[c]]
+    if differ:
+        column = differ[0]
+        raise CatalogError(
+            f"observation {stored.name!r} is already registered with {column} "
+            f"{getattr(stored, column)!r}, not {wanted[column]!r}: re-registering a name never "
+            f"replaces its files; register the new files under another name"
+        )
+
+
 def _plain(row: Any) -> dict[str, Any]:
     out = dict(row._mapping)
     for key, value in out.items():
         if isinstance(value, ObservationStatus):
             out[key] = value.value
     return out
+
+
+def _detection_rows(
+    observation_id: int, model_version: str, run_id: str, detections: Sequence[Any], now: datetime
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "observation_id": observation_id,
+            "model_version": model_version,
+            "x": _finite("x", d.x, observation_id, optional=False),
+            "y": _finite("y", d.y, observation_id, optional=False),
+            "ra": _finite("ra", d.ra, observation_id, optional=True),
+            "dec": _finite("dec", d.dec, observation_id, optional=True),
+            "score": _finite("score", d.score, observation_id, optional=False),
+            "flux": _finite("flux", getattr(d, "flux", None), observation_id, optional=True),
+            **{k: _finite(k, getattr(d, k, None), observation_id, optional=True) for k in PHOTOMETRY},
+            "stamp_uri": getattr(d, "stamp_uri", None),
+            "run_id": run_id,
+            "created_at": now,
+        }
+        for d in detections
+    ]
 
 
 def _finite(name: str, value: Any, observation_id: int, *, optional: bool) -> float | None:
@@ -289,7 +350,9 @@ class Catalog:
     def register(
         self, observations: Iterable[NewObservation], status: ObservationStatus | str = _S.PREPROCESSED
     ) -> list[int]:
-        """Insert observations; an existing name is left untouched and its id returned (idempotent).
+        """Insert observations; a name registered again *with the same files* is left untouched and
+        its id returned (idempotent). A name registered again with other files is refused
+        (:class:`CatalogError`, nothing of the batch registered): the old files would silently win.
 
         Returns ids in input order.
         """
@@ -298,28 +361,71 @@ class Catalog:
         if not items:
             return []
         now = _utcnow()
-        rows = []
-        for obs in items:
-            if not obs.name or not obs.science_uri or not obs.reference_uri:
-                raise CatalogError(f"observation {obs.name!r} needs a name, science_uri and reference_uri")
-            if obs.labelled and not obs.truth_uri:
-                raise CatalogError(
-                    f"labelled observation {obs.name!r} has no truth_uri: keep its ground truth"
-                )
-            rows.append(
-                {**asdict(obs), "status": status, "attempts": 0, "created_at": now, "updated_at": now}
-            )
+        rows = [self._new_row(obs, status, now) for obs in items]
         ids: dict[str, int] = {}
         with self._tx() as conn:
             for start in range(0, len(rows), _CHUNK):
                 chunk = rows[start : start + _CHUNK]
                 conn.execute(self._insert(_O).on_conflict_do_nothing(index_elements=["name"]), chunk)
-                names = [r["name"] for r in chunk]
-                ids.update(
-                    (r.name, r.id)
-                    for r in conn.execute(sa.select(_O.c.name, _O.c.id).where(_O.c.name.in_(names)))
+                wanted = {r["name"]: r for r in chunk}
+                stored = conn.execute(
+                    sa.select(_O.c.name, _O.c.id, *(_O.c[c] for c in _FILE_COLUMNS)).where(
+                        _O.c.name.in_(list(wanted))
+                    )
                 )
+                for row in stored:
+                    _same_files_or_refuse(row, wanted[row.name])
+                    ids[row.name] = row.id
         return [ids[obs.name] for obs in items]
+
+    @staticmethod
+    def _new_row(obs: NewObservation, status: ObservationStatus, now: datetime) -> dict[str, Any]:
+        if not obs.name or not obs.science_uri or not obs.reference_uri:
+            raise CatalogError(f"observation {obs.name!r} needs a name, science_uri and reference_uri")
+        if obs.labelled and not obs.truth_uri:
+            raise CatalogError(f"labelled observation {obs.name!r} has no truth_uri: keep its ground truth")
+        row = {**asdict(obs), "status": status, "attempts": 0, "created_at": now, "updated_at": now}
+        if row["arrived_at"] is not None:
+            row["arrived_at"] = _utcnow(row["arrived_at"])
+        return row
+
+    def register_unique(
+        self, observation: NewObservation, status: ObservationStatus | str = _S.PREPROCESSED
+    ) -> Registered:
+        """Register one observation from outside, idempotent by ``content_hash``, in one transaction.
+
+        * new content under a new name: inserted (``created=True``);
+        * the same content again (any name): the existing observation (``created=False``);
+        * other content under an existing name: :class:`CatalogError` naming both, nothing changed.
+
+        Concurrent callers with the same content get one row between them (the unique constraint
+        on ``content_hash`` decides; the loser sees the winner's row).
+        """
+        if not observation.content_hash:
+            raise CatalogError(f"register_unique({observation.name!r}) needs a content_hash")
+        status = _status(status)
+        row = self._new_row(observation, status, _utcnow())
+        columns = (_O.c.id, _O.c.name, _O.c.status, _O.c.arrived_at, _O.c.content_hash, _O.c.created_at)
+        with self._tx() as conn:
+            inserted = conn.execute(
+                self._insert(_O).values(**row).on_conflict_do_nothing().returning(*columns)
+            ).one_or_none()
+            if inserted is not None:
+                return _registered(inserted, created=True)
+            same = conn.execute(
+                sa.select(*columns).where(_O.c.content_hash == observation.content_hash)
+            ).one_or_none()
+            if same is not None:
+                return _registered(same, created=False)
+            other = conn.execute(sa.select(*columns).where(_O.c.name == observation.name)).one_or_none()
+        if other is None:  # pragma: no cover - a conflict that is neither key cannot happen
+            raise CatalogError(f"observation {observation.name!r} could not be registered (unique conflict)")
+        raise CatalogError(
+            f"observation id {observation.name!r} is already taken by other files (registered "
+            f"{other.created_at:%Y-%m-%d %H:%M:%S} UTC, content {other.content_hash or 'unhashed'}"
+            f"{'' if other.content_hash else ', seeded'}): choose another --id, or leave --id out "
+            f"to get one derived from the content"
+        )
 
     # ------------------------------------------------------------------ claims
 
@@ -433,7 +539,8 @@ class Catalog:
     ) -> int:
         """Store the detections of one observation and mark it inferred, in one transaction.
 
-        ``detections`` are objects with ``x, y, ra, dec, score, flux`` attributes. The previous
+        ``detections`` are objects with ``x, y, ra, dec, score, flux`` attributes (and optionally
+        the photometry ``flux_err, snr, mag, mag_err`` and ``stamp_uri``). The previous
         detections of (observation, model_version) are replaced. Allowed only while ``run_id``
         holds the claim (even past its lease, as long as nobody took it over); if the observation
         is already inferred by ``model_version`` this is a no-op returning the stored count.
@@ -443,34 +550,14 @@ class Catalog:
         if not model_version:
             raise CatalogError("complete() needs a model_version")
         now = _utcnow(now)
-        rows = [
-            {
-                "observation_id": observation_id,
-                "model_version": model_version,
-                "x": _finite("x", d.x, observation_id, optional=False),
-                "y": _finite("y", d.y, observation_id, optional=False),
-                "ra": _finite("ra", d.ra, observation_id, optional=True),
-                "dec": _finite("dec", d.dec, observation_id, optional=True),
-                "score": _finite("score", d.score, observation_id, optional=False),
-                "flux": _finite("flux", getattr(d, "flux", None), observation_id, optional=True),
-                "run_id": run_id,
-                "created_at": now,
-            }
-            for d in detections
-        ]
+        rows = _detection_rows(observation_id, model_version, run_id, detections, now)
         with self._tx() as conn:
             row = self._lock_observation(conn, observation_id)
             if row.status == _S.INFERRED and row.model_version == model_version:
                 return self._count_detections(conn, observation_id, model_version)
             if row.status != _S.CLAIMED or row.claimed_by != run_id:
                 raise self._refuse(row, run_id, f"store {model_version} detections")
-            conn.execute(
-                sa.delete(_D).where(
-                    _D.c.observation_id == observation_id, _D.c.model_version == model_version
-                )
-            )
-            if rows:
-                conn.execute(sa.insert(_D), rows)
+            self._replace_results(conn, observation_id, model_version, run_id, rows, now)
             conn.execute(
                 sa.update(_O)
                 .where(_O.c.id == observation_id)
@@ -483,6 +570,107 @@ class Catalog:
                 )
             )
         return len(rows)
+
+    def _replace_results(
+        self,
+        conn: sa.Connection,
+        observation_id: int,
+        model_version: str,
+        run_id: str,
+        rows: list[dict[str, Any]],
+        now: datetime,
+    ) -> None:
+        """The detection set of (observation, model version) becomes ``rows``; the pair is marked done."""
+        conn.execute(
+            sa.delete(_D).where(_D.c.observation_id == observation_id, _D.c.model_version == model_version)
+        )
+        if rows:
+            conn.execute(sa.insert(_D), rows)
+        stmt = self._insert(_RES).values(
+            observation_id=observation_id,
+            model_version=model_version,
+            run_id=run_id,
+            detections=len(rows),
+            created_at=now,
+        )
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["observation_id", "model_version"],
+                set_={
+                    "run_id": stmt.excluded.run_id,
+                    "detections": stmt.excluded.detections,
+                    "created_at": now,
+                },
+            )
+        )
+
+    def store_results(
+        self,
+        observation_id: int,
+        run_id: str,
+        model_version: str,
+        detections: Sequence[Any],
+        *,
+        now: datetime | None = None,
+    ) -> int:
+        """Reprocessing: store ``model_version``'s detections of an observation *beside* the others,
+        without claiming it or touching its status (the live queue is never disturbed).
+
+        Idempotent per (observation, model version): running it again replaces that version's
+        set, never another version's. Returns the number of detections stored.
+        """
+        if not model_version:
+            raise CatalogError("store_results() needs a model_version")
+        now = _utcnow(now)
+        rows = _detection_rows(observation_id, model_version, run_id, detections, now)
+        with self._tx() as conn:
+            exists = conn.scalar(sa.select(_O.c.id).where(_O.c.id == observation_id))
+            if exists is None:
+                raise CatalogError(f"observation {observation_id} is not in the catalog")
+            self._replace_results(conn, observation_id, model_version, run_id, rows, now)
+        return len(rows)
+
+    def reprocess_candidates(
+        self,
+        model_version: str,
+        *,
+        mjd_from: float | None = None,
+        mjd_to: float | None = None,
+        limit: int = 100,
+        after_id: int = 0,
+    ) -> list[Claim]:
+        """Observations observed in ``[mjd_from, mjd_to)`` that ``model_version`` has not processed
+        yet (no ``inference_results`` row, not live-inferred by it), not rejected, by id from
+        ``after_id`` on (a caller pages with the last id it saw, so one that fails is not offered
+        again in the same pass).
+
+        Read-only: nothing is claimed (``run_id``/``lease_until`` are ``None``), so the live queue
+        keeps its work; whatever a stopped reprocessing run left is simply still a candidate.
+        """
+        done = sa.select(_RES.c.id).where(
+            _RES.c.observation_id == _O.c.id, _RES.c.model_version == model_version
+        )
+        stmt = sa.select(*_CLAIM_COLUMNS).where(
+            _O.c.id > after_id,
+            _O.c.status != _S.REJECTED,
+            ~sa.exists(done),
+            ~sa.and_(_O.c.status == _S.INFERRED, _O.c.model_version == model_version),
+        )
+        if mjd_from is not None:
+            stmt = stmt.where(_O.c.mjd >= mjd_from)
+        if mjd_to is not None:
+            stmt = stmt.where(_O.c.mjd < mjd_to)
+        stmt = stmt.order_by(_O.c.id).limit(limit)
+        with self._tx(write=False) as conn:
+            return [_claim_from_row(r, lease=False) for r in conn.execute(stmt)]
+
+    def results(self, observation_id: int) -> dict[str, int]:
+        """{model version: detections} for every version that has processed the observation."""
+        stmt = sa.select(_RES.c.model_version, _RES.c.detections).where(
+            _RES.c.observation_id == observation_id
+        )
+        with self._tx(write=False) as conn:
+            return dict(conn.execute(stmt.order_by(_RES.c.model_version)).tuples().all())
 
     @staticmethod
     def _count_detections(conn: sa.Connection, observation_id: int, model_version: str) -> int:
@@ -687,6 +875,93 @@ class Catalog:
         with self._tx(write=False) as conn:
             return [_plain(r) for r in conn.execute(stmt)]
 
+    # ------------------------------------------------------------------ drift statistics
+
+    def record_statistics(
+        self,
+        observation_id: int,
+        run_id: str,
+        model_version: str,
+        *,
+        sky: float | None,
+        seeing_px: float | None,
+        noise: float | None,
+        megapixels: float,
+        detections: int,
+        now: datetime | None = None,
+    ) -> None:
+        """Record what one inference saw and found (:mod:`astrid.drift` reads it). Upserted by
+        (observation, model version): a retried task rewrites its row, never adds a second."""
+        now = _utcnow(now)
+        values = {
+            "observation_id": int(observation_id),
+            "model_version": model_version,
+            "run_id": run_id,
+            "recorded_at": now,
+            "sky": _optional_float(sky),
+            "seeing_px": _optional_float(seeing_px),
+            "noise": _optional_float(noise),
+            "megapixels": float(megapixels),
+            "detections": int(detections),
+        }
+        stmt = self._insert(_ST).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["observation_id", "model_version"],
+            set_={k: stmt.excluded[k] for k in values if k not in ("observation_id", "model_version")},
+        )
+        with self._tx() as conn:
+            conn.execute(stmt)
+
+    def statistics(
+        self,
+        *,
+        model_version: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Recorded inference statistics in ``[since, until)`` (one model version, or all), oldest first."""
+        stmt = sa.select(_ST).order_by(_ST.c.recorded_at, _ST.c.id)
+        if model_version is not None:
+            stmt = stmt.where(_ST.c.model_version == model_version)
+        if since is not None:
+            stmt = stmt.where(_ST.c.recorded_at >= _utcnow(since))
+        if until is not None:
+            stmt = stmt.where(_ST.c.recorded_at < _utcnow(until))
+        with self._tx(write=False) as conn:
+            return [_plain(r) for r in conn.execute(stmt)]
+
+    def statistics_scores(self, model_version: str, since: datetime, until: datetime) -> list[float]:
+        """The scores of ``model_version``'s detections in the observations whose statistics it
+        recorded in ``[since, until)`` (the score distribution of that window)."""
+        recorded = sa.and_(
+            _ST.c.observation_id == _D.c.observation_id,
+            _ST.c.model_version == _D.c.model_version,
+            _ST.c.recorded_at >= _utcnow(since),
+            _ST.c.recorded_at < _utcnow(until),
+        )
+        stmt = sa.select(_D.c.score).where(_D.c.model_version == model_version, sa.exists().where(recorded))
+        with self._tx(write=False) as conn:
+            return [float(v) for v in conn.scalars(stmt)]
+
+    def first_statistics_at(self, model_version: str) -> datetime | None:
+        """When ``model_version`` first recorded statistics (it started serving), if ever."""
+        stmt = sa.select(sa.func.min(_ST.c.recorded_at)).where(_ST.c.model_version == model_version)
+        with self._tx(write=False) as conn:
+            first = conn.scalar(stmt)
+        if first is None:
+            return None
+        return _utcnow(first if isinstance(first, datetime) else datetime.fromisoformat(str(first)))
+
+    def gate_outcomes(self, since: datetime, until: datetime) -> list[bool]:
+        """For each observation the live queue finished in ``[since, until)``: was it rejected by
+        the quality gate (``True``) or inferred (``False``)? Failed ones are left out."""
+        since, until = _utcnow(since), _utcnow(until)
+        rejected = sa.and_(_O.c.status == _S.REJECTED, _O.c.updated_at >= since, _O.c.updated_at < until)
+        inferred = sa.and_(_O.c.status == _S.INFERRED, _O.c.inferred_at >= since, _O.c.inferred_at < until)
+        stmt = sa.select(_O.c.status).where(sa.or_(rejected, inferred))
+        with self._tx(write=False) as conn:
+            return [status == _S.REJECTED for status in conn.scalars(stmt)]
+
     def stuck_claims(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """Observations still ``claimed`` whose lease has expired (their run died or hangs)."""
         now = _utcnow(now)
@@ -697,6 +972,14 @@ class Catalog:
         )
         with self._tx(write=False) as conn:
             return [_plain(r) for r in conn.execute(stmt)]
+
+
+def _optional_float(value: Any) -> float | None:
+    """A statistic as stored: NaN/inf (not measurable) become NULL, never a wrong number."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _status(value: ObservationStatus | str) -> ObservationStatus:

@@ -361,6 +361,14 @@ def _celestial_wcs(
         return None
 
 
+def read_image(
+    path: Any, role: str = "image", *, limits: ReadLimits | None = None
+) -> tuple[np.ndarray, fits.Header]:
+    """One image and its header, read and checked as :func:`load_triplet` reads each of its files
+    (``FitsError`` naming the file and the problem), within ``limits`` (default: ReadLimits())."""
+    return _read_image(to_path(path), role, limits or ReadLimits(), [])
+
+
 def load_triplet(
     science: Any,
     reference: Any,

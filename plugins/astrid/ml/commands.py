@@ -5,12 +5,14 @@
     astrid detect --science S.fits --reference R.fits [--difference D.fits] [--threshold 0.5]
                   [--model PATH] [--device auto] [--vetting card|off|Z] --output catalog.csv
 
-writes a CSV whose header is exactly ``x,y,ra,dec,score,flux`` (one row per detection, 0-based
-pixel coordinates, ``ra``/``dec`` in degrees, empty without a trustworthy WCS). Bad inputs exit 2
-with one clear line on stderr and leave no output file: the catalog is written to a temporary
-file next to ``--output`` and moved into place only when complete. It never harms its inputs:
-an ``--output`` that is (or links to) an input is refused, an existing output is replaced only
-with ``--overwrite``, and the file gets the user's umask (an overwritten file keeps its mode).
+writes a CSV whose header starts with exactly ``x,y,ra,dec,score,flux`` (one row per detection,
+0-based pixel coordinates, ``ra``/``dec`` in degrees, empty without a trustworthy WCS), followed by
+the photometry ``flux_err,snr,mag,mag_err`` (:mod:`astrid.photometry`; ``mag``/``mag_err`` empty
+without a zero point in the header). Bad inputs exit 2 with one clear line on stderr and leave no
+output file: the catalog is written to a temporary file next to ``--output`` and moved into place
+only when complete. It never harms its inputs: an ``--output`` that is (or links to) an input is
+refused, an existing output is replaced only with ``--overwrite``, and the file gets the user's
+umask (an overwritten file keeps its mode).
 """
 
 from __future__ import annotations
@@ -273,7 +275,11 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         default="card",
         help="star-residual vetting: card (the model card's level, default), off, or a z level such as 2.5",
     )
-    p.add_argument("--output", required=True, help="CSV catalog to write (x,y,ra,dec,score,flux)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="CSV catalog to write (x,y,ra,dec,score,flux,flux_err,snr,mag,mag_err)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists (never an input)")
     p.set_defaults(func=_run_detect)
 
@@ -392,6 +398,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     from astrid.errors import ModelError, UsageError
     from astrid.imaging.fits import ReadLimits, load_triplet
     from astrid.ml.engine import get_engine
+    from astrid.photometry import measure
 
     started = time.perf_counter()
     inputs = {"--science": args.science, "--reference": args.reference, "--difference": args.difference}
@@ -407,6 +414,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # torch: a model that loaded but cannot run on this input
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"model {engine.version} failed during inference ({first})") from None
+    detections = measure(detections, triplet, zeropoint_key=load_config().zeropoint_key)
     try:
         write_catalog_atomic(args.output, detections, overwrite=args.overwrite)
     except FileExistsError:

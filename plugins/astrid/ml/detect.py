@@ -28,6 +28,12 @@ class Detection:
     dec: float | None
     score: float
     flux: float
+    # Photometry (astrid.photometry.measure), after the contract's six columns; None = not measured.
+    flux_err: float | None = None  # 1σ of ``flux``, from the difference image's per-pixel noise
+    snr: float | None = None  # flux / flux_err
+    mag: float | None = None  # AB, from the header's zero point; None without one or for flux <= 0
+    mag_err: float | None = None
+    stamp_uri: str | None = None  # storage URI prefix of its stamps (astrid.stamps), when written
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,20 +53,46 @@ def aperture_flux(
     (the local background; 0 if the annulus has no finite pixel). Non-finite pixels are ignored.
     Units are those of the difference image (counts/ADU).
     """
+    return aperture_photometry(difference, x, y, radius, annulus)[0]
+
+
+def aperture_photometry(
+    difference: np.ndarray,
+    x: float,
+    y: float,
+    radius: float = 3.0,
+    annulus: tuple[float, float] = (6.0, 10.0),
+    error: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """(flux, flux_err): :func:`aperture_flux` and its 1σ uncertainty from ``error``, the
+    per-pixel 1σ noise map of ``difference`` (``nan`` without one).
+
+    ``flux_err² = Σ_aperture σ² + N² · (π/2) · mean_annulus(σ²) / N_annulus``: the pixels'
+    noise summed in quadrature (what ``photutils.aperture.aperture_photometry(error=...)``
+    reports as ``aperture_sum_err``), plus the variance of the background the ``N`` aperture
+    pixels subtract (the annulus median, whose variance is π/2 times that of the mean).
+    """
     h, w = difference.shape
     r_out = annulus[1]
     x0, x1 = max(0, math.floor(x - r_out)), min(w, math.ceil(x + r_out) + 1)
     y0, y1 = max(0, math.floor(y - r_out)), min(h, math.ceil(y + r_out) + 1)
     if x0 >= x1 or y0 >= y1:
-        return float("nan")
+        return float("nan"), float("nan")
     cut = np.asarray(difference[y0:y1, x0:x1], dtype=np.float64)
     yy, xx = np.mgrid[y0:y1, x0:x1]
     r = np.hypot(xx - x, yy - y)
     finite = np.isfinite(cut)
-    ring = cut[(r >= annulus[0]) & (r < annulus[1]) & finite]
+    in_ring = (r >= annulus[0]) & (r < annulus[1]) & finite
+    ring = cut[in_ring]
     background = float(np.median(ring)) if ring.size else 0.0
     inside = (r <= radius) & finite
-    return float(cut[inside].sum() - background * inside.sum())
+    n = int(inside.sum())
+    flux = float(cut[inside].sum() - background * n)
+    if error is None:
+        return flux, float("nan")
+    var = np.square(np.asarray(error[y0:y1, x0:x1], dtype=np.float64))
+    var_bkg = (math.pi / 2) * float(var[in_ring].mean()) / ring.size if ring.size else 0.0
+    return flux, float(math.sqrt(var[inside].sum() + n * n * var_bkg))
 
 
 def extract_detections(

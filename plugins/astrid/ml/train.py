@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,11 +278,14 @@ def _frame_probability(model: Any, f: _Frame) -> np.ndarray:
     import torch
 
     x = torch.from_numpy(f.x.astype(np.float32))[None].contiguous(memory_format=torch.channels_last)
+    weight = next(model.parameters(), None)
+    if weight is not None:
+        x = x.to(weight.device)  # the device the model trains on
     h, w = f.target.shape
     m = model.multiple
     if h % m or w % m:
         x = torch.nn.functional.pad(x, (0, -w % m, 0, -h % m), mode="reflect")
-    return torch.sigmoid(model(x))[0, 0, :h, :w].numpy()
+    return torch.sigmoid(model(x))[0, 0, :h, :w].cpu().numpy()
 
 
 def _false_positives(prob: np.ndarray, f: _Frame, threshold: float, limit: int) -> np.ndarray:
@@ -547,8 +550,21 @@ def train(
     version: str | None = None,
     command: str | None = None,
     progress: bool = False,
+    extra_observations: Sequence[Any] = (),
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    device: str = "cpu",
 ) -> TrainResult:
-    """Train, calibrate and write ``model.safetensors`` + ``model_card.json`` into ``output``."""
+    """Train, calibrate and write ``model.safetensors`` + ``model_card.json`` into ``output``.
+
+    Hooks for orchestrators (the training DAG, :mod:`astrid.training`):
+
+    * ``extra_observations``: labelled frames trained on beside the synthetic ones (objects with
+      ``science``, ``reference``, ``difference`` arrays and ``truth`` transients, like
+      :class:`~astrid.imaging.synthetic.SyntheticObservation`); counted in the card's ``data``.
+    * ``on_epoch``: called with each epoch's history row (``epoch``, ``loss``, ``seconds``...)
+      as soon as the epoch ends, e.g. to log it to MLflow while training runs.
+    * ``device``: ``cpu`` (default, deterministic) or ``cuda``; calibration always runs on CPU.
+    """
     import torch
 
     from astrid.ml.engine import DEFAULT_BORDER
@@ -570,11 +586,12 @@ def train(
             seeds, config.size, knob_rng, config.knobs, progress, "generating training observations"
         )
     ]
+    frames += [make_frame(o, config) for o in extra_observations]
     n_pos = sum(len(f.positives) for f in frames)
     log.info("training data: %d frames of %d² px, %d transients", len(frames), config.size, n_pos)
 
     model = UNet(in_channels=config.in_channels, base_channels=config.base_channels, depth=config.depth)
-    model = model.to(memory_format=torch.channels_last)  # ~3x faster CPU convolutions
+    model = model.to(device=device, memory_format=torch.channels_last)  # ~3x faster CPU convolutions
     steps_per_epoch = math.ceil(config.patches_per_epoch / config.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -591,8 +608,8 @@ def train(
     for epoch in range(1, config.epochs + 1):
         t0, total, count = time.perf_counter(), 0.0, 0
         for xs, ts, ws in sample_batches(frames, config, rng, config.patches_per_epoch):
-            logits = model(torch.from_numpy(xs).contiguous(memory_format=torch.channels_last))
-            loss = loss_fn(logits, torch.from_numpy(ts), torch.from_numpy(ws))
+            logits = model(torch.from_numpy(xs).to(device).contiguous(memory_format=torch.channels_last))
+            loss = loss_fn(logits, torch.from_numpy(ts).to(device), torch.from_numpy(ws).to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -613,9 +630,11 @@ def train(
             )
         history.append(row)
         log.info("epoch %d/%d loss %.4f (%.0f s)", epoch, config.epochs, row["loss"], row["seconds"])
+        if on_epoch is not None:
+            on_epoch(dict(row))
     if bar is not None:
         bar.close()
-    model.eval()
+    model = model.cpu().eval()  # calibration and saving run on CPU
     train_seconds = time.perf_counter() - started
 
     calibration = calibrate_model(model, config, progress=progress)
@@ -634,6 +653,7 @@ def train(
             "total_seconds": round(time.perf_counter() - started, 1),
             "torch": torch.__version__,
             "threads": config.threads,
+            "device": device,
             "optimizer": f"AdamW(lr={config.lr}, weight_decay={config.weight_decay}), OneCycleLR",
             "loss": f"weighted BCE + {config.dice_weight} × soft Dice",
             "hard_negative_mining": f"model false positives (p > {config.mine_threshold}) on the training frames "
@@ -652,6 +672,7 @@ def train(
             "train_seeds": [seeds.start, seeds.stop - 1],
             "frame_size": config.size,
             "transients": n_pos,
+            "extra_observations": len(extra_observations),
             "knob_overrides": "training_knobs() in astrid/ml/train.py (per frame, on top of the generator's own draws)",
             "fixed_knobs": config.knobs,
             "held_out": "seeds < 1,000,000 are never used for training or calibration",

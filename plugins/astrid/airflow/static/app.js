@@ -1,4 +1,5 @@
-// AstrID page: reads /astrid/status and /astrid/runs, triggers runs with POST /astrid/trigger.
+// AstrID page: reads /astrid/status and /astrid/runs, triggers runs with POST /astrid/trigger, and
+// drills down run → observations → detections (GET /astrid/observations, /astrid/detections, stamps).
 // Same origin as the Airflow UI: requests carry the UI's session cookie (`_token`, HttpOnly, so
 // this script never sees it); a Bearer token is not needed. URLs are relative to /astrid/ui so the
 // page works under any mount point.
@@ -100,7 +101,9 @@ function renderRuns(runs) {
   }
   for (const r of runs) {
     body.append(el("tr", {},
-      el("td", {}, r.kind || r.dag_id), el("td", { class: "run-id" }, r.run_id), el("td", {}, stateBadge(r.status)),
+      el("td", {}, r.kind || r.dag_id),
+      el("td", { class: "run-id" }, el("a", { href: runHref(`${r.dag_id}:${r.run_id}`) }, r.run_id)),
+      el("td", {}, stateBadge(r.status)),
       el("td", {}, r.model_version || "—"), el("td", {}, when(r.started_at)),
       el("td", { class: "num" }, String(r.processed ?? "—")), el("td", { class: "num" }, String(r.failed ?? "—")),
       el("td", { class: "num" }, String(r.rejected ?? "—")), el("td", { class: "num" }, String(r.detections ?? "—")),
@@ -220,10 +223,201 @@ function grafanaHint() {
   } catch { /* cross-origin parent: nothing to check */ }
 }
 
+// ------------------------------------------------------------------------------- drill-down
+// Views are chosen by the URL's hash (#run=<dag id>:<run id>, #obs=<id>&run=...&det=<id>), so a
+// view has a link of its own (the Airflow UI mirrors the frame's hash in its own URL). Every
+// request and image URL is relative to this page: the page works wherever Airflow mounts it.
+
+const GALLERY_PAGE = 500;
+const SORTS = {
+  "score-desc": ["score ↓", (a, b) => b.score - a.score || a.id - b.id],
+  "score-asc": ["score ↑", (a, b) => a.score - b.score || a.id - b.id],
+  "snr-desc": ["SNR ↓", (a, b) => (b.snr ?? -Infinity) - (a.snr ?? -Infinity) || a.id - b.id],
+  "mag-asc": ["magnitude ↑ (bright first)", (a, b) => (a.mag ?? Infinity) - (b.mag ?? Infinity) || a.id - b.id],
+};
+const galleries = {};
+
+function runHref(runKey) { return `#run=${encodeURIComponent(runKey)}`; }
+function obsHref(id, runKey) { return `#obs=${id}${runKey ? `&run=${encodeURIComponent(runKey)}` : ""}`; }
+function hashParams() { return new URLSearchParams(location.hash.replace(/^#/, "")); }
+
+function num(value, digits) { return value === null || value === undefined ? "—" : Number(value).toFixed(digits); }
+
+function sexagesimal(deg, hours) {
+  const sign = deg < 0 ? "-" : hours ? "" : "+";
+  let v = Math.abs(deg) / (hours ? 15 : 1);
+  const a = Math.floor(v); v = (v - a) * 60;
+  const b = Math.floor(v); const c = (v - b) * 60;
+  const pad = (n, w) => String(n).padStart(w, "0");
+  return `${sign}${pad(a, 2)}:${pad(b, 2)}:${c.toFixed(hours ? 2 : 1).padStart(hours ? 5 : 4, "0")}`;
+}
+
+function showView(name) {
+  for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== `view-${name}`;
+  document.body.dataset.view = name;
+}
+
+function detectionCard(d) {
+  const facts = [
+    ["score", num(d.score, 3)],
+    ["RA, Dec", d.ra === null ? "no WCS" : `${num(d.ra, 5)}°, ${num(d.dec, 5)}°`],
+    ["", d.ra === null ? "" : `${sexagesimal(d.ra, true)} ${sexagesimal(d.dec, false)}`],
+    ["x, y", `${num(d.x, 1)}, ${num(d.y, 1)} px`],
+    ["flux", d.flux_err === null ? num(d.flux, 1) : `${num(d.flux, 1)} ± ${num(d.flux_err, 1)}`],
+    ["SNR", num(d.snr, 1)],
+    ["mag (AB)", d.mag === null ? "—" : `${num(d.mag, 2)} ± ${num(d.mag_err, 2)}`],
+  ];
+  const stamp = d.stamp_png
+    ? el("img", { class: "stamp", src: d.stamp_png, alt: `stamps of detection ${d.id}`, loading: "lazy", width: "252", height: "63" })
+    : el("div", { class: "stamp none muted" }, "no stamps written (beyond the per-observation limit, or off)");
+  // no id attribute: the run's gallery and an observation's may both hold this detection's card
+  const card = el("article", { class: "card", dataset: { id: String(d.id), score: String(d.score) } },
+    stamp,
+    el("div", { class: "stamp-labels muted" }, el("span", {}, "science"), el("span", {}, "reference"), el("span", {}, "difference"), el("span", {}, "probability")),
+    el("dl", {}, ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+    el("p", { class: "card-links" },
+      el("a", { href: obsHref(d.observation_id, d.run_id), class: "obs-link" }, d.observation),
+      d.stamp_fits ? el("a", { href: d.stamp_fits, class: "fits-link" }, "FITS ↓") : ""),
+  );
+  card.addEventListener("click", (event) => {
+    if (event.target.closest("a")) return;
+    highlight(d.id, false);
+  });
+  return card;
+}
+
+function controls(galleryId) {
+  const box = document.querySelector(`.gallery-controls[data-gallery="${galleryId}"]`);
+  if (box.dataset.ready) return;
+  box.dataset.ready = "true";
+  const sort = el("select", { class: "sort", "aria-label": "sort" },
+    ...Object.entries(SORTS).map(([key, [label]]) => el("option", { value: key }, label)));
+  const min = el("input", { class: "min-score", type: "range", min: "0", max: "1", step: "0.01", value: "0", "aria-label": "minimum score" });
+  const minText = el("output", { class: "min-score-value" }, "0.00");
+  const count = el("span", { class: "count muted" });
+  box.append(el("label", {}, "Sort ", sort), el("label", {}, "Score ≥ ", min, " ", minText), count);
+  const update = () => { minText.textContent = Number(min.value).toFixed(2); renderGallery(galleryId); };
+  sort.addEventListener("change", update);
+  min.addEventListener("input", update);
+}
+
+function renderGallery(galleryId) {
+  const box = document.querySelector(`.gallery-controls[data-gallery="${galleryId}"]`);
+  const [, compare] = SORTS[box.querySelector(".sort").value];
+  const minimum = Number(box.querySelector(".min-score").value);
+  const all = galleries[galleryId] || [];
+  const shown = all.filter((d) => d.score >= minimum).sort(compare);
+  box.querySelector(".count").textContent = `${shown.length} of ${all.length} shown`;
+  const gallery = document.getElementById(galleryId);
+  gallery.replaceChildren(...shown.map(detectionCard));
+  if (!shown.length) gallery.append(el("p", { class: "muted" }, all.length ? "None above this score." : "No detections."));
+  for (const circle of document.querySelectorAll("#frame-overlay circle")) {
+    circle.classList.toggle("filtered", Number(circle.dataset.score) < minimum);
+  }
+}
+
+function setGallery(galleryId, detections) {
+  controls(galleryId);
+  galleries[galleryId] = detections;
+  renderGallery(galleryId);
+}
+
+async function loadOrFail(url) {
+  const { response, body } = await getJSON(url);
+  if (response.status === 401 || response.status === 403) { showAuthError(true); throw new Error("not signed in"); }
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status} ${describeError(body)}`);
+  return body;
+}
+
+async function showRun(runKey) {
+  showView("run");
+  $("#run-title").textContent = runKey;
+  const query = new URLSearchParams({ run_id: runKey, limit: "10000" });
+  $("#run-csv").href = `detections?${query}&format=csv`;
+  $("#run-votable").href = `detections?${query}&format=votable`;
+  const [observations, found] = await Promise.all([
+    loadOrFail(`observations?run_id=${encodeURIComponent(runKey)}`),
+    loadOrFail(`detections?run_id=${encodeURIComponent(runKey)}&limit=${GALLERY_PAGE}`),
+  ]);
+  const body = $("#run-observations tbody");
+  body.replaceChildren(...observations.map((o) => el("tr", { dataset: { observationId: String(o.id) } },
+    el("td", {}, el("a", { href: obsHref(o.id, runKey) }, o.name)),
+    el("td", { class: "num" }, num(o.mjd, 5)), el("td", {}, o.filter ?? "—"), el("td", {}, o.model_version),
+    el("td", { class: "num" }, String(o.detections)), el("td", { class: "num" }, num(o.best_score, 3)))));
+  if (!observations.length) body.append(el("tr", {}, el("td", { colspan: "6", class: "muted" }, "This run processed no observation (or is not in the catalog).")));
+  setGallery("run-gallery", found.detections);
+  if (found.next_offset !== null) {
+    $("#run-gallery").append(el("p", { class: "muted" }, `The ${GALLERY_PAGE} best shown; the exports have them all.`));
+  }
+  document.body.dataset.loaded = "true";
+}
+
+function drawFrame(obs) {
+  const img = $("#frame-img");
+  const svg = $("#frame-overlay");
+  const f = obs.frame_factor;
+  const w = Math.ceil(obs.width / f);
+  const h = Math.ceil(obs.height / f);
+  svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  svg.replaceChildren(...obs.detections.map((d) => {
+    const c = document.createElementNS("http://www.w3.org/2000/svg", "circle");
+    c.setAttribute("cx", String((d.x + 0.5) / f));
+    c.setAttribute("cy", String(h - (d.y + 0.5) / f));  // FITS rows go up, the image's down
+    c.setAttribute("r", String(Math.max(4, 12 / f)));
+    c.dataset.id = String(d.id);
+    c.dataset.score = String(d.score);
+    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    title.textContent = `detection ${d.id}: score ${num(d.score, 3)}, SNR ${num(d.snr, 1)}`;
+    c.append(title);
+    c.addEventListener("click", () => highlight(d.id, true));
+    return c;
+  }));
+  img.src = obs.frame_png;
+}
+
+function highlight(id, scroll) {
+  for (const node of document.querySelectorAll(".card.selected, #frame-overlay circle.selected")) node.classList.remove("selected");
+  const card = document.querySelector(`.view:not([hidden]) .card[data-id="${id}"]`);
+  const circle = document.querySelector(`#frame-overlay circle[data-id="${id}"]`);
+  if (card) { card.classList.add("selected"); if (scroll) card.scrollIntoView({ block: "center" }); }
+  if (circle) circle.classList.add("selected");
+}
+
+async function showObservation(id, runKey) {
+  showView("observation");
+  const obs = await loadOrFail(`observations/${encodeURIComponent(id)}`);
+  $("#obs-title").textContent = obs.name;
+  $("#obs-run-link").href = runKey ? runHref(runKey) : "#";
+  $("#obs-run-link").textContent = runKey ? `run ${runKey}` : "runs";
+  $("#obs-facts").textContent = `MJD ${num(obs.mjd, 5)} · filter ${obs.filter ?? "—"} · ${obs.width}×${obs.height} px · ` +
+    `${obs.detections.length} detection(s) · status ${obs.status}`;
+  const detections = runKey ? obs.detections.filter((d) => d.run_id === runKey) : obs.detections;
+  $(".frame-section").hidden = !obs.frame_png;
+  if (obs.frame_png) drawFrame({ ...obs, detections });
+  setGallery("obs-gallery", detections);
+  const wanted = hashParams().get("det");
+  if (wanted) highlight(wanted, true);
+  document.body.dataset.loaded = "true";
+}
+
+async function route() {
+  const params = hashParams();
+  delete document.body.dataset.loaded;
+  showLoadError("");
+  try {
+    if (params.get("obs")) await showObservation(params.get("obs"), params.get("run"));
+    else if (params.get("run")) await showRun(params.get("run"));
+    else { showView("status"); await refresh(); }
+  } catch (err) {
+    showLoadError(String(err.message || err));
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("#refresh").addEventListener("click", refresh);
   $("#trigger-form").addEventListener("submit", trigger);
   grafanaHint();
-  refresh();
-  setInterval(refresh, REFRESH_MS);
+  window.addEventListener("hashchange", route);
+  route();
+  setInterval(() => { if (document.body.dataset.view === "status") refresh(); }, REFRESH_MS);
 });
