@@ -65,7 +65,88 @@ def dag(dag_id: str) -> Any:
 
 
 def cron(dag_id: str) -> Callable[[], Any]:
-    return lambda: getattr(dag(dag_id).timetable, "expression", None)
+    """The DAG's cron, also when it is the time half of "on arrival or on the cron"."""
+
+    def probe() -> Any:
+        timetable = dag(dag_id).timetable
+        return getattr(getattr(timetable, "timetable", timetable), "expression", None)
+
+    return probe
+
+
+def arrival_watch(key: str) -> Callable[[], Any]:
+    """What the realtime DAG's arrival watcher hands the triggerer: the provider trigger's class
+    (``classpath``) or one of its arguments (``None`` when the DAG watches nothing)."""
+
+    def probe() -> Any:
+        timetable = dag(RT).timetable
+        condition = getattr(timetable, "asset_condition", None)
+        if condition is None:
+            return None
+        (asset,) = condition.objects
+        classpath, kwargs = asset.watchers[0].trigger.serialize()
+        return classpath if key == "classpath" else kwargs[key]
+
+    return probe
+
+
+def incoming_triplet(folder: Path) -> dict[str, str]:
+    """A small synthetic science/reference/difference triplet written to ``folder``."""
+    from astrid.imaging.synthetic import make_observation, write_observation
+
+    uris = write_observation(make_observation(3, size=128), folder, "probe")
+    return {role: str(uris[f"{role}_uri"]) for role in ("science", "reference", "difference")}
+
+
+def ingest_mode_effect(tmp: Path) -> Callable[[], bool]:
+    """Whether the CLI/API ingest path (``ingestor_from_config``) registers a file that already
+    lies under the storage root in place (reference) instead of copying it (copy)."""
+    runs = iter(range(1000))
+
+    def probe() -> bool:
+        from astrid.ingest import IngestRequest, ingestor_from_config
+
+        place = tmp / f"ingest-mode-{next(runs)}"
+        files = incoming_triplet(place / "storage" / "incoming")
+        with environment({"ASTRID_INFERENCE_EVENTS_ENABLED": "false"}):
+            ingestor = ingestor_from_config(f"sqlite:///{place / 'catalog.db'}", (place / "storage").as_uri())
+            result = ingestor.ingest(IngestRequest(**files))
+        return Path(result.uris["science"].removeprefix("file://")) == Path(files["science"])
+
+    return probe
+
+
+def ingest_roots_effect(tmp: Path) -> Callable[[], Any]:
+    """POST /astrid/observations with files outside the storage root: refused (422) unless their
+    folder is an ingest root."""
+    runs = iter(range(1000))
+
+    def probe() -> Any:
+        from fastapi import HTTPException
+
+        from astrid.airflow.api import ObservationRequest, ingest_observation
+        from astrid.catalog import Catalog
+        from astrid.config import load_config
+        from astrid.storage import StorageRoot
+
+        place = tmp / f"ingest-roots-{next(runs)}"
+        files = incoming_triplet(tmp / "outside")
+        (place / "storage").mkdir(parents=True)
+        catalog = Catalog(f"sqlite:///{place / 'catalog.db'}")
+        catalog.migrate()
+        with environment({"ASTRID_INFERENCE_EVENTS_ENABLED": "false"}):
+            try:
+                ingest_observation(
+                    ObservationRequest(**files, id=f"probe-{place.name}"),
+                    catalog,
+                    StorageRoot.from_uri((place / "storage").as_uri()),
+                    load_config(),
+                )
+            except HTTPException as exc:
+                return exc.status_code
+        return "accepted"
+
+    return probe
 
 
 def param(dag_id: str, name: str) -> Callable[[], Any]:
@@ -505,6 +586,21 @@ def effects(tmp: Path, notified: list) -> dict[str, tuple[str, Callable[[], Any]
         "ASTRID_INFERENCE_SERVING_DEADLINE_MINUTES": ("30", deadline_minutes(SERVING), 30),
         "ASTRID_INFERENCE_REPROCESS_HOURS": ("6", param(SERVING, "hours"), 6),
         "ASTRID_INFERENCE_REPROCESS_MAX_OBSERVATIONS": ("50", param(SERVING, "max_observations"), 50),
+        # arrival: ingestion and the doorbell the realtime DAG listens for
+        "ASTRID_INFERENCE_INGEST_MODE": ("reference", ingest_mode_effect(tmp), True),
+        "ASTRID_INFERENCE_INGEST_ROOTS": (str(tmp / "outside"), ingest_roots_effect(tmp), "accepted"),
+        "ASTRID_INFERENCE_EVENTS_ENABLED": ("false", timetable(RT), "CronTriggerTimetable"),
+        "ASTRID_INFERENCE_EVENTS_URL": (
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/astrid-arrivals",
+            arrival_watch("classpath"),
+            "airflow.providers.amazon.aws.triggers.sqs.SqsSensorTrigger",
+        ),
+        "ASTRID_INFERENCE_EVENTS_CHANNEL": (
+            "survey.arrivals",
+            arrival_watch("channels"),
+            ["survey.arrivals"],
+        ),
+        "ASTRID_INFERENCE_EVENTS_POLL_SECONDS": ("2", arrival_watch("poll_interval"), 2.0),
     }
 
 

@@ -28,7 +28,14 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ASTRID_DAGS = ("astrid_realtime_inference", "astrid_batch_inference", "astrid_model_validation")
+ASTRID_DAGS = (
+    "astrid_realtime_inference",
+    "astrid_batch_inference",
+    "astrid_model_validation",
+    "astrid_model_training",
+    "astrid_drift_check",
+    "astrid_serving_model",
+)
 MODEL_CARD = REPO / "include" / "models" / "astrid-unet" / "model_card.json"
 
 

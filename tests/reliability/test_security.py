@@ -99,7 +99,9 @@ URL_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^:/\s@\"']+:([^@/\s\"'$]+)@"
 ALLOWED = {"AKIAIOSFODNN7EXAMPLE", "astrid-local-jwt-secret-change-me", "astrid-local-api-secret-change-me"}
 # fake credentials that tests need as literals, per file
 ALLOWED_IN = {
-    "tests/unit/test_imaging_storage.py": {"testing"},  # moto's conventional dummy AWS credentials
+    "tests/conftest.py": {"testing"},  # moto's conventional dummy AWS credentials
+    "tests/unit/test_imaging_storage.py": {"testing"},
+    "tests/unit/test_config.py": {"hunter2"},  # a fake password the test checks is redacted
     "tests/unit/test_status_api.py": {"s3cret"},  # a fake password the test checks is redacted
 }
 

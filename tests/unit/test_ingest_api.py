@@ -11,7 +11,7 @@ from upath import UPath
 
 from astrid.catalog import Catalog
 from astrid.storage import StorageRoot
-from tests.unit.test_imaging_storage import s3_endpoint  # noqa: F401 - moto S3 server fixture
+from tests.conftest import s3_endpoint, s3_storage_options  # noqa: F401 - moto S3 server fixture
 from tests.unit.test_ingest import frames  # noqa: F401 - FITS files on local disk
 from tests.unit.test_status_api import _bearer, auth  # noqa: F401 - a real admin JWT
 
@@ -157,12 +157,7 @@ def test_files_outside_the_allowed_roots_are_refused_alike_whether_they_exist_or
 def test_s3_storage_root_through_the_s3_test_server(auth, catalog, frames, monkeypatch, s3_endpoint):  # noqa: F811
     endpoint, client_s3 = s3_endpoint
     monkeypatch.setenv("ASTRID_INFERENCE_EVENTS_ENABLED", "false")
-    options = {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-        "skip_instance_cache": True,
-    }
+    options = s3_storage_options(endpoint)
     client_s3.create_bucket(Bucket="astrid-api")
     for name in ("a_sci.fits", "a_ref.fits", "a_diff.fits", "small_ref.fits"):
         client_s3.put_object(
