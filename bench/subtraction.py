@@ -54,6 +54,8 @@ for _path in (str(ROOT), str(ROOT / "plugins"), str(ROOT / "bench")):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from astrid.imaging.stats import mad_sigma  # noqa: E402 - after the path set-up
+
 CASES = (
     {"name": "WCS, 0.4° rotation", "seed": 1, "wcs": True, "knobs": {}},
     {
@@ -130,7 +132,7 @@ def transient_pulls(pair, result) -> np.ndarray:
 
 
 def _spread(values: np.ndarray) -> float:
-    return 1.4826 * float(np.median(np.abs(values - np.median(values)))) if len(values) else float("nan")
+    return mad_sigma(values)
 
 
 def _stats(chi2: np.ndarray) -> dict:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from astrid.errors import AstridError, ConfigError
+from astrid.imaging.stats import finite_sample, median_sigma
 
 logger = logging.getLogger("astrid.quality")
 
@@ -70,7 +71,6 @@ PROFILE_COLUMNS = (
 
 _ROW = "__row__"  # positional row id given to GX, so results map back even with duplicate names
 _INDEX_META = "astrid_suite_index"  # set on each GX expectation's meta: maps results back to entries
-_MAD_TO_SIGMA = 1.4826
 _STATS_MAX_PIXELS = 1_000_000  # robust statistics on a regular subsample above this size
 _EXPECTATION_KEYS = {"type", "kwargs", "meta", "severity", "notes", "description"}
 _COLUMN_KWARGS = ("column", "column_A", "column_B", "column_list")
@@ -199,23 +199,10 @@ def _wcs_valid(wcs: Any, height: int, width: int) -> bool:
         return False
 
 
-def _sample(image: np.ndarray) -> np.ndarray:
-    """Finite pixels of a regular subsample (at most ~1 Mpx) of a 2-D image, as float64."""
-    if image.ndim == 2 and image.size > _STATS_MAX_PIXELS:
-        step = math.ceil(math.sqrt(image.size / _STATS_MAX_PIXELS))
-        image = image[::step, ::step]
-    flat = np.asarray(image, dtype=np.float64).ravel()
-    return flat[np.isfinite(flat)]
-
-
 def _robust_stats(image: np.ndarray) -> tuple[float, float]:
-    """(median, MAD-based sigma) over finite pixels; (nan, nan) when there are none."""
-    values = _sample(image)
-    if values.size == 0:
-        return math.nan, math.nan
-    median = float(np.median(values))
-    sigma = _MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
-    return median, sigma
+    """(median, MAD σ) over the finite pixels of a ≤ 1-Mpx sub-grid; (nan, nan) when there are
+    none. Unclipped, unlike the model's normalisation: a constant frame must read as zero noise."""
+    return median_sigma(finite_sample(image, _STATS_MAX_PIXELS))
 
 
 def _saturated_fraction(science: np.ndarray, saturate_level: float) -> float:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from astropy.wcs import WCS
 
-from astrid.ml.baseline import MatchedFilterDetector, measure_seeing
+from astrid.ml.baseline import MatchedFilterDetector
 from astrid.ml.detect import Detection, aperture_flux, extract_detections
+from astrid.ml.normalise import measure_seeing
 
 
 def _gauss(shape, x, y, sigma, amp=1.0):

@@ -67,6 +67,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from astrid.errors import AlignmentError, KernelFitError, NoOverlapError, SubtractionError
+from astrid.imaging.stats import FWHM_PER_SIGMA, mad_sigma
 
 __all__ = ["NO_DATA", "SATURATED", "Subtraction", "subtract"]
 
@@ -97,7 +98,6 @@ HOLDOUT_EVERY = 5  # one kernel star in this many grades the fit instead of ente
 HALF_FWHM = 1.5  # fitted stamp half-size in units of the larger FWHM
 CLIP_SIGMA = 5.0  # pixel residuals beyond this many σ are dropped from the next iteration
 FIT_ITERATIONS = 2
-FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 GAIN_RANGE = (1e-3, 1e5)  # e-/ADU: a header GAIN outside this is a typo, not a detector
 _STAR_DTYPE = [("x", "f8"), ("y", "f8"), ("flux", "f8"), ("peak", "f8"), ("flag", "i4")]
 
@@ -786,7 +786,7 @@ def _fit_kernel(
             break
         good = np.abs(chi) < CLIP_SIGMA
         med = float(np.median(chi2[keep]))
-        mad = 1.4826 * float(np.median(np.abs(chi2[keep] - med)))
+        mad = mad_sigma(chi2[keep], med)
         candidate = keep & (chi2 <= med + max(3.0 * mad, 0.5 * med))
         if candidate.sum() >= max(min_stars, n // 2):
             keep = candidate
@@ -915,7 +915,7 @@ def _calibrate(difference: np.ndarray, bg_var: np.ndarray, src_var: np.ndarray, 
     if sky.sum() < 1000:
         return 1.0
     pull = d[sky] / np.sqrt(b[sky] + p[sky])
-    sigma = 1.4826 * float(np.median(np.abs(pull - np.median(pull))))
+    sigma = mad_sigma(pull)
     return float(np.clip(sigma * sigma, 0.25, 4.0))
 
 

@@ -12,71 +12,15 @@ filtered image (not a probability).
 from __future__ import annotations
 
 import logging
-import math
-import warnings
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import ndimage
 
 from astrid.ml.detect import Detection, extract_detections
-from astrid.ml.normalise import robust_stats
+from astrid.ml.normalise import FWHM_PER_SIGMA, measure_seeing, robust_stats
 
 log = logging.getLogger(__name__)
-
-FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
-
-
-def _gauss2d(
-    coords: tuple[np.ndarray, np.ndarray], amp: float, x0: float, y0: float, sigma: float, bkg: float
-):
-    yy, xx = coords
-    return amp * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2.0 * sigma * sigma)) + bkg
-
-
-def measure_seeing(image: np.ndarray, *, max_stars: int = 40, half: int = 7) -> float | None:
-    """Median FWHM (pixels) of Gaussian fits to bright, isolated, unsaturated stars, or ``None``.
-
-    Candidates are local maxima between 20σ above background and half the image maximum (to
-    avoid saturated cores), with no brighter maximum within ``2*half`` pixels.
-    """
-    data = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
-    if min(data.shape) < 4 * half:
-        return None
-    stats = robust_stats(data)
-    sub = data - stats.background
-    top = float(np.max(sub))
-    peaks = (
-        (sub == ndimage.maximum_filter(sub, size=4 * half + 1)) & (sub > 20 * stats.noise) & (sub < 0.5 * top)
-    )
-    ys, xs = np.nonzero(peaks)
-    inside = (ys >= half) & (ys < data.shape[0] - half) & (xs >= half) & (xs < data.shape[1] - half)
-    ys, xs = ys[inside], xs[inside]
-    order = np.argsort(-sub[ys, xs])[: max_stars * 2]
-    yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
-    sigmas = []
-    for y, x in zip(ys[order], xs[order], strict=True):
-        cut = sub[y - half : y + half + 1, x - half : x + half + 1]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                popt, _ = optimize.curve_fit(
-                    _gauss2d,
-                    (yy.ravel(), xx.ravel()),
-                    cut.ravel(),
-                    p0=(cut.max(), 0.0, 0.0, 1.5, 0.0),
-                    maxfev=400,
-                )
-        except (RuntimeError, ValueError):
-            continue
-        sigma = abs(popt[3])
-        if 0.4 < sigma < half / 1.5 and abs(popt[1]) < 1.5 and abs(popt[2]) < 1.5:
-            sigmas.append(sigma)
-        if len(sigmas) >= max_stars:
-            break
-    if len(sigmas) < 3:
-        return None
-    return float(np.median(sigmas) * FWHM_PER_SIGMA)
 
 
 class MatchedFilterDetector:

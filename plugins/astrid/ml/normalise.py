@@ -55,13 +55,15 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from astrid.imaging.stats import FWHM_PER_SIGMA, finite_sample, median_sigma
+
 log = logging.getLogger(__name__)
 
-MAD_TO_SIGMA = 1.482602218505602  # 1 / Phi^-1(3/4): MAD of a unit Gaussian
 CHANNELS = ("difference", "science", "reference", "residual", "matched")
 SOFT = 20.0  # noise units where asinh compression starts (a scale in σ, not a data constant)
 MIN_SKY_SNR = 5.0
@@ -71,7 +73,6 @@ RESIDUAL_MIN_STARS = 8  # fewer than this: ε cannot be measured; taken as 0 (no
 MATCHED_RADIUS_SIGMA = 4.0  # the matched filter's Gaussian is truncated at this many σ
 SEEING_CROP = 1024  # the seeing is measured on the central crop of at most this side (speed)
 DEFAULT_SEEING_FWHM = 3.0  # px, used (and logged) only when no star can be measured
-FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
 @dataclass(frozen=True)
@@ -102,16 +103,10 @@ def robust_stats(
     Uses a regular sub-grid of at most ``max_samples`` pixels (deterministic, unbiased for
     stationary noise). A constant image gets a noise of 1 so division stays defined.
     """
-    data = np.asarray(image)
-    if data.size > max_samples:
-        step = int(np.ceil(np.sqrt(data.size / max_samples)))
-        data = data[::step, ::step] if data.ndim == 2 else data.ravel()[:: step * step]
-    values = np.asarray(data, dtype=np.float64).ravel()
-    values = values[np.isfinite(values)]
+    values = finite_sample(image, max_samples)
     if values.size == 0:
         return ChannelStats(0.0, 1.0)
-    center = float(np.median(values))
-    sigma = MAD_TO_SIGMA * float(np.median(np.abs(values - center)))
+    center, sigma = median_sigma(values)
     for _ in range(iterations):
         if not sigma > 0:
             break
@@ -119,8 +114,7 @@ def robust_stats(
         if kept.size < 16 or kept.size == values.size:
             break
         values = kept
-        center = float(np.median(values))
-        sigma = MAD_TO_SIGMA * float(np.median(np.abs(values - center)))
+        center, sigma = median_sigma(values)
     if not sigma > 0 or not np.isfinite(sigma):
         # Degenerate (e.g. mostly constant) image: fall back to the standard deviation, then 1.
         std = float(np.std(values))
@@ -148,10 +142,62 @@ def stack_stats(science: np.ndarray, reference: np.ndarray, difference: np.ndarr
     )
 
 
+def _gauss2d(
+    coords: tuple[np.ndarray, np.ndarray], amp: float, x0: float, y0: float, sigma: float, bkg: float
+):
+    yy, xx = coords
+    return amp * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2.0 * sigma * sigma)) + bkg
+
+
+def measure_seeing(image: np.ndarray, *, max_stars: int = 40, half: int = 7) -> float | None:
+    """Median FWHM (pixels) of Gaussian fits to bright, isolated, unsaturated stars, or ``None``.
+
+    Candidates are local maxima between 20σ above background and half the image maximum (to
+    avoid saturated cores), with no brighter maximum within ``2*half`` pixels.
+    """
+    from scipy import ndimage, optimize  # on use: the inference path imports this module
+
+    data = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+    if min(data.shape) < 4 * half:
+        return None
+    stats = robust_stats(data)
+    sub = data - stats.background
+    top = float(np.max(sub))
+    peaks = (
+        (sub == ndimage.maximum_filter(sub, size=4 * half + 1)) & (sub > 20 * stats.noise) & (sub < 0.5 * top)
+    )
+    ys, xs = np.nonzero(peaks)
+    inside = (ys >= half) & (ys < data.shape[0] - half) & (xs >= half) & (xs < data.shape[1] - half)
+    ys, xs = ys[inside], xs[inside]
+    order = np.argsort(-sub[ys, xs])[: max_stars * 2]
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
+    sigmas = []
+    for y, x in zip(ys[order], xs[order], strict=True):
+        cut = sub[y - half : y + half + 1, x - half : x + half + 1]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                popt, _ = optimize.curve_fit(
+                    _gauss2d,
+                    (yy.ravel(), xx.ravel()),
+                    cut.ravel(),
+                    p0=(cut.max(), 0.0, 0.0, 1.5, 0.0),
+                    maxfev=400,
+                )
+        except (RuntimeError, ValueError):
+            continue
+        sigma = abs(popt[3])
+        if 0.4 < sigma < half / 1.5 and abs(popt[1]) < 1.5 and abs(popt[2]) < 1.5:
+            sigmas.append(sigma)
+        if len(sigmas) >= max_stars:
+            break
+    if len(sigmas) < 3:
+        return None
+    return float(np.median(sigmas) * FWHM_PER_SIGMA)
+
+
 def frame_seeing(science: np.ndarray) -> float:
     """Seeing FWHM (px) measured on the central ``SEEING_CROP``² of the science image."""
-    from astrid.ml.baseline import measure_seeing  # baseline imports this module
-
     h, w = np.shape(science)
     r0, c0 = max(0, (h - SEEING_CROP) // 2), max(0, (w - SEEING_CROP) // 2)
     fwhm = measure_seeing(np.asarray(science)[r0 : r0 + SEEING_CROP, c0 : c0 + SEEING_CROP])

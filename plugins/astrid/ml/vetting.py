@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from astrid.imaging.stats import median_sigma
 from astrid.ml import normalise
 
 STAR_RADIUS = 2.0  # px: a candidate this close to a reference star is "on" it
@@ -106,8 +107,7 @@ class StarResidualVetter:
         q = (self._peaks(rows[ok], cols[ok]) - self.sky_max) / flux[ok]
         if len(q) < MIN_POPULATION:
             return None
-        median = float(np.median(q))
-        mad = normalise.MAD_TO_SIGMA * float(np.median(np.abs(q - median)))
+        median, mad = median_sigma(q)
         own = float(np.median(1.0 / flux[ok] ** 2))  # each star's unit noise, in q units
         scatter = math.sqrt(max(mad * mad - own, 0.0))
         return ResidualModel(median=median, scatter=scatter, stars=len(q))
