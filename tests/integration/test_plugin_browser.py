@@ -14,6 +14,8 @@ from urllib.parse import urljoin
 import pytest
 import requests
 
+from astrid.dag_kinds import DAG_IDS
+
 pytestmark = [pytest.mark.standalone, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,14 +30,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ASTRID_DAGS = (
-    "astrid_realtime_inference",
-    "astrid_batch_inference",
-    "astrid_model_validation",
-    "astrid_model_training",
-    "astrid_drift_check",
-    "astrid_serving_model",
-)
+ASTRID_DAGS = DAG_IDS  # what /astrid/status lists, in order: one per DAG kind
 MODEL_CARD = REPO / "include" / "models" / "astrid-unet" / "model_card.json"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from astrid.errors import AstridError, ConfigError
+from astrid.imaging.fits import Triplet
 from astrid.quality import (
     DEFAULT_SUITE_PATH,
     PROFILE_COLUMNS,
@@ -27,19 +27,6 @@ from astrid.quality import (
 SIZE = 128
 
 
-@dataclass
-class FakeTriplet:
-    """Duck-typed stand-in for astrid.imaging.fits.Triplet."""
-
-    science: np.ndarray
-    reference: np.ndarray
-    difference: np.ndarray
-    header: fits.Header
-    wcs: WCS | None
-    name: str
-    problems: list[str] = field(default_factory=list)
-
-
 def tan_header(size: int = SIZE, scale_arcsec: float = 0.2) -> fits.Header:
     header = fits.Header()
     header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
@@ -50,7 +37,7 @@ def tan_header(size: int = SIZE, scale_arcsec: float = 0.2) -> fits.Header:
     return header
 
 
-def make_triplet(name: str = "good", *, seed: int = 0, size: int = SIZE, **cards: object) -> FakeTriplet:
+def make_triplet(name: str = "good", *, seed: int = 0, size: int = SIZE, **cards: object) -> Triplet:
     """A clean 128x128 observation: sky 100 +- 5, TAN WCS, EXPTIME 30 s, FWHM 0.8" at 0.2"/px = 4 px.
 
     ``cards`` set header keywords; a value of ``None`` removes the keyword.
@@ -69,7 +56,7 @@ def make_triplet(name: str = "good", *, seed: int = 0, size: int = SIZE, **cards
             header.remove(key, ignore_missing=True)
         else:
             header[key] = value
-    return FakeTriplet(science, reference, science - reference, header, WCS(header), name)
+    return Triplet(science, reference, science - reference, header, WCS(header), name)
 
 
 @pytest.fixture(scope="module")
@@ -80,26 +67,26 @@ def gate() -> QualityGate:
 # --- failure modes: (builder, expected failure text) --------------------------------------------
 
 
-def shape_mismatch() -> FakeTriplet:
+def shape_mismatch() -> Triplet:
     t = make_triplet("shape")
     t.reference = t.reference[:, : SIZE - 8]
     return t
 
 
-def nan_dominated() -> FakeTriplet:
+def nan_dominated() -> Triplet:
     t = make_triplet("nans")
     t.science[:76] = np.nan  # 76 of 128 rows: 40.6% finite
     t.difference = t.science - t.reference
     return t
 
 
-def missing_wcs() -> FakeTriplet:
+def missing_wcs() -> Triplet:
     t = make_triplet("nowcs")
     t.wcs = None
     return t
 
 
-def saturated() -> FakeTriplet:
+def saturated() -> Triplet:
     t = make_triplet("saturated")
     t.science[:20, :] = 65000.0  # 20/128 = 15.6% of the pixels
     t.difference = t.science - t.reference
