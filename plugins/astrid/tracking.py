@@ -9,6 +9,7 @@ whichever orchestrator (Airflow, the CLI, a notebook) started them.
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,11 @@ def log_validation(
     dag_run_id: str,
     observations: int,
     threshold: float,
+    review: Any = None,
 ) -> str:
-    """Log one model's validation score (from :func:`astrid.validation.score_model`)."""
+    """Log one model's validation score (from :func:`astrid.validation.score_model`), and its
+    review (:class:`astrid.review.ValidationReview`: recall-vs-SNR plot, stamps of the missed
+    transients and false detections, ``index.html``) as artifacts under ``review/``."""
     version = score["version"]
     tags = {"airflow.run_id": dag_run_id, "alias": alias}
     with registry.run(VALIDATION_EXPERIMENT, f"validate-{alias}-v{version}", tags) as mlrun:
@@ -81,6 +85,10 @@ def log_validation(
             },
             metrics=flat_metrics(score),
         )
+        if review is not None:
+            with tempfile.TemporaryDirectory(prefix="astrid-review-") as folder:
+                review.write(Path(folder), f"Validation of {alias} v{version}")
+                registry.client.log_artifacts(mlrun.info.run_id, folder, artifact_path="review")
     return mlrun.info.run_id
 
 

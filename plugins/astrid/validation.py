@@ -118,8 +118,12 @@ def score_model(
     max_side: int,
     min_excess: float | str | None = "card",
     limits: Any = None,
+    review: Any = None,
 ) -> dict[str, Any]:
-    """Run ``detector`` over labelled claims and score against their truth (recall per SNR bin, F1...)."""
+    """Run ``detector`` over labelled claims and score against their truth (recall per SNR bin, F1...).
+
+    ``review`` (an :class:`astrid.review.ValidationReview`) collects stamps of the missed transients
+    and false detections, and the report for its plot, while the frames are in memory."""
     from astrid.imaging.synthetic import read_truth
     from astrid.ml.evaluate import score_detections
     from astrid.pipeline import load_claim
@@ -127,10 +131,14 @@ def score_model(
     pairs = []
     for claim in claims:
         triplet = load_claim(claim, storage, max_side, limits)
-        _, detections = detector.analyse(triplet, threshold, min_excess)
+        probability, detections = detector.analyse(triplet, threshold, min_excess)
         truth = read_truth(storage.resolve(claim.truth_uri))
         pairs.append((detections, truth, triplet.difference.size))
-    report = score_detections(pairs)
+        if review is not None:
+            review.add(claim.name, triplet, probability, detections, truth)
+    report = score_detections(pairs, detector=f"v{detector.version}", threshold=threshold)
+    if review is not None:
+        review.report = report
     return _json_safe({"version": detector.version, **report.to_dict()})
 
 
@@ -178,6 +186,7 @@ def score_models(
     from astrid.paths import shipped_model_path
     from astrid.pipeline import VersionedDetector
     from astrid.registry import CHAMPION
+    from astrid.review import ValidationReview
     from astrid.tracking import log_comparison, log_validation
 
     registry.ensure_champion(shipped_model_path())
@@ -185,6 +194,7 @@ def score_models(
     scored = []
     for alias, version in models:
         detector = VersionedDetector(get_engine(registry.resolve(version).path, device=device), version)
+        review = ValidationReview()
         score = score_model(
             detector,
             claims,
@@ -193,6 +203,7 @@ def score_models(
             max_side=max_side,
             min_excess=vetting,
             limits=limits,
+            review=review,
         )
         log_validation(
             registry,
@@ -201,6 +212,7 @@ def score_models(
             dag_run_id=dag_run_id,
             observations=len(claims),
             threshold=threshold,
+            review=review,
         )
         scored.append({**score, "alias": alias})
     scores: dict[str, Any] = {

@@ -24,6 +24,7 @@ from astrid.pipeline import (
     infer_observations,
 )
 from astrid.registry import CHALLENGER, CHAMPION, INFERENCE_EXPERIMENT, ModelRegistry
+from astrid.review import REVIEW_LIMIT
 from astrid.storage import StorageRoot
 from astrid.tracking import flat_metrics
 from astrid.validation import KEEP, PROMOTE, apply_decision, decide_from_scores, score_models
@@ -171,6 +172,20 @@ def test_score_models_logs_each_alias_and_gauges_the_champion_f1(world):
     assert sorted(r.info.run_name for r in runs) == ["compare-manual__v", "validate-champion-v1"]
     validated = next(r for r in runs if r.info.run_name == "validate-champion-v1")
     assert validated.data.metrics["f1"] == pytest.approx(scores[CHAMPION]["f1"])
+    # the review a person looks at: the plot, the gallery page, a stamp per missed/false case
+    review = {a.path for a in registry.client.list_artifacts(validated.info.run_id, "review")}
+    assert {"review/index.html", "review/recall_vs_snr.png"} <= review
+    champion = scores[CHAMPION]
+    missed = champion["truth"] - champion["true_positives"]
+    stamps = {
+        kind: [a.path for a in registry.client.list_artifacts(validated.info.run_id, f"review/{kind}")]
+        for kind in ("missed", "false")
+    }
+    assert len(stamps["missed"]) == min(missed, REVIEW_LIMIT)
+    assert len(stamps["false"]) == min(champion["false_positives"], REVIEW_LIMIT)
+    page = Path(registry.client.download_artifacts(validated.info.run_id, "review/index.html")).read_text()
+    assert f"Missed transients ({len(stamps['missed'])} of {missed}" in page
+    assert all(f"src='{path.removeprefix('review/')}'" in page for path in stamps["missed"] + stamps["false"])
     decision = decide_from_scores(scores, min_f1=0.0)
     assert decision.action == KEEP and decision.to_xcom()["reason"].startswith("champion v1")
 
