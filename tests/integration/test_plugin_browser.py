@@ -181,7 +181,7 @@ def test_astrid_page_in_the_airflow_ui(standalone) -> None:
             # 3. the AstrID page from the nav (a top-level nav item), embedded at /plugin/astrid
             started = time.monotonic()
             page.get_by_role("link", name="AstrID", exact=True).first.click()
-            page.wait_for_url("**/plugin/astrid", timeout=30_000)
+            page.wait_for_url("**/plugin/astrid", timeout=90_000)
             frame = page.frame_locator("iframe").first
             realtime_row = frame.locator('#status-dags tr[data-dag-id="astrid_realtime_inference"]')
             playwright_api.expect(realtime_row).to_be_visible(timeout=60_000)
@@ -202,7 +202,7 @@ def test_astrid_page_in_the_airflow_ui(standalone) -> None:
             frame.locator("#max_observations").fill("3")
             frame.locator("#trigger-button").click()
             run_id_node = frame.locator("#trigger-run-id")
-            playwright_api.expect(run_id_node).to_be_visible(timeout=30_000)
+            playwright_api.expect(run_id_node).to_be_visible(timeout=60_000)
             run_id = run_id_node.inner_text().strip()
             assert run_id.startswith("manual__")
             page.screenshot(path=str(out / "03-triggered.png"), full_page=True)
@@ -212,7 +212,7 @@ def test_astrid_page_in_the_airflow_ui(standalone) -> None:
 
             # the status table catches up: last run = ours, succeeded, with a detection count
             frame.locator("#refresh").click()
-            playwright_api.expect(realtime_row.locator(".last-run")).to_have_text(run_id, timeout=30_000)
+            playwright_api.expect(realtime_row.locator(".last-run")).to_have_text(run_id, timeout=60_000)
             playwright_api.expect(realtime_row.locator(".last-state .state")).to_have_text("success")
             playwright_api.expect(realtime_row.locator(".detections")).not_to_have_text("—")
             page.screenshot(path=str(out / "04-run-succeeded.png"), full_page=True)
@@ -226,7 +226,7 @@ def test_astrid_page_in_the_airflow_ui(standalone) -> None:
             page.goto(urljoin(f"{standalone.url}/", links["Detections"]))
             page.wait_for_selector("body[data-loaded='true'][data-view='run']", timeout=60_000)
             stamps = page.locator("#run-gallery img.stamp")
-            playwright_api.expect(stamps.first).to_be_visible(timeout=30_000)
+            playwright_api.expect(stamps.first).to_be_visible(timeout=60_000)
             page.wait_for_function(
                 "() => [...document.querySelectorAll('#run-gallery img.stamp')].every(i => i.complete)"
             )
