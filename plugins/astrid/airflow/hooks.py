@@ -169,7 +169,8 @@ class AirflowApiHook(BaseHook):
 
     ``host`` is the api-server's base URL, path included (``http://airflow-apiserver:8080``,
     ``https://<deployment>.astronomer.run/<id>``); a host without a scheme gets ``http://`` and the
-    port. Without a host: the worker's ``[core] execution_api_server_url`` minus ``/execution/``.
+    port. Without a host: the worker's ``[core] execution_api_server_url`` minus ``/execution/``,
+    else ``[api] base_url``.
     ``login`` + ``password``: exchanged at ``POST /auth/token`` (simple auth manager, FAB);
     ``password`` alone: sent as the bearer token (an Astro Deployment API token).
     """
@@ -195,7 +196,9 @@ class AirflowApiHook(BaseHook):
             from airflow.sdk.configuration import conf
 
             execution = conf.get("core", "execution_api_server_url", fallback="") or ""
-            return execution.rstrip("/").removesuffix("/execution") + "/"
+            if execution:
+                return execution.rstrip("/").removesuffix("/execution") + "/"
+            return (conf.get("api", "base_url", fallback="") or "http://localhost:8080").rstrip("/") + "/"
         if "://" not in host:
             host = f"http://{host}" + (f":{conn.port}" if conn.port else "")
         return host.rstrip("/") + "/"

@@ -173,7 +173,7 @@ class DbCleanOperator(BaseOperator):
         self.log.info("airflow %s (MWAA)\n%s\n%s", command, _tail(stdout, 4000), _tail(stderr, 2000))
         # the endpoint answers 200 whatever the command's exit status: a traceback or an argument
         # error on stderr is the failure
-        if "Traceback (most recent call last)" in stderr or "airflow command error" in stderr:
+        if "Traceback (most recent call last)" in stderr or "command error:" in stderr:
             raise RuntimeError(f"airflow db clean failed on MWAA: {_tail(stderr, 2000)}")
         return {}
 
