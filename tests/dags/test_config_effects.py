@@ -505,6 +505,13 @@ def effects(tmp: Path, notified: list) -> dict[str, tuple[str, Callable[[], Any]
         "ASTRID_INFERENCE_SERVING_DEADLINE_MINUTES": ("30", deadline_minutes(SERVING), 30),
         "ASTRID_INFERENCE_REPROCESS_HOURS": ("6", param(SERVING, "hours"), 6),
         "ASTRID_INFERENCE_REPROCESS_MAX_OBSERVATIONS": ("50", param(SERVING, "max_observations"), 50),
+        # maintenance: how db_clean cleans the metadata DB (each mode run for real: tests/unit/test_db_clean.py)
+        "ASTRID_INFERENCE_DB_CLEAN": ("off", task_attr(MAINT, "db_clean", "mode"), "off"),
+        "ASTRID_INFERENCE_MWAA_ENVIRONMENT": (
+            "astrid-prod",
+            task_attr(MAINT, "db_clean", "mwaa_environment"),
+            "astrid-prod",
+        ),
     }
 
 
