@@ -186,6 +186,38 @@ def test_cli_mode_without_a_reachable_db_skips(airflow_db, monkeypatch) -> None:
     assert log_rows(tag) == {"old": 2, "recent": 1}
 
 
+@pytest.mark.postgres
+def test_cli_mode_on_a_postgres_metadata_db(tmp_path, monkeypatch) -> None:
+    """The production shape (compose, Helm): a Postgres metadata DB that the worker can reach.
+    A throw-away database on the local PostgreSQL, migrated by the real `airflow db migrate`."""
+    import sqlalchemy as sa
+
+    from tests.catalog_helpers import postgres_unavailable, temporary_postgres_database
+
+    if reason := postgres_unavailable():
+        pytest.skip(reason)
+    with temporary_postgres_database("astrid_dbclean") as url:
+        airflow_url = (
+            sa.make_url(url).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+        )
+        monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", airflow_url)
+        subprocess.run([str(BIN / "airflow"), "db", "migrate"], check=True, capture_output=True, timeout=600)
+        engine = sa.create_engine(airflow_url)
+        now = datetime.now(UTC)
+        with engine.begin() as db:
+            for age in (40, 40, 40, 2):
+                db.execute(
+                    sa.text("INSERT INTO log (dttm, event) VALUES (:dttm, 'astrid-pg')"),
+                    {"dttm": now - timedelta(days=age)},
+                )
+        result = operator(mode="cli").execute(CONTEXT)
+        with engine.connect() as db:
+            ages = db.execute(sa.text("SELECT dttm FROM log WHERE event = 'astrid-pg'")).scalars().all()
+        engine.dispose()
+    assert result["mode"] == "cli"
+    assert len(ages) == 1 and ages[0] > now - timedelta(days=3)
+
+
 def test_compose_cli_command_cleans_with_the_configured_retention(airflow_db, monkeypatch) -> None:
     """`python -m astrid.maintenance db-clean`, what the compose airflow-cli service runs."""
     tag = seed_log_rows(old=2, recent=2)
