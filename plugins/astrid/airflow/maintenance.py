@@ -99,6 +99,7 @@ class DbCleanOperator(BaseOperator):
         import requests
 
         from astrid.airflow.hooks import AirflowApiHook
+        from astrid.airflow.plugin import URL_PREFIX
         from astrid.maintenance import API_PATH
 
         hook = AirflowApiHook(self.airflow_api_conn_id)
@@ -107,7 +108,7 @@ class DbCleanOperator(BaseOperator):
                 f"Airflow connection {self.airflow_api_conn_id!r} with credentials is not defined: give it "
                 "the api-server URL (host) and login/password, or an API token as password (docs/deploy.md)"
             )
-        url = hook.base_url + "astrid/" + API_PATH
+        url = hook.base_url + URL_PREFIX.strip("/") + "/" + API_PATH
         try:
             token = hook.token()
             answer = requests.post(
