@@ -25,12 +25,20 @@ with DAG(
     doc_md=f"""
 ### AstrID maintenance
 
-Applies the retention of **{config.log_retention_days} days** (`ASTRID_INFERENCE_LOG_RETENTION_DAYS`):
-`airflow db clean` removes old task instances, runs, XComs and logs rows from the metadata DB,
-and `prune_task_logs` deletes local task log files past retention. Remote logs on S3 are
-governed by the bucket's lifecycle rules (docs/deploy.md).
+Applies the retention of **{config.log_retention_days} days** (`ASTRID_INFERENCE_LOG_RETENTION_DAYS`).
+`db_clean` removes older task instances, runs, XComs and log rows from the metadata DB the way this
+platform allows (`ASTRID_INFERENCE_DB_CLEAN={config.db_clean}`: the api-server's AstrID endpoint on
+Astro, MWAA's CLI endpoint on MWAA, `airflow db clean` where the worker has the DB); where it
+cannot, it is skipped with a message saying what to run instead, never failed. `prune_task_logs`
+deletes local task log files past retention, independently. Remote logs on S3 are governed by the
+bucket's lifecycle rules (docs/deploy.md).
 """,
 ) as dag:
-    DbCleanOperator(task_id="db_clean", retention_days=config.log_retention_days) >> PruneTaskLogsOperator(
-        task_id="prune_task_logs", retention_days=config.log_retention_days
+    # independent: a skipped (or failed) metadata clean-up must not stop the log pruning
+    DbCleanOperator(
+        task_id="db_clean",
+        retention_days=config.log_retention_days,
+        mode=config.db_clean,
+        mwaa_environment=config.mwaa_environment,
     )
+    PruneTaskLogsOperator(task_id="prune_task_logs", retention_days=config.log_retention_days)

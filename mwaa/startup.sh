@@ -20,6 +20,10 @@ export ASTRID_INFERENCE_BATCH_SIZE="${ASTRID_INFERENCE_BATCH_SIZE:-2}"
 # MWAA's Celery workers consume only the `default` queue: there is no `gpu` queue to route to.
 export ASTRID_INFERENCE_GPU_QUEUE="default"
 export ASTRID_INFERENCE_GPU_POOL="${ASTRID_INFERENCE_GPU_POOL:-gpu}"
+# The maintenance DAG cleans the metadata DB through MWAA's CLI endpoint (tasks have no metadata DB
+# on MWAA): name this environment, and allow the execution role airflow:CreateCliToken on it.
+# Empty: its db_clean task is skipped with a message saying so (docs/deploy.md, "Metadata clean-up").
+export ASTRID_INFERENCE_MWAA_ENVIRONMENT="${ASTRID_INFERENCE_MWAA_ENVIRONMENT:-}"
 
 # plugins.zip is unpacked to $AIRFLOW_HOME/plugins and carries astrid/ plus include/ (model weights,
 # expectation suite). The package looks for include/ next to plugins/, so point it there.

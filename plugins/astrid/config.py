@@ -25,6 +25,8 @@ from astrid.errors import ConfigError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEVICES = ("auto", "cpu", "cuda")
+# how the maintenance DAG cleans the metadata DB (astrid.maintenance.resolve_db_clean_mode)
+DB_CLEAN_MODES = ("auto", "api", "mwaa", "cli", "external", "off")
 # Airflow's own presets (airflow.utils.dates.cron_presets): anything else must be a 5-field cron
 CRON_PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 WEEK_MINUTES = 7 * 24 * 60
@@ -201,6 +203,13 @@ def _fits_keyword(env: str, value: str) -> None:
     if value and not re.fullmatch(r"[A-Za-z0-9_-]{1,8}", value):
         raise ConfigError(
             f"{env}={value!r} is not a FITS keyword: 1-8 letters, digits, '_' or '-' (e.g. MAGZP)"
+        )
+
+
+def _mwaa_name(env: str, value: str) -> None:
+    if value and not re.fullmatch(r"[A-Za-z][0-9A-Za-z_-]{0,79}", value):
+        raise ConfigError(
+            f"{env}={value!r} is not an MWAA environment name: a letter, then up to 79 of letters, digits, '-' or '_'"
         )
 
 
@@ -577,6 +586,21 @@ class InferenceSchedulingConfig:
         "stamps for at most this many detections per observation (highest scores first)",
         _COUNT,
         default=200,
+    )
+    # -- maintenance: how the maintenance DAG cleans Airflow's metadata DB (astrid.maintenance)
+    db_clean: str = _env(
+        "ASTRID_INFERENCE_DB_CLEAN",
+        "how the maintenance DAG runs `airflow db clean`: auto (by platform), api (the AstrID plugin in "
+        "the api-server), mwaa (MWAA's CLI endpoint), cli (a subprocess; needs metadata-DB access), "
+        "external or off (the task skips, naming what to run instead); docs/deploy.md",
+        _one_of(DB_CLEAN_MODES),
+        default="auto",
+    )
+    mwaa_environment: str = _env(
+        "ASTRID_INFERENCE_MWAA_ENVIRONMENT",
+        "name of the MWAA environment whose CLI endpoint db_clean uses (mwaa mode; empty: the task skips)",
+        Rule(_mwaa_name, "an MWAA environment name; empty: none"),
+        default="",
     )
 
     def __post_init__(self) -> None:

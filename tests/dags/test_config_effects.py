@@ -601,6 +601,13 @@ def effects(tmp: Path, notified: list) -> dict[str, tuple[str, Callable[[], Any]
             ["survey.arrivals"],
         ),
         "ASTRID_INFERENCE_EVENTS_POLL_SECONDS": ("2", arrival_watch("poll_interval"), 2.0),
+        # maintenance: how db_clean cleans the metadata DB (each mode run for real: tests/unit/test_db_clean.py)
+        "ASTRID_INFERENCE_DB_CLEAN": ("off", task_attr(MAINT, "db_clean", "mode"), "off"),
+        "ASTRID_INFERENCE_MWAA_ENVIRONMENT": (
+            "astrid-prod",
+            task_attr(MAINT, "db_clean", "mwaa_environment"),
+            "astrid-prod",
+        ),
     }
 
 

@@ -24,6 +24,27 @@ def test_maintenance_dag_prunes_old_logs(airflow_db, tmp_path, monkeypatch):
     assert task_output(dag_run, "db_clean")  # the cut-off timestamp it cleaned before
 
 
+def test_maintenance_dag_succeeds_and_prunes_logs_where_it_cannot_clean_the_db(
+    airflow_db, tmp_path, monkeypatch
+):
+    """As on Astro without the api connection: db_clean is skipped (the run does not fail, so the
+    DAG never pauses itself), and prune_task_logs still runs."""
+    logs = tmp_path / "logs"
+    old = logs / "dag_id=y" / "attempt=1.log"
+    old.parent.mkdir(parents=True)
+    old.write_text("old")
+    t = time.time() - 40 * 86400
+    os.utime(old, (t, t))
+    monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(logs))
+    monkeypatch.setenv("ASTRID_INFERENCE_DB_CLEAN", "api")
+    monkeypatch.delenv("AIRFLOW_CONN_ASTRID_AIRFLOW_API", raising=False)
+    dag_run = run_dag("astrid_maintenance")
+    states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+    assert states == {"db_clean": "skipped", "prune_task_logs": "success"}
+    assert str(dag_run.state) == "success"
+    assert not old.exists()
+
+
 def test_preflight_over_limit_skips_the_whole_run_and_claims_nothing(airflow_db, tmp_path, monkeypatch):
     """A 1 % memory limit is always exceeded: the run is skipped, nothing is claimed."""
     from astrid.catalog import Catalog

@@ -113,6 +113,8 @@ OVERRIDES = {
     "drift_schedule": ("0 6 * * *", "0 6 * * *"),
     "drift_threshold": ("0.3", 0.3),
     "drift_p_value": ("0.05", 0.05),
+    "db_clean": ("api", "api"),
+    "mwaa_environment": ("astrid-prod", "astrid-prod"),
 }
 
 

@@ -44,7 +44,8 @@ GPU_QUEUE = getattr(InferenceSchedulingConfig(), "gpu_queue", "gpu")
 GPU_POOL = getattr(InferenceSchedulingConfig(), "gpu_pool", "gpu")
 # Connections the DAGs need everywhere, and the ones that are legitimately optional.
 REQUIRED_CONNECTIONS = {"astrid_catalog", "astrid_storage", "mlflow_default", "smtp_default"}
-OPTIONAL_CONNECTIONS = {"slack_webhook_default", "aws_default"}
+# astrid_airflow_api: the maintenance DAG's db clean in api mode (Astro)
+OPTIONAL_CONNECTIONS = {"slack_webhook_default", "aws_default", "astrid_airflow_api"}
 # Files whose ASTRID_* names must all be known to the code.
 DEPLOY_FILES = [
     "docker-compose.yaml",
@@ -709,8 +710,13 @@ def test_env_example_documents_every_setting(raw_compose: dict[str, Any]) -> Non
         assert re.search(rf"^#? ?{var}=", text, flags=re.M), f".env.example does not document {var}"
 
 
+def on_demand_services(services: Mapping[str, Any]) -> set[str]:
+    """Services only `docker compose --profile ... run` starts (profile-only, never restarted)."""
+    return {name for name, svc in services.items() if svc.get("profiles") and str(svc.get("restart")) == "no"}
+
+
 def test_every_long_running_service_has_a_healthcheck(services: Mapping[str, Any]) -> None:
-    one_shot = one_shot_services(services)
+    one_shot = one_shot_services(services) | on_demand_services(services)
     assert {"airflow-init", "s3-init"} <= one_shot
     for name, svc in services.items():
         if name in one_shot:
@@ -1198,3 +1204,53 @@ def test_bundle_refuses_unpinned_requirements(tmp_path: Path) -> None:
     with pytest.raises(subprocess.CalledProcessError) as failed:
         run_bundle(tmp_path / "out", root=root)
     assert "pinned with ==" in failed.value.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 17.4 / 17.7: the airflow-cli service (metadata clean-up) and the UI link settings
+# --------------------------------------------------------------------------------------------------
+
+
+def test_ui_link_settings_reach_every_airflow_service_with_browser_addresses(
+    raw_compose: dict[str, Any], services: Mapping[str, Any]
+) -> None:
+    """ASTRID_GRAFANA_URL (nav entry, AstrID page) and ASTRID_MLFLOW_UI_URL (the infer task's "MLflow
+    run" link, stored by the worker when the task finishes) are set on every Airflow service, to the
+    host ports a browser uses, never to a compose service name only containers resolve."""
+    from astrid.status import safe_http_url
+
+    for name in airflow_services(raw_compose["services"]):
+        env = environment(raw_compose["services"][name])
+        for var in ("ASTRID_GRAFANA_URL", "ASTRID_MLFLOW_UI_URL"):
+            assert re.fullmatch(rf"\$\{{{var}:-http://localhost:[0-9]+.*\}}", str(env.get(var))), (name, var)
+    env = environment(services["airflow-worker"])
+    grafana, mlflow = urlsplit(env["ASTRID_GRAFANA_URL"]), urlsplit(env["ASTRID_MLFLOW_UI_URL"])
+    assert safe_http_url(env["ASTRID_GRAFANA_URL"]) == env["ASTRID_GRAFANA_URL"]
+    assert grafana.hostname == mlflow.hostname == "localhost"
+    # the ports are the ones compose publishes by default
+    assert published_ports(services["grafana"])[0].endswith(f":{grafana.port}:3000")
+    assert published_ports(services["mlflow"])[0].endswith(f":{mlflow.port}:5000")
+    # the tracking URI stays the container name: the UI URL is what makes the link openable
+    tracking = json.loads(env["AIRFLOW_CONN_MLFLOW_DEFAULT"])["extra"]["tracking_uri"]
+    assert urlsplit(tracking).hostname == "mlflow" != mlflow.hostname
+
+
+def test_airflow_cli_service_cleans_the_metadata_db_on_demand(services: Mapping[str, Any]) -> None:
+    cli = services["airflow-cli"]
+    assert cli["profiles"] == ["cli"] and str(cli["restart"]) == "no"  # never started by `up`
+    assert command_tokens(cli) == ["python", "-m", "astrid.maintenance", "db-clean"]
+    env = environment(cli)
+    assert env["PYTHONPATH"] == "/usr/local/airflow/plugins"
+    assert container_to_host(cli, "/usr/local/airflow/plugins/astrid/maintenance.py") == (
+        REPO / "plugins" / "astrid" / "maintenance.py"
+    )
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")  # it has the DB
+    assert depends_on(cli)["airflow-init"] == "service_completed_successfully"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "astrid.maintenance", "db-clean", "--help"],
+        env={**os.environ, "PYTHONPATH": str(REPO / "plugins")},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--dry-run" in help_text and "--days" in help_text

@@ -76,3 +76,36 @@ def test_page_and_plugin_use_no_absolute_paths():
     view = AstridPlugin.external_views[0]
     for key in ("href", "icon", "icon_dark_mode"):
         assert not view[key].startswith("/") and view[key].startswith("astrid/"), view
+
+
+@pytest.mark.slow
+def test_the_infer_tasks_mlflow_link_opens_the_configured_ui(airflow_db, tmp_path, monkeypatch):
+    """A real realtime run (dag.test(), one synthetic observation, the shipped U-Net on CPU, a real
+    MLflow store): the "MLflow run" link Airflow stores for the infer task — Airflow 3 keeps a
+    task's extra links as XComs pushed when the task finishes, on the worker — is under
+    ASTRID_MLFLOW_UI_URL, not under the tracking URI. Compose passes that variable to every
+    Airflow service (tests/unit/test_deploy_files.py)."""
+    from astrid.airflow.operators import MLflowRunLink
+    from astrid.survey import seed_survey
+    from tests.dag_runner import inprocess_env, run_dag
+
+    with inprocess_env(
+        tmp_path,
+        ASTRID_INFERENCE_PERFORMANCE_TRACKING="true",
+        ASTRID_MLFLOW_UI_URL="https://mlflow.example.org/ui",
+    ) as env:
+        seed_survey(
+            1,
+            size=128,
+            seed=77100,
+            catalog_url=env["ASTRID_CATALOG_URL"],
+            storage_root=env["ASTRID_STORAGE_ROOT"],
+        )
+        dag_run = run_dag("astrid_realtime_inference", {"max_observations": 1})
+        assert str(dag_run.state) == "success"
+        infer = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "infer")
+        link = infer.xcom_pull(task_ids="infer", key=MLflowRunLink().xcom_key)
+        run_id = infer.xcom_pull(task_ids="infer")["mlflow_run_id"]
+    assert link.startswith("https://mlflow.example.org/ui/#/experiments/"), link
+    assert link.endswith(f"/runs/{run_id}")
+    assert env["MLFLOW_TRACKING_URI"] not in link

@@ -10,6 +10,7 @@ importing the plugin costs the scheduler and workers nothing.
 * ``POST /trigger`` — create a DAG run (realtime, batch or validation) with validated conf.
 * ``POST /observations`` — ingest one FITS triplet (as ``astrid ingest``; see the block at the end).
 * ``GET /ui``       — the AstrID page shown inside the Airflow UI (static HTML + JS).
+* ``POST /maintenance/db-clean`` — `airflow db clean` in the api-server (:mod:`astrid.airflow.api_maintenance`).
 
 Authentication is Airflow's own: the dependency the core API uses (:func:`get_user`: a JWT from
 ``POST /auth/token`` as ``Authorization: Bearer``, or the UI's ``_token`` cookie), and
@@ -536,6 +537,9 @@ def create_app() -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     add_observation_routes(app)
     add_detection_routes(app)
+    from astrid.airflow.api_maintenance import add_maintenance_routes
+
+    add_maintenance_routes(app)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ConfigError, configuration_error)
     app.add_middleware(BodyLimit)

@@ -161,3 +161,61 @@ class ModelRegistryHook(BaseHook):
         from astrid.registry import ModelRegistry
 
         return ModelRegistry(self.tracking_uri)
+
+
+class AirflowApiHook(BaseHook):
+    """Airflow's own api-server, from connection ``astrid_airflow_api``: where the maintenance DAG
+    asks the AstrID plugin to clean the metadata DB (``ASTRID_INFERENCE_DB_CLEAN=api``).
+
+    ``host`` is the api-server's base URL, path included (``http://airflow-apiserver:8080``,
+    ``https://<deployment>.astronomer.run/<id>``); a host without a scheme gets ``http://`` and the
+    port. Without a host: the worker's ``[core] execution_api_server_url`` minus ``/execution/``,
+    else ``[api] base_url``.
+    ``login`` + ``password``: exchanged at ``POST /auth/token`` (simple auth manager, FAB);
+    ``password`` alone: sent as the bearer token (an Astro Deployment API token).
+    """
+
+    conn_name_attr = "airflow_api_conn_id"
+    default_conn_name = "astrid_airflow_api"
+    conn_type = "http"
+    hook_name = "Airflow API server (AstrID maintenance)"
+
+    def __init__(self, airflow_api_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = airflow_api_conn_id
+
+    @cached_property
+    def connection(self) -> Any | None:
+        return connection_or_none(self.conn_id)
+
+    @property
+    def base_url(self) -> str:
+        conn = self.connection
+        host = (conn.host or "").strip() if conn is not None else ""
+        if not host:
+            from airflow.sdk.configuration import conf
+
+            execution = conf.get("core", "execution_api_server_url", fallback="") or ""
+            if execution:
+                return execution.rstrip("/").removesuffix("/execution") + "/"
+            return (conf.get("api", "base_url", fallback="") or "http://localhost:8080").rstrip("/") + "/"
+        if "://" not in host:
+            host = f"http://{host}" + (f":{conn.port}" if conn.port else "")
+        return host.rstrip("/") + "/"
+
+    def token(self, timeout: float = 30) -> str | None:
+        """A bearer token for the api-server, or ``None`` when the connection has no credentials."""
+        import requests
+
+        conn = self.connection
+        if conn is None or not conn.password:
+            return None
+        if not conn.login:
+            return conn.password
+        answer = requests.post(
+            self.base_url + "auth/token",
+            json={"username": conn.login, "password": conn.password},
+            timeout=timeout,
+        )
+        answer.raise_for_status()
+        return answer.json()["access_token"]
