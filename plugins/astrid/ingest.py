@@ -267,7 +267,9 @@ class Prepared:
     subtraction: Any = None  # astrid.preprocess.Preprocessed
 
 
-def prepare_difference(spooled: Mapping[str, SpooledFile], *, subtract: bool, max_side: int) -> Prepared:
+def prepare_difference(
+    spooled: Mapping[str, SpooledFile], *, subtract: bool, max_side: int, require_wcs: bool = True
+) -> Prepared:
     """THE switch point for image subtraction (issue 20): read and validate the files, and decide.
 
     * A difference image was given → read the triplet (same shapes) → ``preprocessed``.
@@ -277,6 +279,9 @@ def prepare_difference(spooled: Mapping[str, SpooledFile], *, subtract: bool, ma
       (field ``reference``) naming both files and the problem.
     * Only science + reference, not ``subtract`` → each read and checked → ``ingested``: the
       DAGs' ``subtract`` task does it (``meta["awaiting"] = "subtraction"``).
+
+    With ``require_wcs``, a science frame without a trustworthy celestial WCS is refused before
+    anything is subtracted (say ``require_wcs=False`` for frames that really have none).
     """
     from astrid.imaging.fits import ReadLimits, Triplet, _stem, celestial_wcs, load_triplet, read_image
 
@@ -285,14 +290,15 @@ def prepare_difference(spooled: Mapping[str, SpooledFile], *, subtract: bool, ma
         triplet = load_triplet(
             spooled["science"], spooled["reference"], spooled["difference"], max_side=max_side
         )
+        _check_wcs(triplet.wcs, triplet.problems, require_wcs)
         return Prepared(triplet, "preprocessed")
     problems: list[str] = []
     science, h_sci = read_image(spooled["science"], "science", limits=limits, problems=problems)
     reference, h_ref = read_image(spooled["reference"], "reference", limits=limits, problems=problems)
     name = _stem(spooled["science"])
+    wcs = celestial_wcs(h_sci, science.shape, f"science file {spooled['science']}", problems, limits)
+    _check_wcs(wcs, problems, require_wcs)
     if not subtract:
-        what = f"science file {spooled['science']}"
-        wcs = celestial_wcs(h_sci, science.shape, what, problems, limits)
         triplet = Triplet(science, reference, None, h_sci, wcs, name, problems)
         return Prepared(triplet, "ingested", {"awaiting": "subtraction"})
     from astrid.errors import SubtractionError
@@ -310,6 +316,16 @@ def prepare_difference(spooled: Mapping[str, SpooledFile], *, subtract: bool, ma
             field="reference",
         ) from None
     return Prepared(pre.triplet, "preprocessed", {}, pre)
+
+
+def _check_wcs(wcs: Any, problems: Sequence[str], require_wcs: bool) -> None:
+    if wcs is None and require_wcs:
+        why = "; ".join(p for p in problems if "WCS" in p) or "no celestial WCS"
+        raise IngestError(
+            f'{why}. If these frames really have no WCS, say so (--no-wcs, or "wcs": false): '
+            "detections will then have no RA/Dec",
+            field="science",
+        )
 
 
 # -------------------------------------------------------------------------------- the ingestor
@@ -448,15 +464,10 @@ class Ingestor:
                 for role, path in opened.items()
             }
             subtract = self.subtract if request.subtract is None else bool(request.subtract)
-            prepared = prepare_difference(spooled, subtract=subtract, max_side=self.max_side)
+            prepared = prepare_difference(
+                spooled, subtract=subtract, max_side=self.max_side, require_wcs=request.require_wcs
+            )
             triplet = prepared.triplet
-            if triplet.wcs is None and request.require_wcs:
-                why = "; ".join(p for p in triplet.problems if "WCS" in p) or "no celestial WCS"
-                raise IngestError(
-                    f'{why}. If these frames really have no WCS, say so (--no-wcs, or "wcs": false): '
-                    "detections will then have no RA/Dec",
-                    field="science",
-                )
             digest = content_hash(spooled)
             stored, uris = self._store(spooled, opened)
             if prepared.subtraction is not None:
