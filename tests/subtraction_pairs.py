@@ -451,7 +451,10 @@ def write_pair(pair: Pair, folder: Any, name: str, reference: Pair | None = None
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ref = reference or pair
+    science_header = pair.science_header.copy()
+    # what an observatory's science frame carries besides its WCS (the data-quality gate needs EXPTIME)
+    science_header.update({"EXPTIME": 60.0, "MJD-OBS": 61000.25 + pair.params["seed"], "FILTER": "r"})
     return {
-        "science": write_image(folder / f"{name}_sci.fits", pair.science, pair.science_header),
+        "science": write_image(folder / f"{name}_sci.fits", pair.science, science_header),
         "reference": write_image(folder / f"{name}_ref.fits", ref.reference, ref.reference_header),
     }
