@@ -77,3 +77,11 @@ def test_released_expired_and_failed_subtraction_claims_stay_in_the_subtraction_
     row = catalog.get(waiting)
     assert row["status"] == "rejected" and "NoOverlapError" in row["rejection_reason"]
     assert catalog.claim_for_subtraction(10, "more", LEASE) == []
+
+
+def test_reprocessing_skips_what_waits_for_its_subtraction(catalog):  # noqa: F811
+    waiting, ready = _seed(catalog)
+    assert [c.observation_id for c in catalog.reprocess_candidates("v2")] == [ready]
+    catalog.claim_for_subtraction(10, "sub", LEASE)
+    catalog.complete_subtraction(waiting, "sub", difference_uri="d.fits", reference_uri="r.fits", meta={})
+    assert [c.observation_id for c in catalog.reprocess_candidates("v2")] == [waiting, ready]

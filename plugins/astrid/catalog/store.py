@@ -722,7 +722,8 @@ class Catalog:
         after_id: int = 0,
     ) -> list[Claim]:
         """Observations observed in ``[mjd_from, mjd_to)`` that ``model_version`` has not processed
-        yet (no ``inference_results`` row, not live-inferred by it), not rejected, by id from
+        yet (no ``inference_results`` row, not live-inferred by it), not rejected, not waiting for
+        its subtraction (no difference image to detect on yet), by id from
         ``after_id`` on (a caller pages with the last id it saw, so one that fails is not offered
         again in the same pass).
 
@@ -735,6 +736,10 @@ class Catalog:
         stmt = sa.select(*_CLAIM_COLUMNS).where(
             _O.c.id > after_id,
             _O.c.status != _S.REJECTED,
+            # still in the subtraction queue (claim_for_subtraction): nothing to detect on yet
+            sa.or_(
+                _O.c.difference_uri.is_not(None), _O.c.status.not_in([_S.INGESTED, _S.CLAIMED, _S.FAILED])
+            ),
             ~sa.exists(done),
             ~sa.and_(_O.c.status == _S.INFERRED, _O.c.model_version == model_version),
         )
