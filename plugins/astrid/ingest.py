@@ -9,7 +9,9 @@ What :meth:`Ingestor.ingest` does with one science/reference(/difference) triple
 2. **Validate** with :func:`astrid.imaging.fits.load_triplet`, the loader the workers use: a
    readable FITS image in a 2-D HDU, same shapes, enough finite pixels, within the size limits;
    and a celestial WCS, unless the caller says explicitly that there is none (``require_wcs=False``,
-   ``--no-wcs``): then detections get no RA/Dec.
+   ``--no-wcs``): then detections get no RA/Dec. Without a difference image each file is read by
+   the same reader alone (``read_image``): the reference may have another shape, and is then
+   subtracted (below).
 3. **Store**: ``copy`` (the default) writes the spooled bytes under the storage root at
    ``ingested/<random token>/<role>.fits``, a fresh place each time, so nothing is ever
    overwritten and the observation cannot change under the catalog afterwards. ``reference``
