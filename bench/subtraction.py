@@ -14,7 +14,7 @@ expected noise of each difference (noiseless truth variances):
 
 * **AstrID**: ``astrid.imaging.subtraction.subtract``; expected variance = science variance +
   the reference's, through the ideal matching kernel (Σ K²) and the flux scale.
-* **plain S − R**: what ``load_triplet`` does without a difference today (pixel-by-pixel, no
+* **plain S − R**: what ``load_triplet`` did without a difference before issue 20 (pixel-by-pixel, no
   alignment, no PSF matching); expected variance = science + reference variance.
 * **ideal**: the generator's science minus its own noiseless static scene; science variance.
 
