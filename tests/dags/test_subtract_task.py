@@ -92,3 +92,17 @@ def test_realtime_run_subtracts_ingested_observations_then_infers_them(arrived):
         task_output(again, "subtract")["subtracted"] == []
         and catalog.get(ids["good"])["status"] == "inferred"
     )
+
+
+@pytest.mark.parametrize("dag_id", ["astrid_realtime_inference", "astrid_batch_inference"])
+def test_both_inference_dags_subtract_before_they_claim(airflow_db, dag_id):
+    from astrid.airflow.demo import load_dag
+
+    dag = load_dag(dag_id)
+    subtract, claim = dag.get_task("subtract"), dag.get_task("claim")
+    assert type(subtract).__name__ == "SubtractObservationsOperator"
+    assert subtract.upstream_task_ids == {"preflight"} and claim.upstream_task_ids == {"subtract"}
+    # the same claim size as the run and the run's lease; CPU work: not on the GPU pool/queue
+    assert subtract.max_observations == claim.max_observations == "{{ params.max_observations }}"
+    assert subtract.lease_minutes == claim.lease_minutes
+    assert subtract.pool == "default_pool" != dag.get_task("infer").pool

@@ -214,3 +214,32 @@ def test_api_refuses_a_pair_that_gives_no_difference_naming_the_reference(api, a
     # subtract: false registers it for the DAG's subtraction instead
     r = client.post("/observations", json={**body, "subtract": False}, headers=_bearer(auth))
     assert r.status_code == 201 and r.json()["status"] == "ingested"
+
+
+def test_s3_storage_root_gets_the_difference_too(pairs, monkeypatch, s3_endpoint, tmp_path):
+    """The files AstrID makes are written through the same storage root as the copies (moto's
+    S3 server), and read back by the workers' loader."""
+    from astrid.ingest import Ingestor, IngestRequest
+    from astrid.pipeline import load_claim
+
+    endpoint, client = s3_endpoint
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    client.create_bucket(Bucket="astrid-sub")
+    catalog = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    catalog.migrate()
+    storage = StorageRoot.from_uri("s3://astrid-sub/root")
+    files = pairs["good"]
+    result = Ingestor(catalog, storage).ingest(IngestRequest(str(files["science"]), str(files["reference"])))
+    assert result.status == "preprocessed" and result.uris["difference"].startswith(
+        "s3://astrid-sub/root/ingested/"
+    )
+    keys = sorted(o["Key"].rsplit("/", 1)[1] for o in client.list_objects_v2(Bucket="astrid-sub")["Contents"])
+    assert keys == [
+        "difference.fits",
+        "noise.fits",
+        "reference.fits",
+        "reference_aligned.fits",
+        "science.fits",
+    ]
+    (claim,) = catalog.claim(1, "run-1", timedelta(minutes=5))
+    assert load_claim(claim, storage, 8192).difference.shape == (SIZE, SIZE)
