@@ -5,12 +5,6 @@
     astrid detect --science S.fits --reference R.fits [--difference D.fits] [--threshold 0.5]
                   [--model PATH] [--device auto] [--vetting card|off|Z] --output catalog.csv
 
-Without ``--difference`` AstrID makes one (:mod:`astrid.preprocess`: the reference aligned to the
-science by WCS or star patterns, PSF-matched, subtracted; the reference may have another pointing,
-orientation, size and seeing) and writes it, with its noise map, beside the catalog as
-``<output stem>_difference.fits`` and ``<output stem>_noise.fits`` (under the same safety rules as
-the catalog). A pair that gives no honest difference exits 2 naming the problem.
-
 writes a CSV whose header starts with exactly ``x,y,ra,dec,score,flux`` (one row per detection,
 0-based pixel coordinates, ``ra``/``dec`` in degrees, empty without a trustworthy WCS), followed by
 the photometry ``flux_err,snr,mag,mag_err`` (:mod:`astrid.photometry`; ``mag``/``mag_err`` empty
@@ -19,6 +13,12 @@ output file: the catalog is written to a temporary file next to ``--output`` and
 only when complete. It never harms its inputs: an ``--output`` that is (or links to) an input is
 refused, an existing output is replaced only with ``--overwrite``, and the file gets the user's
 umask (an overwritten file keeps its mode).
+
+Without ``--difference`` AstrID makes one (:mod:`astrid.preprocess`: the reference aligned to the
+science by WCS or star patterns, PSF-matched, subtracted; the reference may have another pointing,
+orientation, size and seeing) and writes it, with its noise map, beside the catalog as
+``<output stem>_difference.fits`` and ``<output stem>_noise.fits`` (under the same safety rules as
+the catalog). A pair that gives no honest difference exits 2 naming the problem.
 """
 
 from __future__ import annotations
