@@ -216,18 +216,21 @@ def test_api_refuses_a_pair_that_gives_no_difference_naming_the_reference(api, a
     assert r.status_code == 201 and r.json()["status"] == "ingested"
 
 
-def test_s3_storage_root_gets_the_difference_too(pairs, monkeypatch, s3_endpoint, tmp_path):
+def test_s3_storage_root_gets_the_difference_too(pairs, s3_endpoint, tmp_path):
     """The files AstrID makes are written through the same storage root as the copies (moto's
     S3 server), and read back by the workers' loader."""
+    from upath import UPath
+
     from astrid.ingest import Ingestor, IngestRequest
     from astrid.pipeline import load_claim
+    from tests.conftest import s3_storage_options
 
     endpoint, client = s3_endpoint
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     client.create_bucket(Bucket="astrid-sub")
     catalog = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
     catalog.migrate()
-    storage = StorageRoot.from_uri("s3://astrid-sub/root")
+    # explicit options, no cached filesystem: another module's moto server may have come and gone
+    storage = StorageRoot(UPath("s3://astrid-sub/root", **s3_storage_options(endpoint)))
     files = pairs["good"]
     result = Ingestor(catalog, storage).ingest(IngestRequest(str(files["science"]), str(files["reference"])))
     assert result.status == "preprocessed" and result.uris["difference"].startswith(
