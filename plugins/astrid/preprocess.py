@@ -25,6 +25,7 @@ refuses a mostly-NaN frame.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -86,7 +87,7 @@ class Preprocessed:
         """The observation's ``meta["subtraction"]`` entry: method + quality figures (+ ``extra``),
         JSON-ready."""
         entry = {**self.subtraction.meta, "valid_fraction": round(self.valid_fraction, 5), **extra}
-        return json.loads(json.dumps(entry, default=_plain))
+        return _finite(json.loads(json.dumps(entry, default=_plain)))
 
     def write(self, folder: Any) -> dict[str, Any]:
         """Write ``difference.fits``, ``noise.fits`` and ``reference_aligned.fits`` (float32, NaN
@@ -128,6 +129,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf as ``None``: JSON (and PostgreSQL's JSON type) has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _image_header(header: Any) -> Any:
