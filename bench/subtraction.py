@@ -364,6 +364,8 @@ def efficiency(size: int, frames: int, threads: int) -> dict:
 
 
 def efficiency_markdown(res: dict, command: str, wall: float) -> str:
+    from astrid.ml.evaluate import FLOORS
+
     r, ra, ri = res["recall"], res["recall"]["astrid"], res["recall"]["ideal"]
     ratio = ra / ri if ri else float("nan")
     within = abs(ratio - 1.0) <= EFFICIENCY_FLOOR
@@ -403,6 +405,10 @@ def efficiency_markdown(res: dict, command: str, wall: float) -> str:
         f"so the efficiency on AstrID's differences differs from the efficiency on the ideal difference by "
         f"that efficiency × ({ratio:.3f} − 1), at most {abs(ratio - 1):.3f} while it is ≤ 1: "
         f"{'within' if within else '**not** within'} the {EFFICIENCY_FLOOR} floor of issue 20.",
+        "",
+        f"**False detections**: {res['false_per_mpix']['astrid']:.2f} per Mpix on AstrID's differences against "
+        f"{res['false_per_mpix']['ideal']:.2f} on the ideal ones (the model card's floor, set on the synthetic "
+        f"survey's differences: {FLOORS['false_per_mpix_max']:g}); docs/subtraction.md says where they are.",
         "",
         "Per frame (recall AstrID / ideal / plain; false detections AstrID / ideal / plain; transients where "
         "AstrID's difference has no data):",
