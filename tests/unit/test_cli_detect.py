@@ -180,7 +180,7 @@ def test_shape_mismatch(files, tmp_path, capsys, observation):
             str(files["diff"]),
             "--output",
             str(out),
-        ],  # fmt: skip
+        ],
         capsys,
         out,
         "mismatch",
