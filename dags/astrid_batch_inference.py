@@ -9,6 +9,7 @@ from astrid.airflow.operators import (
     DataQualityOperator,
     InferenceReportOperator,
     PreflightOperator,
+    SubtractObservationsOperator,
     UNetInferenceOperator,
 )
 from astrid.config import load_config
@@ -18,7 +19,8 @@ config = load_config()
 DOC = f"""
 ### AstrID nightly batch inference
 
-Claims up to **{config.batch_max_observations}** observations left over from the night, splits
+First subtracts observations that arrived without a difference image (`subtract`), then
+claims up to **{config.batch_max_observations}** observations left over from the night, splits
 them into chunks of {config.batch_chunk_size} and fans out one quality-gate + U-Net task per chunk
 (dynamic task mapping), so several workers share the work. U-Net tasks run in the
 `{config.gpu_pool}` pool and `{config.gpu_queue}` queue. Schedule `{config.schedule("batch")}`
@@ -32,6 +34,11 @@ with DAG(
     ),
 ) as dag:
     preflight = PreflightOperator(task_id="preflight")
+    subtract = SubtractObservationsOperator(
+        task_id="subtract",
+        max_observations="{{ params.max_observations }}",
+        lease_minutes=config.lease_minutes * 4,
+    )
     claim = ClaimObservationsOperator(
         task_id="claim",
         max_observations="{{ params.max_observations }}",
@@ -50,5 +57,5 @@ with DAG(
     report = InferenceReportOperator(
         task_id="report", summaries=infer.output, claimed=claim.output, kind="batch"
     )
-    preflight >> claim
+    preflight >> subtract >> claim
     infer >> report

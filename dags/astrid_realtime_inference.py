@@ -8,6 +8,7 @@ from astrid.airflow.operators import (
     DataQualityOperator,
     InferenceReportOperator,
     PreflightOperator,
+    SubtractObservationsOperator,
     UNetInferenceOperator,
 )
 from astrid.config import load_config
@@ -26,7 +27,8 @@ message missed. SLA: late after {config.realtime_deadline_minutes} min (email). 
 arrivals during a run coalesce into the next one. Claims are leases, so a killed run's
 observations are picked up again when the lease expires.
 
-`preflight` skips the run when the worker is overloaded · `claim` → `quality_gate` → `infer` → `report`.
+`preflight` skips the run when the worker is overloaded · `subtract` (observations that arrived
+without a difference image) → `claim` → `quality_gate` → `infer` → `report`.
 Trigger with conf `{{"max_observations": 5, "model_version": "champion", "confidence_threshold": 0.5}}`.
 Runbook: `docs/runbook.md`.
 """
@@ -41,6 +43,11 @@ with DAG(
     ),
 ) as dag:
     preflight = PreflightOperator(task_id="preflight")
+    subtract = SubtractObservationsOperator(
+        task_id="subtract",
+        max_observations="{{ params.max_observations }}",
+        lease_minutes=config.lease_minutes,
+    )
     claim = ClaimObservationsOperator(
         task_id="claim", max_observations="{{ params.max_observations }}", lease_minutes=config.lease_minutes
     )
@@ -57,4 +64,4 @@ with DAG(
     report = InferenceReportOperator(
         task_id="report", summaries=infer.output, claimed=claim.output, kind="realtime"
     )
-    preflight >> claim >> gate >> infer >> report
+    preflight >> subtract >> claim >> gate >> infer >> report

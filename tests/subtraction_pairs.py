@@ -438,3 +438,23 @@ def make_pair(
         transients=transients,
         params=params,
     )
+
+
+def write_pair(pair: Pair, folder: Any, name: str, reference: Pair | None = None) -> dict[str, Any]:
+    """Write ``pair`` as ``<name>_sci.fits`` and ``<name>_ref.fits`` (with their headers: WCS,
+    GAIN, SATURATE) into ``folder``, as a user would have them. ``reference``: take the reference
+    image of another pair instead (another field: a pair that must be refused)."""
+    from pathlib import Path
+
+    from astrid.imaging.fits import write_image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ref = reference or pair
+    science_header = pair.science_header.copy()
+    # what an observatory's science frame carries besides its WCS (the data-quality gate needs EXPTIME)
+    science_header.update({"EXPTIME": 60.0, "MJD-OBS": 61000.25 + pair.params["seed"], "FILTER": "r"})
+    return {
+        "science": write_image(folder / f"{name}_sci.fits", pair.science, science_header),
+        "reference": write_image(folder / f"{name}_ref.fits", ref.reference, ref.reference_header),
+    }

@@ -543,6 +543,14 @@ class InferenceSchedulingConfig:
         Rule(_ingest_roots, "file://, s3://bucket or absolute paths, comma separated; empty: none"),
         default="",
     )
+    ingest_subtract: bool = _env(
+        "ASTRID_INFERENCE_INGEST_SUBTRACT",
+        "an ingest without a difference image aligns, PSF-matches and subtracts the pair at once "
+        "(preprocessed; a pair that gives no honest difference is refused); false: it is registered "
+        "ingested and the DAGs' subtract task does it",
+        _BOOL,
+        default=True,
+    )
     events_enabled: bool = _env(
         "ASTRID_INFERENCE_EVENTS_ENABLED",
         "publish an observation-arrived message after each ingest and run the realtime DAG on it "

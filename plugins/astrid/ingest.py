@@ -9,7 +9,9 @@ What :meth:`Ingestor.ingest` does with one science/reference(/difference) triple
 2. **Validate** with :func:`astrid.imaging.fits.load_triplet`, the loader the workers use: a
    readable FITS image in a 2-D HDU, same shapes, enough finite pixels, within the size limits;
    and a celestial WCS, unless the caller says explicitly that there is none (``require_wcs=False``,
-   ``--no-wcs``): then detections get no RA/Dec.
+   ``--no-wcs``): then detections get no RA/Dec. Without a difference image each file is read by
+   the same reader alone (``read_image``): the reference may have another shape, and is then
+   subtracted (below).
 3. **Store**: ``copy`` (the default) writes the spooled bytes under the storage root at
    ``ingested/<random token>/<role>.fits``, a fresh place each time, so nothing is ever
    overwritten and the observation cannot change under the catalog afterwards. ``reference``
@@ -24,9 +26,18 @@ What :meth:`Ingestor.ingest` does with one science/reference(/difference) triple
 5. **Ring the doorbell** (:mod:`astrid.events`) after the commit, when a new observation was
    registered. A failed ring is logged, never an error: the realtime cron sweeps the catalog.
 
-Status: with a difference image the observation is ``preprocessed`` (claimable at once);
-without one it is ``ingested``, waiting for the preprocessing step (image subtraction, issue 20).
-:func:`prepare_difference` is the one place that decides it.
+Status: with a difference image the observation is ``preprocessed`` (claimable at once).
+Without one, AstrID makes it (:mod:`astrid.preprocess`: align the reference to the science,
+PSF-match, subtract; on by default, ``ASTRID_INFERENCE_INGEST_SUBTRACT``): the difference, its
+noise map and the reference resampled onto the science grid are stored beside the copies, the
+catalog's ``reference_uri`` names that aligned reference (the detector's reference channel must be
+on the science grid; the original stays as ``meta["subtraction"]["reference_input_uri"]``), the
+method and its quality figures go into ``meta["subtraction"]``, and the observation is
+``preprocessed``. A pair that gives no honest difference (no overlap, a WCS the stars contradict
+and no common star pattern, too few stars for the kernel) is refused like any bad input: nothing
+registered. With subtraction off (``--no-subtract``, ``"subtract": false``) the pair is registered
+``ingested``, and the DAGs' ``subtract`` task does it. :func:`prepare_difference` is the one
+place that decides it.
 """
 
 from __future__ import annotations
@@ -85,6 +96,7 @@ class IngestRequest:
     meta: Mapping[str, str] = field(default_factory=dict)
     where: str = ""
     require_wcs: bool = True
+    subtract: bool | None = None  # no difference given: subtract now (None: the ingestor's default)
 
     def files(self) -> dict[str, str]:
         given = {"science": self.science, "reference": self.reference, "difference": self.difference}
@@ -247,26 +259,75 @@ def content_hash(spooled: Mapping[str, SpooledFile]) -> str:
 
 @dataclass
 class Prepared:
-    """What preprocessing decided: the status to register with and what it adds to ``meta``."""
+    """What preprocessing decided: the triplet read (its ``difference`` is ``None`` when the pair
+    waits for the DAG's subtraction), the status to register with, what it adds to ``meta``, and
+    the subtraction's result to store (``None`` when AstrID did not subtract)."""
 
+    triplet: Any
     status: str
     meta: dict[str, Any] = field(default_factory=dict)
+    subtraction: Any = None  # astrid.preprocess.Preprocessed
 
 
-def prepare_difference(triplet: Any, spooled: Mapping[str, SpooledFile]) -> Prepared:
-    """THE switch point for image subtraction (issue 20).
+def prepare_difference(
+    spooled: Mapping[str, SpooledFile], *, subtract: bool, max_side: int, require_wcs: bool = True
+) -> Prepared:
+    """THE switch point for image subtraction (issue 20): read and validate the files, and decide.
 
-    A difference image was given → ``preprocessed``: the realtime DAG may claim it at once.
-    Only science + reference → ``ingested``: the preprocessing step (align, PSF-match, subtract)
-    turns it into ``preprocessed``. To subtract here instead: compute the difference with
-    ``astrid.imaging.subtraction`` from ``triplet.science``/``triplet.reference``, write it next to
-    the others (a ``difference`` entry for :meth:`Ingestor._store`), return
-    ``Prepared("preprocessed", {"subtraction": {method, quality figures}})``, and raise
-    :class:`IngestError` (field ``reference``) for an unusable pair.
+    * A difference image was given → read the triplet (same shapes) → ``preprocessed``.
+    * Only science + reference, ``subtract`` → align, PSF-match and subtract them
+      (:func:`astrid.preprocess.subtract_arrays`; their shapes may differ) → ``preprocessed``
+      with ``meta["subtraction"]``. A pair that gives no honest difference → :class:`IngestError`
+      (field ``reference``) naming both files and the problem.
+    * Only science + reference, not ``subtract`` → each read and checked → ``ingested``: the
+      DAGs' ``subtract`` task does it (``meta["awaiting"] = "subtraction"``).
+
+    With ``require_wcs``, a science frame without a trustworthy celestial WCS is refused before
+    anything is subtracted (say ``require_wcs=False`` for frames that really have none).
     """
+    from astrid.imaging.fits import ReadLimits, Triplet, _stem, celestial_wcs, load_triplet, read_image
+
+    limits = ReadLimits(max_side=max_side)
     if "difference" in spooled:
-        return Prepared("preprocessed")
-    return Prepared("ingested", {"awaiting": "subtraction"})
+        triplet = load_triplet(
+            spooled["science"], spooled["reference"], spooled["difference"], max_side=max_side
+        )
+        _check_wcs(triplet.wcs, triplet.problems, require_wcs)
+        return Prepared(triplet, "preprocessed")
+    problems: list[str] = []
+    science, h_sci = read_image(spooled["science"], "science", limits=limits, problems=problems)
+    reference, h_ref = read_image(spooled["reference"], "reference", limits=limits, problems=problems)
+    name = _stem(spooled["science"])
+    wcs = celestial_wcs(h_sci, science.shape, f"science file {spooled['science']}", problems, limits)
+    _check_wcs(wcs, problems, require_wcs)
+    if not subtract:
+        triplet = Triplet(science, reference, None, h_sci, wcs, name, problems)
+        return Prepared(triplet, "ingested", {"awaiting": "subtraction"})
+    from astrid.errors import SubtractionError
+    from astrid.preprocess import subtract_arrays
+
+    try:
+        pre = subtract_arrays(
+            science, h_sci, reference, h_ref, name=name, limits=limits,
+            label=str(spooled["science"]), problems=problems,
+        )  # fmt: skip
+    except SubtractionError as exc:
+        raise IngestError(
+            f"science {spooled['science']} and reference {spooled['reference']} give no usable difference "
+            f"image ({type(exc).__name__}: {exc}). Or give a --difference image made elsewhere",
+            field="reference",
+        ) from None
+    return Prepared(pre.triplet, "preprocessed", {}, pre)
+
+
+def _check_wcs(wcs: Any, problems: Sequence[str], require_wcs: bool) -> None:
+    if wcs is None and require_wcs:
+        why = "; ".join(p for p in problems if "WCS" in p) or "no celestial WCS"
+        raise IngestError(
+            f'{why}. If these frames really have no WCS, say so (--no-wcs, or "wcs": false): '
+            "detections will then have no RA/Dec",
+            field="science",
+        )
 
 
 # -------------------------------------------------------------------------------- the ingestor
@@ -320,6 +381,9 @@ def _header_facts(header: Any, wcs: Any, shape: tuple[int, int]) -> dict[str, An
 class Ingestor:
     """Ingests triplets into one catalog and storage root (see the module docs for the steps).
 
+    :param subtract: without a difference image, subtract science and reference now (the
+        default; ``ASTRID_INFERENCE_INGEST_SUBTRACT``), or register the pair ``ingested`` for the
+        DAGs' subtraction task (a request's own ``subtract`` wins).
     :param sources: where files may be read from. ``None`` (the CLI): any path its user can read,
         relative local paths taken from the working directory. A list of roots (the API): only
         files under the storage root or one of these; relative paths are under the storage root;
@@ -336,10 +400,12 @@ class Ingestor:
         doorbell: Any = None,
         sources: Sequence[Any] | None = None,
         spool_dir: str | None = None,
+        subtract: bool = True,
     ) -> None:
         if mode not in INGEST_MODES:
             raise IngestError(f"ingest mode {mode!r}: use copy or reference", field="mode")
         self.catalog, self.storage, self.mode, self.max_side = catalog, storage, mode, int(max_side)
+        self.subtract = bool(subtract)
         self.doorbell = doorbell
         self.sources = None if sources is None else [storage, *sources]
         self.spool_dir = spool_dir
@@ -388,7 +454,7 @@ class Ingestor:
         return IngestError(f"{request.where}: {exc}", field=exc.field, conflict=exc.conflict)
 
     def _ingest(self, request: IngestRequest) -> IngestResult:
-        from astrid.imaging.fits import load_triplet, max_file_bytes
+        from astrid.imaging.fits import max_file_bytes
 
         arrived_at = datetime.now(UTC)
         name = check_name(request.name)
@@ -399,19 +465,15 @@ class Ingestor:
                 role: spool(path, role, request.files()[role], Path(tmp), max_file_bytes(self.max_side))
                 for role, path in opened.items()
             }
-            triplet = load_triplet(
-                spooled["science"], spooled["reference"], spooled.get("difference"), max_side=self.max_side
+            subtract = self.subtract if request.subtract is None else bool(request.subtract)
+            prepared = prepare_difference(
+                spooled, subtract=subtract, max_side=self.max_side, require_wcs=request.require_wcs
             )
-            if triplet.wcs is None and request.require_wcs:
-                why = "; ".join(p for p in triplet.problems if "WCS" in p) or "no celestial WCS"
-                raise IngestError(
-                    f'{why}. If these frames really have no WCS, say so (--no-wcs, or "wcs": false): '
-                    "detections will then have no RA/Dec",
-                    field="science",
-                )
+            triplet = prepared.triplet
             digest = content_hash(spooled)
-            prepared = prepare_difference(triplet, spooled)
             stored, uris = self._store(spooled, opened)
+            if prepared.subtraction is not None:
+                stored, uris = self._store_subtraction(prepared, stored, uris)
             try:
                 result = self._register(
                     request, name, digest, uris, prepared, arrived_at, user_meta, spooled, triplet
@@ -461,15 +523,39 @@ class Ingestor:
             role: self.storage.uri_for(path) for role, path in zip(spooled, written, strict=True)
         }
 
+    def _store_subtraction(
+        self, prepared: Prepared, stored: list[Any], uris: dict[str, str]
+    ) -> tuple[list[Any], dict[str, str]]:
+        """Write the difference, noise map and aligned reference AstrID made beside the copies
+        (``reference`` mode: in a fresh ``ingested/<token>/`` folder); the catalog's reference is
+        the aligned one, the original's URI goes into ``meta["subtraction"]``."""
+        folder = stored[0].parent if stored else self.storage.path / STORE_PREFIX / uuid.uuid4().hex
+        try:
+            written = prepared.subtraction.write(folder)
+        except BaseException as exc:
+            self._remove(stored, folder)
+            if isinstance(exc, (OSError, ValueError)):
+                raise IngestError(
+                    f"could not write the difference image into the storage root {self.storage.uri} "
+                    f"({type(exc).__name__}: {exc}): check that it is writable",
+                    field="storage",
+                ) from None
+            raise
+        derived = {role: self.storage.uri_for(path) for role, path in written.items()}
+        prepared.meta["subtraction"] = prepared.subtraction.meta(
+            noise_uri=derived["noise"], reference_input_uri=uris["reference"], where="ingest"
+        )
+        uris = {**uris, **derived}  # difference, noise, and the aligned reference
+        return [*stored, *written.values()], uris
+
     def _remove(self, paths: Sequence[Any], folder: Any = None) -> None:
         for path in paths:
             with contextlib.suppress(OSError, ValueError):
                 path.unlink()
-        if folder is None and paths:
-            folder = paths[0].parent
-        if folder is not None:
+        folders = [folder] if folder is not None else list({str(p.parent): p.parent for p in paths}.values())
+        for each in folders:
             with contextlib.suppress(OSError, ValueError, NotImplementedError):
-                folder.rmdir()
+                each.rmdir()
 
     def _register(
         self,
@@ -682,6 +768,7 @@ def ingestor_from_config(
     if storage is None or isinstance(storage, str):
         storage = StorageRoot.from_uri(storage or default_storage_uri())
     kwargs.setdefault("doorbell", doorbell(config))
+    kwargs.setdefault("subtract", config.ingest_subtract)
     return Ingestor(
         catalog, storage, mode=mode or config.ingest_mode, max_side=config.max_image_side, **kwargs
     )

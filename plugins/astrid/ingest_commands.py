@@ -1,6 +1,6 @@
 """``astrid ingest``: register your own FITS triplets (one, or a manifest of many).
 
-    astrid ingest --science S --reference R [--difference D] [--id ID] [--meta key=value ...]
+    astrid ingest --science S --reference R [--difference D | --no-subtract] [--id ID] [--meta key=value ...]
     astrid ingest --manifest FILE          (CSV or JSON lines; see astrid.ingest.read_manifest)
 
 One line per observation on stdout (``--json``: one JSON object per line). A refused input gives
@@ -25,11 +25,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     p.add_argument("--science", help="science frame (local path or s3:// URI)")
-    p.add_argument("--reference", help="reference frame, same shape as the science frame")
+    p.add_argument(
+        "--reference", help="reference frame (the same shape as the science frame when --difference is given)"
+    )
     p.add_argument(
         "--difference",
-        help="difference image (science − reference, aligned and PSF-matched). Without it the "
-        "observation waits as 'ingested' for the subtraction step",
+        help="difference image (science − reference, aligned and PSF-matched) made elsewhere. Without "
+        "it AstrID aligns the reference to the science, PSF-matches and subtracts them (the reference "
+        "may have another pointing, orientation, size and seeing)",
+    )
+    p.add_argument(
+        "--no-subtract",
+        dest="subtract",
+        action="store_false",
+        default=None,
+        help="without --difference, do not subtract now: register the pair 'ingested' for the DAGs' "
+        "subtract task (default: ASTRID_INFERENCE_INGEST_SUBTRACT, on)",
     )
     p.add_argument("--id", dest="name", help="observation id (default: <science file stem>-<content hash>)")
     p.add_argument(
@@ -64,10 +75,12 @@ def _requests(args: argparse.Namespace) -> list[Any]:
                 "give either --manifest or --science/--reference/..., not both", field="manifest"
             )
         requests = read_manifest(args.manifest)
-        if args.no_wcs:
-            from dataclasses import replace
+        from dataclasses import replace
 
+        if args.no_wcs:
             requests = [replace(r, require_wcs=False) for r in requests]
+        if args.subtract is not None:
+            requests = [replace(r, subtract=args.subtract) for r in requests]
         return requests
     if not args.science or not args.reference:
         raise IngestError("give --science and --reference (or --manifest FILE)", field="science")
@@ -81,6 +94,7 @@ def _requests(args: argparse.Namespace) -> list[Any]:
             name=check_name(args.name),
             meta=parse_meta(args.meta),
             require_wcs=not args.no_wcs,
+            subtract=args.subtract,
         )
     ]
 

@@ -179,11 +179,16 @@ def load_claim(claim: Claim, storage: Any, max_side: int, limits: Any = None) ->
 
     from astrid.imaging.fits import ReadLimits, load_triplet
 
-    diff = storage.resolve(claim.difference_uri) if claim.difference_uri else None
+    if not claim.difference_uri:  # never science − reference: that leaves every star as a residual
+        raise ObservationError(
+            f"observation {claim.name} has no difference image: it was registered as preprocessed "
+            "without one; re-ingest it (AstrID subtracts science and reference on ingest) or give a "
+            "difference image"
+        )
     return load_triplet(
         storage.resolve(claim.science_uri),
         storage.resolve(claim.reference_uri),
-        diff,
+        storage.resolve(claim.difference_uri),
         name=claim.name,
         limits=replace(limits or ReadLimits(), max_side=int(max_side)),
     )

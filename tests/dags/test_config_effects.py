@@ -393,6 +393,28 @@ def report_effect(summary: dict[str, Any], earlier_zero_runs: int, notified: lis
     return probe
 
 
+def ingest_subtract_effect(tmp: Path) -> Callable[[], str]:
+    """The status a real science + reference pair (no difference) is registered with by the
+    configured ingestor: subtracted at once (preprocessed), or left for the DAGs (ingested)."""
+    counter = iter(range(100))
+
+    def probe() -> str:
+        from astrid.catalog import Catalog
+        from astrid.ingest import IngestRequest, ingestor_from_config
+        from tests.subtraction_pairs import make_pair, write_pair
+
+        place = tmp / f"ingest-{next(counter)}"
+        files = write_pair(make_pair(41, 384, star_density=4000.0, n_transients=3), place, "p")
+        (place / "storage").mkdir()
+        catalog = Catalog(f"sqlite:///{place}/catalog.db")
+        catalog.migrate()
+        with environment({"ASTRID_INFERENCE_EVENTS_ENABLED": "false"}):
+            ingestor = ingestor_from_config(catalog, (place / "storage").as_uri())
+        return ingestor.ingest(IngestRequest(str(files["science"]), str(files["reference"]))).status
+
+    return probe
+
+
 def validation_effect(notified: list) -> Callable[[], tuple[Any, int]]:
     """The weekly decision for a champion at F1 0.85 with a challenger at 0.86, and the alerts sent."""
 
@@ -608,6 +630,8 @@ def effects(tmp: Path, notified: list) -> dict[str, tuple[str, Callable[[], Any]
             task_attr(MAINT, "db_clean", "mwaa_environment"),
             "astrid-prod",
         ),
+        # arrival: a pair without a difference image is subtracted on ingest, or left to the DAGs
+        "ASTRID_INFERENCE_INGEST_SUBTRACT": ("false", ingest_subtract_effect(tmp), "ingested"),
     }
 
 

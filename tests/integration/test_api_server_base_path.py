@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import tempfile
@@ -32,7 +33,7 @@ from tests.integration.standalone import BIN, REPO, free_port
 pytestmark = pytest.mark.slow
 
 BASE_PATH = "/airflow/"
-PASSWORD = "base-path-test-password"
+PASSWORD = secrets.token_urlsafe(16)  # generated per run: no password committed
 
 
 @pytest.fixture(scope="module")

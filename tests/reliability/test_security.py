@@ -101,6 +101,7 @@ ALLOWED = {"AKIAIOSFODNN7EXAMPLE", "astrid-local-jwt-secret-change-me", "astrid-
 ALLOWED_IN = {
     "tests/conftest.py": {"testing"},  # moto's conventional dummy AWS credentials
     "tests/unit/test_imaging_storage.py": {"testing"},
+    "tests/unit/test_db_clean.py": {"testing"},  # dummy AWS credentials for a local fake MWAA
     "tests/unit/test_config.py": {"hunter2"},  # a fake password the test checks is redacted
     "tests/unit/test_status_api.py": {"s3cret"},  # a fake password the test checks is redacted
 }

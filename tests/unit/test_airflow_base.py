@@ -184,7 +184,8 @@ def two_catalogs(tmp_path, monkeypatch):
 
 def test_failure_callback_uses_a_non_default_catalog_connection(two_catalogs):
     default, alt = two_catalogs
-    alt.register([NewObservation(name="o1", science_uri="s", reference_uri="r")])
+    # (with a difference: a claimed row without one goes back to the subtraction queue, 'ingested')
+    alt.register([NewObservation(name="o1", science_uri="s", reference_uri="r", difference_uri="d")])
     dag = SimpleNamespace(dag_id="astrid_batch_inference")
     assert len(alt.claim(1, catalog_run_id({"dag": dag, "run_id": "r1"}), timedelta(minutes=30))) == 1
     RecordFailedRun("batch", catalog_conn_id=ALT)({"dag": dag, "run_id": "r1"})

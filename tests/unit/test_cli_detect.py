@@ -99,7 +99,7 @@ def test_detect_writes_contract_csv_with_wcs(files, tmp_path, observation):
     assert not [p for p in out.parent.iterdir() if p.name != "catalog.csv"]  # no temp files left
 
 
-def test_detect_without_wcs_or_difference_leaves_ra_dec_empty(files, tmp_path):
+def test_detect_without_wcs_leaves_ra_dec_empty(files, tmp_path):
     out = tmp_path / "nowcs.csv"
     rc = main(
         [
@@ -108,6 +108,8 @@ def test_detect_without_wcs_or_difference_leaves_ra_dec_empty(files, tmp_path):
             str(files["sci_nowcs"]),
             "--reference",
             str(files["ref"]),
+            "--difference",
+            str(files["diff"]),
             "--threshold",
             "0.5",
             "--device",
@@ -164,10 +166,21 @@ def test_not_fits(files, tmp_path, capsys):
 
 
 def test_shape_mismatch(files, tmp_path, capsys, observation):
+    """With a difference image the three share one grid (without one AstrID aligns the reference)."""
     small = _write(tmp_path / "small.fits", observation.reference[:200, :220])
     out = tmp_path / "c.csv"
     _fails(
-        ["detect", "--science", str(files["sci"]), "--reference", str(small), "--output", str(out)],
+        [
+            "detect",
+            "--science",
+            str(files["sci"]),
+            "--reference",
+            str(small),
+            "--difference",
+            str(files["diff"]),
+            "--output",
+            str(out),
+        ],
         capsys,
         out,
         "mismatch",

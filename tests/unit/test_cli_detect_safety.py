@@ -42,12 +42,15 @@ def files(tmp_path, observation):
     return {
         "sci": write("sci.fits", observation.science, observation.header),
         "ref": write("ref.fits", observation.reference),
+        "diff": write("diff.fits", observation.difference),
     }
 
 
 def _args(files, out, *extra):
-    return ["detect", "--science", str(files["sci"]), "--reference", str(files["ref"]), "--device", "cpu",
-            "--output", str(out), *extra]  # fmt: skip
+    # with --difference: these tests are about the catalog's safety (the files AstrID writes
+    # without one follow the same rules: tests/unit/test_detect_subtraction.py)
+    return ["detect", "--science", str(files["sci"]), "--reference", str(files["ref"]), "--difference",
+            str(files["diff"]), "--device", "cpu", "--output", str(out), *extra]  # fmt: skip
 
 
 def _refused(args, capsys, match: str) -> str:
@@ -97,7 +100,7 @@ def test_an_existing_output_needs_overwrite_which_keeps_its_mode(files, tmp_path
     assert main(_args(files, out, "--overwrite", "--threshold", "0.3")) == 0
     assert out.read_text().startswith("x,y,ra,dec,score,flux")
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.csv", "ref.fits", "sci.fits"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.csv", "diff.fits", "ref.fits", "sci.fits"]
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

@@ -137,6 +137,7 @@ def operator(**kwargs: Any) -> Any:
 
 
 CONTEXT = {"run_id": "manual__test"}
+TOKEN = uuid.uuid4().hex  # the API token the fake server expects: generated per run
 
 
 def skipped(op: Any) -> str:
@@ -178,7 +179,8 @@ def test_cli_mode_without_a_reachable_db_skips(airflow_db, monkeypatch) -> None:
 
     tag = seed_log_rows(old=2, recent=1)
     monkeypatch.setenv(
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"postgresql+psycopg2://x:y@127.0.0.1:{free_port()}/airflow"
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/airflow",
     )
     message = skipped(operator(mode="cli"))
     assert "cannot reach Airflow's metadata DB" in message and "airflow-cli" in message
@@ -340,12 +342,12 @@ def test_api_mode_without_a_connection_skips(monkeypatch) -> None:
 def test_api_mode_against_an_api_server_without_the_plugin_skips(monkeypatch) -> None:
     """A server answering 404 (an api-server without the AstrID plugin) is a skip, not a failure."""
     with FakeHttp(lambda handler: handler.reply(404, b'{"detail": "Not Found"}')) as server:
-        conn = {"conn_type": "http", "host": server.url, "password": "an-api-token"}
+        conn = {"conn_type": "http", "host": server.url, "password": TOKEN}
         monkeypatch.setenv("AIRFLOW_CONN_ASTRID_AIRFLOW_API", json.dumps(conn))
         message = skipped(operator(mode="api"))
     assert "has no AstrID maintenance endpoint" in message
     assert server.requests[0]["path"] == "/astrid/maintenance/db-clean"
-    assert server.requests[0]["headers"]["Authorization"] == "Bearer an-api-token"
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {TOKEN}"
 
 
 # ------------------------------------------------------------------------------- mwaa

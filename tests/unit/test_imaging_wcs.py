@@ -180,7 +180,8 @@ def test_the_gate_rejects_each_bad_wcs_with_the_reason(observation, tmp_path, ga
 def test_astrid_detect_writes_empty_ra_dec_and_warns(observation, tmp_path, capsys, kind):
     paths, reason = _bad_files(tmp_path, observation, kind)
     out = tmp_path / "catalog.csv"
-    args = ["detect", "--science", str(paths["science"]), "--reference", str(paths["reference"])]
+    args = ["detect", "--science", str(paths["science"]), "--reference", str(paths["reference"]),
+            "--difference", str(paths["difference"])]  # fmt: skip
     assert main([*args, "--threshold", "0.3", "--device", "cpu", "--output", str(out)]) == 0
     err = capsys.readouterr().err
     assert "warning:" in err and "implausible WCS" in err and reason in err

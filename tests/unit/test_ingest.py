@@ -115,7 +115,8 @@ def test_cli_ingest_registers_a_copy_ready_for_inference(place, frames, capsys):
 
 
 def test_without_a_difference_it_waits_as_ingested_for_subtraction(place, frames, capsys):
-    assert main(_cli(place, *_triplet(frames, difference=False))) == 0
+    # --no-subtract: the DAGs' subtract task makes the difference (tests/dags/test_subtract_task.py)
+    assert main(_cli(place, *_triplet(frames, difference=False), "--no-subtract")) == 0
     assert "(ingested;" in capsys.readouterr().out
     catalog = Catalog(place[0])
     (row,) = catalog.observations()
@@ -170,7 +171,16 @@ def test_unreadable_science_is_refused_naming_it(place, frames, capsys, science,
 
 
 def test_mismatched_shapes_are_refused(place, frames, capsys):
-    argv = _cli(place, "--science", str(frames["a_science"]), "--reference", str(frames["small_ref"]))
+    # with a difference image the three must share one grid (without one, AstrID aligns them)
+    argv = _cli(
+        place,
+        "--science",
+        str(frames["a_science"]),
+        "--reference",
+        str(frames["small_ref"]),
+        "--difference",
+        str(frames["a_difference"]),
+    )
     _refused(capsys, argv, "shape mismatch", str(frames["small_ref"]), f"{SIZE}×{SIZE // 2}")
     _nothing_registered(place)
 
@@ -179,7 +189,7 @@ def test_a_frame_without_wcs_needs_saying_so(place, frames, capsys):
     argv = _cli(place, "--science", str(frames["nowcs_sci"]), "--reference", str(frames["nowcs_ref"]))
     _refused(capsys, argv, "no celestial WCS", "--no-wcs")
     _nothing_registered(place)
-    assert main([*argv, "--no-wcs"]) == 0
+    assert main([*argv, "--no-wcs", "--no-subtract"]) == 0  # (constant test frames: nothing to subtract)
     (row,) = Catalog(place[0]).observations()
     assert row["meta"]["ingest"]["wcs"] is False and row["ra_center"] is None
 
@@ -256,7 +266,8 @@ def test_manifest_csv_and_jsonl(place, frames, capsys, tmp_path):
         "a_sci.fits,a_ref.fits,a_diff.fits,csv-a,n1\n"
         f"{frames['b_science']},b_ref.fits,,csv-b,n1\n"
     )
-    assert main(_cli(place, "--manifest", str(folder / "night.csv"))) == 0
+    # --no-subtract: rows without a difference wait for the DAGs' subtract task
+    assert main(_cli(place, "--manifest", str(folder / "night.csv"), "--no-subtract")) == 0
     assert capsys.readouterr().out.count("registered observation") == 2
     (folder / "night.jsonl").write_text(
         json.dumps({"science": "a_sci.fits", "reference": "a_ref.fits", "difference": "a_diff.fits"})
@@ -303,7 +314,7 @@ def test_bad_manifests_are_refused_before_any_file_is_read(place, capsys, tmp_pa
 def test_a_bad_manifest_row_stops_there_and_names_it(place, frames, capsys):
     folder = frames["a_science"].parent
     (folder / "bad.csv").write_text(
-        "science,reference,difference\na_sci.fits,a_ref.fits,a_diff.fits\nb_sci.fits,small_ref.fits,\n"
+        "science,reference,difference\na_sci.fits,a_ref.fits,a_diff.fits\nb_sci.fits,small_ref.fits,b_diff.fits\n"
     )
     _refused(capsys, _cli(place, "--manifest", str(folder / "bad.csv")), "bad.csv row 3: shape mismatch")
     assert len(Catalog(place[0]).observations()) == 1  # row 2 went in; re-running is idempotent
@@ -320,7 +331,7 @@ def test_concurrent_ingests_of_the_same_files_make_one_observation(place, frames
 
     def ingest() -> None:
         try:
-            ingestor = Ingestor(Catalog(catalog_url), StorageRoot(storage))
+            ingestor = Ingestor(Catalog(catalog_url), StorageRoot(storage), subtract=False)
             results.append(
                 ingestor.ingest(IngestRequest(*(str(frames[f"a_{r}"]) for r in ("science", "reference"))))
             )
@@ -413,7 +424,7 @@ def test_s3_sources_and_storage_through_the_s3_test_server(place, frames, capsys
     capsys.readouterr()
     # a bad s3 input: refused, nothing registered, nothing left in the bucket
     listed = client.list_objects_v2(Bucket="astrid-ingest")["KeyCount"]
-    bad = [sources[0], "--reference=s3://other-bucket/drop/small_ref.fits", "--id", "s3-bad"]
+    bad = [sources[0], "--reference=s3://other-bucket/drop/small_ref.fits", sources[2], "--id", "s3-bad"]
     _refused(capsys, [*base, *bad], "shape mismatch", "s3://other-bucket/drop/small_ref.fits")
     _refused(capsys, [*base, sources[0], "--reference=s3://other-bucket/drop/nothere.fits"], "does not exist")
     assert client.list_objects_v2(Bucket="astrid-ingest")["KeyCount"] == listed

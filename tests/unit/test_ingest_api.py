@@ -124,7 +124,12 @@ def test_bad_input_is_a_4xx_naming_the_field(client, auth, catalog, storage, bod
 def test_an_id_taken_by_other_files_is_409(client, auth, catalog, storage):  # noqa: F811
     assert _post(client, auth, {**A, "id": "taken"}).status_code == 201
     files = _ingested_files(storage)
-    b = {"science": "incoming/b_sci.fits", "reference": "incoming/b_ref.fits", "id": "taken"}
+    b = {
+        "science": "incoming/b_sci.fits",
+        "reference": "incoming/b_ref.fits",
+        "id": "taken",
+        "subtract": False,
+    }
     r = _post(client, auth, b)
     assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["body", "id"]
     assert len(catalog.observations()) == 1 and _ingested_files(storage) == files

@@ -574,7 +574,14 @@ class ObservationRequest(BaseModel):
     science: Annotated[str, Field(min_length=1, max_length=2048)]
     reference: Annotated[str, Field(min_length=1, max_length=2048)]
     difference: Annotated[str | None, Field(min_length=1, max_length=2048)] = Field(
-        None, description="Omitted: the observation waits as 'ingested' for the subtraction step"
+        None,
+        description="Omitted: AstrID aligns, PSF-matches and subtracts science and reference "
+        "(unless subtract is false)",
+    )
+    subtract: bool | None = Field(
+        None,
+        description="Without a difference: subtract now (true) or register 'ingested' for the DAGs' "
+        "subtract task (false); omitted: ASTRID_INFERENCE_INGEST_SUBTRACT",
     )
     id: Annotated[str | None, Field(max_length=128)] = Field(
         None, description="Observation id; omitted: <science file stem>-<content hash>"
@@ -637,6 +644,7 @@ def ingest_observation(
             max_side=config.max_image_side,
             doorbell=doorbell(config),
             sources=[StorageRoot.from_uri(uri) for uri in config.ingest_root_uris],
+            subtract=config.ingest_subtract,
         )
         result = ingestor.ingest(
             IngestRequest(
@@ -646,6 +654,7 @@ def ingest_observation(
                 name=body.id,
                 meta=body.meta,
                 require_wcs=body.wcs,
+                subtract=body.subtract,
             )
         )
     except IngestError as exc:

@@ -448,22 +448,62 @@ class Catalog:
           over like a failed one;
         * ``failed`` with ``attempts < max_attempts``.
 
+        Only rows with a difference image: one still waiting for its subtraction (no
+        ``difference_uri``, claimed or failed there) belongs to :meth:`claim_for_subtraction`.
         ``now`` overrides the clock (tests, replays).
         """
         if not run_id:
             raise CatalogError("claim() needs a run_id")
+        # a row without a difference image is the subtraction step's (claim_for_subtraction)
+        ready = _O.c.difference_uri.is_not(None)
+        own = sa.and_(_O.c.status == _S.CLAIMED, _O.c.claimed_by == run_id, ready)
+        claimable = sa.or_(
+            _O.c.status == _S.PREPROCESSED,
+            own,
+            sa.and_(_O.c.status == _S.FAILED, _O.c.attempts < max_attempts, ready),
+        )
+        return self._claim(limit, run_id, lease, claimable, now)
+
+    def claim_for_subtraction(
+        self,
+        limit: int,
+        run_id: str,
+        lease: timedelta,
+        *,
+        max_attempts: int = 3,
+        now: datetime | None = None,
+    ) -> list[Claim]:
+        """Atomically claim up to ``limit`` observations that still need their difference image
+        (no ``difference_uri``), leased to ``run_id``, for the subtraction step
+        (:mod:`astrid.preprocess`): ``ingested`` ones, this run's own claims, and ``failed`` ones
+        with ``attempts < max_attempts`` (a subtraction that died or hit a storage error).
+
+        The same leases as :meth:`claim`; the two never hand out the same row, because inference
+        claims only rows that have a difference. Finish each with :meth:`complete_subtraction`,
+        :meth:`reject` (an unusable pair) or :meth:`fail`.
+        """
+        if not run_id:
+            raise CatalogError("claim_for_subtraction() needs a run_id")
+        waiting = _O.c.difference_uri.is_(None)
+        claimable = sa.and_(
+            waiting,
+            sa.or_(
+                _O.c.status == _S.INGESTED,
+                sa.and_(_O.c.status == _S.CLAIMED, _O.c.claimed_by == run_id),
+                sa.and_(_O.c.status == _S.FAILED, _O.c.attempts < max_attempts),
+            ),
+        )
+        return self._claim(limit, run_id, lease, claimable, now)
+
+    def _claim(
+        self, limit: int, run_id: str, lease: timedelta, claimable: Any, now: datetime | None
+    ) -> list[Claim]:
         if not isinstance(lease, timedelta) or lease <= timedelta(0):
             raise CatalogError(f"claim() lease must be a positive timedelta, got {lease!r}")
         if limit <= 0:
             return []
         now = _utcnow(now)
         until = now + lease
-        own = sa.and_(_O.c.status == _S.CLAIMED, _O.c.claimed_by == run_id)
-        claimable = sa.or_(
-            _O.c.status == _S.PREPROCESSED,
-            own,
-            sa.and_(_O.c.status == _S.FAILED, _O.c.attempts < max_attempts),
-        )
         order = (
             sa.case((_O.c.claimed_by == run_id, 0), else_=1),
             _O.c.mjd.asc().nulls_last(),
@@ -571,6 +611,48 @@ class Catalog:
             )
         return len(rows)
 
+    def complete_subtraction(
+        self,
+        observation: int | Claim,
+        run_id: str,
+        *,
+        difference_uri: str,
+        reference_uri: str,
+        meta: Mapping[str, Any],
+        now: datetime | None = None,
+    ) -> None:
+        """Record a claimed observation's difference image (and its reference, resampled onto the
+        science grid) and mark it ``preprocessed``: claimable by inference. ``meta`` entries are
+        merged into the observation's ``meta`` (``awaiting`` is dropped). Allowed only while
+        ``run_id`` holds the claim; a no-op when this run already completed it (a retried task)."""
+        observation_id = observation.observation_id if isinstance(observation, Claim) else int(observation)
+        if not difference_uri or not reference_uri:
+            raise CatalogError("complete_subtraction() needs a difference_uri and a reference_uri")
+        now = _utcnow(now)
+        with self._tx() as conn:
+            row = self._lock_observation(conn, observation_id)
+            current = conn.execute(
+                sa.select(_O.c.meta, _O.c.difference_uri).where(_O.c.id == observation_id)
+            ).one()
+            if current.difference_uri and row.claimed_by == run_id:
+                return  # done by this run already (and maybe claimed by its inference since)
+            if row.status != _S.CLAIMED or row.claimed_by != run_id:
+                raise self._refuse(row, run_id, "store its difference image")
+            merged = {k: v for k, v in dict(current.meta or {}).items() if k != "awaiting"}
+            merged.update(meta)
+            conn.execute(
+                sa.update(_O)
+                .where(_O.c.id == observation_id)
+                .values(
+                    status=_S.PREPROCESSED,
+                    difference_uri=difference_uri,
+                    reference_uri=reference_uri,
+                    meta=merged,
+                    lease_until=None,
+                    updated_at=now,
+                )
+            )
+
     def _replace_results(
         self,
         conn: sa.Connection,
@@ -640,7 +722,8 @@ class Catalog:
         after_id: int = 0,
     ) -> list[Claim]:
         """Observations observed in ``[mjd_from, mjd_to)`` that ``model_version`` has not processed
-        yet (no ``inference_results`` row, not live-inferred by it), not rejected, by id from
+        yet (no ``inference_results`` row, not live-inferred by it), not rejected, not waiting for
+        its subtraction (no difference image to detect on yet), by id from
         ``after_id`` on (a caller pages with the last id it saw, so one that fails is not offered
         again in the same pass).
 
@@ -653,6 +736,10 @@ class Catalog:
         stmt = sa.select(*_CLAIM_COLUMNS).where(
             _O.c.id > after_id,
             _O.c.status != _S.REJECTED,
+            # still in the subtraction queue (claim_for_subtraction): nothing to detect on yet
+            sa.or_(
+                _O.c.difference_uri.is_not(None), _O.c.status.not_in([_S.INGESTED, _S.CLAIMED, _S.FAILED])
+            ),
             ~sa.exists(done),
             ~sa.and_(_O.c.status == _S.INFERRED, _O.c.model_version == model_version),
         )
@@ -730,13 +817,15 @@ class Catalog:
             )
 
     def release(self, run_id: str, *, now: datetime | None = None) -> int:
-        """Return a run's unfinished claims to ``preprocessed`` (clean abort). Returns how many."""
+        """Return a run's unfinished claims to the queue they came from (clean abort):
+        ``preprocessed``, or ``ingested`` for one still without its difference image. Returns how many."""
         now = _utcnow(now)
+        back = sa.case((_O.c.difference_uri.is_(None), _S.INGESTED.value), else_=_S.PREPROCESSED.value)
         with self._tx() as conn:
             result = conn.execute(
                 sa.update(_O)
                 .where(_O.c.status == _S.CLAIMED, _O.c.claimed_by == run_id)
-                .values(status=_S.PREPROCESSED, claimed_by=None, lease_until=None, updated_at=now)
+                .values(status=back, claimed_by=None, lease_until=None, updated_at=now)
             )
             return result.rowcount
 

@@ -38,7 +38,16 @@ from astrid.errors import FitsError
 from astrid.imaging.wcs import wcs_problem
 from astrid.storage import to_path
 
-__all__ = ["MIN_FINITE_FRACTION", "ReadLimits", "Triplet", "load_triplet", "max_file_bytes", "write_image"]
+__all__ = [
+    "MIN_FINITE_FRACTION",
+    "ReadLimits",
+    "Triplet",
+    "celestial_wcs",
+    "load_triplet",
+    "max_file_bytes",
+    "read_image",
+    "write_image",
+]
 
 MIN_FINITE_FRACTION = 0.5
 _BLOCK = 2880
@@ -82,11 +91,12 @@ class ReadLimits:
 @dataclass
 class Triplet:
     """One observation's images, float32 and the same shape; ``header`` is the science header,
-    ``wcs`` its celestial WCS (``None`` when missing or broken: see ``problems``)."""
+    ``wcs`` its celestial WCS (``None`` when missing or broken: see ``problems``). ``difference``
+    is ``None`` when only science and reference were read (:func:`load_triplet`)."""
 
     science: np.ndarray
     reference: np.ndarray
-    difference: np.ndarray
+    difference: np.ndarray | None
     header: fits.Header
     wcs: WCS | None
     name: str
@@ -362,11 +372,28 @@ def _celestial_wcs(
 
 
 def read_image(
-    path: Any, role: str = "image", *, limits: ReadLimits | None = None
+    path: Any,
+    role: str = "image",
+    *,
+    limits: ReadLimits | None = None,
+    problems: list[str] | None = None,
 ) -> tuple[np.ndarray, fits.Header]:
     """One image and its header, read and checked as :func:`load_triplet` reads each of its files
-    (``FitsError`` naming the file and the problem), within ``limits`` (default: ReadLimits())."""
-    return _read_image(to_path(path), role, limits or ReadLimits(), [])
+    (``FitsError`` naming the file and the problem), within ``limits`` (default: ReadLimits()).
+    Softer problems (non-finite pixels replaced) are appended to ``problems`` when given."""
+    return _read_image(to_path(path), role, limits or ReadLimits(), [] if problems is None else problems)
+
+
+def celestial_wcs(
+    header: fits.Header,
+    shape: tuple[int, int],
+    what: str,
+    problems: list[str],
+    limits: ReadLimits | None = None,
+) -> WCS | None:
+    """The header's celestial WCS when it is sane and plausible within ``limits``; ``None`` (and
+    the reason appended to ``problems``) otherwise: the one WCS check of the project."""
+    return _celestial_wcs(header, shape, what, problems, limits)
 
 
 def load_triplet(
@@ -378,7 +405,10 @@ def load_triplet(
     name: str | None = None,
     limits: ReadLimits | None = None,
 ) -> Triplet:
-    """Read a triplet (float32, same shape). Without ``difference``: science − reference.
+    """Read a triplet (float32, same shape). Without ``difference`` the triplet's ``difference``
+    is ``None``: a science/reference pair is never turned into science − reference here (on real
+    pairs that leaves every star as a residual); it goes through the subtraction step
+    (:mod:`astrid.preprocess`) or is refused.
     Raises :class:`FitsError` for any file that cannot give a sane image (see module docs).
     ``limits`` (default: :class:`ReadLimits` with ``max_side``) bounds sizes and the WCS."""
     if isinstance(max_side, bool) or int(max_side) < 1:
@@ -401,8 +431,6 @@ def load_triplet(
                 f"shape mismatch: science {_label(paths['science'])} is {sh[1]}×{sh[0]} but {role} "
                 f"{_label(paths[role])} is {so[1]}×{so[0]}: resample the {role} onto the science frame"
             )
-    if "difference" not in images:
-        images["difference"] = images["science"] - images["reference"]
     assert header is not None
     wcs = _celestial_wcs(
         header, images["science"].shape, f"science file {_label(paths['science'])}", problems, limits
@@ -410,7 +438,7 @@ def load_triplet(
     return Triplet(
         science=images["science"],
         reference=images["reference"],
-        difference=images["difference"],
+        difference=images.get("difference"),
         header=header,
         wcs=wcs,
         name=name if name is not None else _stem(paths["science"]),

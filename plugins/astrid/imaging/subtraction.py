@@ -517,7 +517,8 @@ def _align(sci: _Image, ref: _Image, max_rms: float) -> _Alignment:
     shape = sci.data.shape
     s, r = _bright(sci), _bright(ref)
     notes: list[str] = []
-    wcs_map = _wcs_map(sci, ref, shape) if sci.wcs is not None and ref.wcs is not None else None
+    both = sci.wcs is not None and ref.wcs is not None
+    wcs_map = _wcs_map(sci, ref, shape) if both else None
     if wcs_map is not None:
         for radius in (3.0, 8.0):
             refined = _refine(shape, wcs_map, s, r, radius, MIN_WCS_MATCHES)
@@ -527,8 +528,12 @@ def _align(sci: _Image, ref: _Image, max_rms: float) -> _Alignment:
             notes.append(f"too few stars to check the WCS ({len(s)} science, {len(r)} reference): used as is")
             return _Alignment(wcs_map, "wcs", None, 0, notes)
         notes.append("the WCS disagrees with the stars: registered by asterism matching instead")
+    elif both:  # no finite map: the frames lie on parts of the sky that do not project onto each other
+        notes.append("the two WCSs map no science pixel into the reference")
     else:
-        notes += [f"{img.role}: {img.wcs_problem or 'no celestial WCS'}" for img in (sci, ref)]
+        notes += [
+            f"{img.role}: {img.wcs_problem or 'no celestial WCS'}" for img in (sci, ref) if img.wcs is None
+        ]
     # control points: the brightest sources by flux, saturated ones included — a saturation cut
     # keeps different stars in the two images (other depth, seeing, flux scale) and the two
     # lists then share too few triangles (measured: failed on a 2048² pair)
@@ -537,6 +542,11 @@ def _align(sci: _Image, ref: _Image, max_rms: float) -> _Alignment:
         refined = _refine(shape, guess, s, r, 2.0, MIN_ALIGN_MATCHES) if guess is not None else None
         if refined is not None and refined[1] <= max_rms:
             return _Alignment(refined[0], "asterism", refined[1], refined[2], notes)
+    if both and wcs_map is None:
+        raise NoOverlapError(
+            "the reference does not overlap the science frame (their WCSs place them on different parts of "
+            "the sky) and no common star pattern was found: pass the reference image of this field"
+        )
     if wcs_map is not None:
         overlap = _overlap(wcs_map, shape, ref.data.shape)
         if overlap < 0.01:

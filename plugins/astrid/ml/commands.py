@@ -13,6 +13,12 @@ output file: the catalog is written to a temporary file next to ``--output`` and
 only when complete. It never harms its inputs: an ``--output`` that is (or links to) an input is
 refused, an existing output is replaced only with ``--overwrite``, and the file gets the user's
 umask (an overwritten file keeps its mode).
+
+Without ``--difference`` AstrID makes one (:mod:`astrid.preprocess`: the reference aligned to the
+science by WCS or star patterns, PSF-matched, subtracted; the reference may have another pointing,
+orientation, size and seeing) and writes it, with its noise map, beside the catalog as
+``<output stem>_difference.fits`` and ``<output stem>_noise.fits`` (under the same safety rules as
+the catalog). A pair that gives no honest difference exits 2 naming the problem.
 """
 
 from __future__ import annotations
@@ -248,8 +254,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_detect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("detect", help="detect transients in one observation and write a CSV catalog")
     p.add_argument("--science", required=True, help="science FITS image")
-    p.add_argument("--reference", required=True, help="reference FITS image (same shape)")
-    p.add_argument("--difference", default=None, help="difference FITS image (default: science - reference)")
+    p.add_argument(
+        "--reference",
+        required=True,
+        help="reference FITS image (any pointing, size and seeing; the science's shape with --difference)",
+    )
+    p.add_argument(
+        "--difference",
+        default=None,
+        help="difference FITS image made elsewhere (default: AstrID aligns, PSF-matches and subtracts, and "
+        "writes <output stem>_difference.fits and _noise.fits beside --output)",
+    )
     p.add_argument(
         "--threshold",
         type=_threshold,
@@ -393,6 +408,53 @@ def _same_file(a: Path, b: Path) -> bool:
     return False
 
 
+def difference_outputs(output: str) -> dict[str, Path]:
+    """Where ``astrid detect`` without ``--difference`` writes what it made: beside ``--output``,
+    ``<stem>_difference.fits`` and ``<stem>_noise.fits``."""
+    out = Path(output)
+    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+    return {role: out.with_name(f"{stem}_{role}.fits") for role in ("difference", "noise")}
+
+
+def _check_difference_outputs(args: argparse.Namespace, inputs: dict[str, str | None]) -> dict[str, Path]:
+    from astrid.errors import UsageError
+
+    paths = difference_outputs(args.output)
+    for role, path in paths.items():
+        try:
+            check_output(str(path), inputs, overwrite=args.overwrite)
+        except UsageError as exc:
+            raise UsageError(
+                f"{exc} (the {role} image written beside --output when no --difference is given)"
+            ) from None
+    return paths
+
+
+def _write_differences(pre: object, paths: dict[str, Path], overwrite: bool) -> None:
+    """Write the difference and noise map through a temporary folder beside them, then move each
+    into place (never a partial file; an existing one only with ``overwrite``)."""
+    import shutil
+
+    from astrid.errors import UsageError
+
+    parent = paths["difference"].parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".astrid-difference-"))
+    try:
+        written = pre.write(tmp)  # type: ignore[attr-defined]
+        for role, path in paths.items():
+            os.chmod(written[role], 0o666 & ~_umask())
+            try:
+                if overwrite:
+                    os.replace(written[role], path)
+                else:
+                    _link_new(str(written[role]), path)
+            except FileExistsError:
+                raise UsageError(f"{path} appeared while detecting: pass --overwrite to replace it") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _run_detect(args: argparse.Namespace) -> int:
     from astrid.config import load_config
     from astrid.errors import ModelError, UsageError
@@ -403,10 +465,16 @@ def _run_detect(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     inputs = {"--science": args.science, "--reference": args.reference, "--difference": args.difference}
     check_output(args.output, inputs, overwrite=args.overwrite)
+    made = None if args.difference else _check_difference_outputs(args, inputs)
     engine = get_engine(args.model or _default_model(), device=args.device, batch_size=args.batch_size)
-    triplet = load_triplet(
-        args.science, args.reference, args.difference, limits=ReadLimits.from_config(load_config())
-    )
+    limits = ReadLimits.from_config(load_config())
+    if made is None:
+        triplet = load_triplet(args.science, args.reference, args.difference, limits=limits)
+    else:
+        from astrid.preprocess import subtract_files
+
+        pre = subtract_files(args.science, args.reference, limits=limits)  # SubtractionError: exit 2
+        triplet = pre.triplet
     for problem in getattr(triplet, "problems", None) or []:
         print(f"astrid detect: warning: {problem}", file=sys.stderr)
     try:
@@ -415,6 +483,15 @@ def _run_detect(args: argparse.Namespace) -> int:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"model {engine.version} failed during inference ({first})") from None
     detections = measure(detections, triplet, zeropoint_key=load_config().zeropoint_key)
+    if made is not None:
+        _write_differences(pre, made, args.overwrite)
+        meta = pre.subtraction.meta
+        print(
+            f"astrid detect: subtracted ({meta['method']}, alignment {meta['alignment']} rms "
+            f"{meta['alignment_rms_px']} px, held-out star χ²/pix {meta['star_chi2_median']}) -> "
+            f"{made['difference']}, {made['noise']}",
+            file=sys.stderr,
+        )
     try:
         write_catalog_atomic(args.output, detections, overwrite=args.overwrite)
     except FileExistsError:
