@@ -285,7 +285,7 @@ def prepare_difference(
     With ``require_wcs``, a science frame without a trustworthy celestial WCS is refused before
     anything is subtracted (say ``require_wcs=False`` for frames that really have none).
     """
-    from astrid.imaging.fits import ReadLimits, Triplet, _stem, celestial_wcs, load_triplet, read_image
+    from astrid.imaging.fits import ReadLimits, Triplet, celestial_wcs, file_stem, load_triplet, read_image
 
     limits = ReadLimits(max_side=max_side)
     if "difference" in spooled:
@@ -297,7 +297,7 @@ def prepare_difference(
     problems: list[str] = []
     science, h_sci = read_image(spooled["science"], "science", limits=limits, problems=problems)
     reference, h_ref = read_image(spooled["reference"], "reference", limits=limits, problems=problems)
-    name = _stem(spooled["science"])
+    name = file_stem(spooled["science"])
     wcs = celestial_wcs(h_sci, science.shape, f"science file {spooled['science']}", problems, limits)
     _check_wcs(wcs, problems, require_wcs)
     if not subtract:

@@ -220,7 +220,7 @@ def quality_gate(
         try:
             triplet = load_claim(claim, storage, max_side, limits)
         except ObservationError as exc:
-            rejections.append(_reject(catalog, claim, run, str(exc)))
+            rejections.append(reject_claim(catalog, claim, run, str(exc)))
             continue
         accepted_candidates.append(
             (claim, observation_profile(triplet), list(getattr(triplet, "problems", [])))
@@ -233,7 +233,7 @@ def quality_gate(
         else:
             # the file problems found while reading (e.g. *why* there is no WCS) explain the failed checks
             reason = "; ".join([*result.failures, *problems])
-            rejections.append(_reject(catalog, claim, run, reason))
+            rejections.append(reject_claim(catalog, claim, run, reason))
     if rejections:
         metrics.incr(metric_name("astrid.observations.rejected", run.dag_id), len(rejections))
     log_event(
@@ -246,7 +246,9 @@ def quality_gate(
     return accepted, rejections
 
 
-def _reject(catalog: Catalog, claim: Claim, run: RunInfo, reason: str) -> dict[str, Any]:
+def reject_claim(catalog: Catalog, claim: Claim, run: RunInfo, reason: str) -> dict[str, Any]:
+    """Mark a claimed observation ``rejected`` (it will never be usable: a bad image, a pair that
+    cannot be subtracted), log it, and return the rejection as the run summary lists it."""
     catalog.reject(claim.observation_id, run.run_id, reason)
     log_event(
         "observation.rejected",

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from astrid.errors import NoOverlapError, ObservationError
-from astrid.imaging.fits import MIN_FINITE_FRACTION, ReadLimits, Triplet, _stem, celestial_wcs, read_image
+from astrid.imaging.fits import MIN_FINITE_FRACTION, ReadLimits, Triplet, celestial_wcs, file_stem, read_image
 
 __all__ = [
     "MIN_VALID_FRACTION",
@@ -229,7 +229,7 @@ def subtract_files(
         h_sci,
         ref,
         h_ref,
-        name=name if name is not None else _stem(science),
+        name=name if name is not None else file_stem(science),
         limits=limits,
         label=str(science),
         problems=problems,
@@ -262,6 +262,7 @@ def subtract_claims(
     """
     from astrid.logs import log_event
     from astrid.metrics import NullMetrics, metric_name
+    from astrid.pipeline import reject_claim
 
     metrics = metrics or NullMetrics()
     started = time.perf_counter()
@@ -276,20 +277,7 @@ def subtract_claims(
                 name=claim.name,
             )
         except ObservationError as exc:
-            reason = f"subtraction: {exc}"
-            catalog.reject(claim.observation_id, run.run_id, reason)
-            summary["rejected"].append(
-                {"observation_id": claim.observation_id, "observation": claim.name, "reason": reason}
-            )
-            log_event(
-                "observation.rejected",
-                level=30,
-                run_id=run.run_id,
-                dag_id=run.dag_id,
-                observation_id=claim.observation_id,
-                observation=claim.name,
-                reason=reason,
-            )
+            summary["rejected"].append(reject_claim(catalog, claim, run, f"subtraction: {exc}"))
             continue
         folder = storage.path / STORE_PREFIX / f"{claim.observation_id}-{uuid.uuid4().hex[:12]}"
         written = pre.write(folder)

@@ -43,6 +43,7 @@ __all__ = [
     "ReadLimits",
     "Triplet",
     "celestial_wcs",
+    "file_stem",
     "load_triplet",
     "max_file_bytes",
     "read_image",
@@ -118,7 +119,9 @@ def _label(path: Any) -> str:
     return str(path)
 
 
-def _stem(path: Any) -> str:
+def file_stem(path: Any) -> str:
+    """A FITS file's name without its directory and its FITS and compression suffixes: the default
+    observation name, the same whether the path is local or s3://."""
     base = posixpath.basename(str(path).rstrip("/"))
     for suffix in (".gz", ".fz", ".bz2"):
         base = base.removesuffix(suffix)
@@ -333,13 +336,15 @@ def _data_bytes(keys: dict[str, str]) -> int | None:
     return -(-size // _BLOCK) * _BLOCK
 
 
-def _celestial_wcs(
+def celestial_wcs(
     header: fits.Header,
     shape: tuple[int, int],
     what: str,
     problems: list[str],
     limits: ReadLimits | None = None,
 ) -> WCS | None:
+    """The header's celestial WCS when it is sane and plausible within ``limits``; ``None`` (and
+    the reason appended to ``problems``) otherwise: the one WCS check of the project."""
     limits = limits or ReadLimits()
     try:
         with warnings.catch_warnings():
@@ -384,18 +389,6 @@ def read_image(
     return _read_image(to_path(path), role, limits or ReadLimits(), [] if problems is None else problems)
 
 
-def celestial_wcs(
-    header: fits.Header,
-    shape: tuple[int, int],
-    what: str,
-    problems: list[str],
-    limits: ReadLimits | None = None,
-) -> WCS | None:
-    """The header's celestial WCS when it is sane and plausible within ``limits``; ``None`` (and
-    the reason appended to ``problems``) otherwise: the one WCS check of the project."""
-    return _celestial_wcs(header, shape, what, problems, limits)
-
-
 def load_triplet(
     science: Any,
     reference: Any,
@@ -432,7 +425,7 @@ def load_triplet(
                 f"{_label(paths[role])} is {so[1]}×{so[0]}: resample the {role} onto the science frame"
             )
     assert header is not None
-    wcs = _celestial_wcs(
+    wcs = celestial_wcs(
         header, images["science"].shape, f"science file {_label(paths['science'])}", problems, limits
     )
     return Triplet(
@@ -441,7 +434,7 @@ def load_triplet(
         difference=images.get("difference"),
         header=header,
         wcs=wcs,
-        name=name if name is not None else _stem(paths["science"]),
+        name=name if name is not None else file_stem(paths["science"]),
         problems=problems,
     )
 

@@ -216,10 +216,10 @@ def _header_float(header: Mapping | None, key: str) -> float | None:
 def _wcs(header: fits.Header | None, shape: tuple[int, int], role: str) -> tuple[WCS | None, str | None]:
     if header is None:
         return None, None
-    from astrid.imaging.fits import _celestial_wcs  # the one WCS sanity check of the project
+    from astrid.imaging.fits import celestial_wcs  # the one WCS sanity check of the project
 
     problems: list[str] = []
-    wcs = _celestial_wcs(header, shape, f"{role} header", problems)
+    wcs = celestial_wcs(header, shape, f"{role} header", problems)
     return wcs, (problems[0] if problems else None)
 
 
