@@ -420,6 +420,22 @@ def test_s3_sources_and_storage_through_the_s3_test_server(place, frames, capsys
     assert [r["name"] for r in Catalog(catalog_url).observations()] == ["s3-a"]
 
 
+def test_a_failed_registration_removes_the_copies_from_s3(place, frames, capsys, monkeypatch, s3_endpoint):  # noqa: F811
+    endpoint, client = s3_endpoint
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    client.create_bucket(Bucket="astrid-broken")
+    catalog = Catalog(place[0])
+    catalog.migrate()
+    with catalog.engine.begin() as conn:  # breaks at the INSERT, after the three copies were written
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON observations BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    argv = ["ingest", "--catalog", place[0], "--storage", "s3://astrid-broken/root", *_triplet(frames)]
+    _refused(capsys, argv, "catalog unreachable")
+    assert catalog.observations() == []
+    assert client.list_objects_v2(Bucket="astrid-broken")["KeyCount"] == 0
+
+
 def test_the_ingestor_refuses_unknown_modes():
     with pytest.raises(IngestError, match="copy or reference"):
         Ingestor(None, None, mode="move")
