@@ -1198,3 +1198,37 @@ def test_bundle_refuses_unpinned_requirements(tmp_path: Path) -> None:
     with pytest.raises(subprocess.CalledProcessError) as failed:
         run_bundle(tmp_path / "out", root=root)
     assert "pinned with ==" in failed.value.stderr
+
+
+@pytest.mark.parametrize("shell", ["bash", "sh"])
+def test_mwaa_startup_runs_on_arrival_only_with_an_sqs_queue(tmp_path: Path, shell: str) -> None:
+    """Without a queue URL, events are off (cron only): the default redis:// URL names nothing on
+    MWAA. With one (the line startup.sh shows, uncommented), the DAG listens on SQS."""
+    exported, _, _ = source_startup(tmp_path / "none", shell, "scheduler")
+    assert exported["ASTRID_INFERENCE_EVENTS_ENABLED"] == "false"
+    assert InferenceSchedulingConfig.from_env(exported).events_kind is None
+    queue = "https://sqs.eu-west-1.amazonaws.com/123456789012/astrid-arrivals"
+    text = (REPO / "mwaa" / "startup.sh").read_text()
+    assert '# export ASTRID_INFERENCE_EVENTS_URL="https://sqs.' in text
+    edited = tmp_path / "startup.sh"
+    edited.write_text(
+        text.replace(
+            '# export ASTRID_INFERENCE_EVENTS_URL="https://sqs.<region>.amazonaws.com/<account>/astrid-arrivals"',
+            f'export ASTRID_INFERENCE_EVENTS_URL="{queue}"',
+        )
+    )
+    out = subprocess.run(
+        [shell, "-c", f'. "{edited}" && env'],
+        env={
+            "PATH": os.environ["PATH"],
+            "AIRFLOW_HOME": str(tmp_path),
+            "MWAA_AIRFLOW_COMPONENT": "webserver",
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert "ASTRID_INFERENCE_EVENTS_ENABLED" not in env
+    config = InferenceSchedulingConfig.from_env(env)
+    assert (config.events_kind, config.events_url) == ("sqs", queue)
