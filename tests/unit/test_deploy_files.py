@@ -1232,3 +1232,18 @@ def test_mwaa_startup_runs_on_arrival_only_with_an_sqs_queue(tmp_path: Path, she
     assert "ASTRID_INFERENCE_EVENTS_ENABLED" not in env
     config = InferenceSchedulingConfig.from_env(env)
     assert (config.events_kind, config.events_url) == ("sqs", queue)
+
+
+def test_astro_image_is_cron_only_until_told_and_compose_turns_arrivals_on(compose: dict[str, Any]) -> None:
+    """The Astro image has no Redis to listen on: events off in the image; compose (same image)
+    sets them on for every Airflow service, with its own Redis and the astrid_events connection."""
+    astro = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^ENV ASTRID_INFERENCE_EVENTS_ENABLED=false$", astro, flags=re.M)
+    airflow = {n: s.get("environment") or {} for n, s in compose["services"].items()}
+    airflow = {n: env for n, env in airflow.items() if "AIRFLOW__CORE__EXECUTOR" in env}
+    assert {"airflow-apiserver", "airflow-triggerer", "airflow-worker-gpu"} <= set(airflow), sorted(airflow)
+    for name, env in airflow.items():
+        assert env["ASTRID_INFERENCE_EVENTS_ENABLED"] == "true", name
+        assert (
+            env["ASTRID_INFERENCE_EVENTS_URL"] == env["AIRFLOW_CONN_ASTRID_EVENTS"] == "redis://redis:6379/1"
+        )
