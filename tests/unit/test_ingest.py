@@ -39,6 +39,14 @@ def frames(tmp_path_factory) -> dict[str, Path]:
     truncated = folder / "truncated_sci.fits"
     truncated.write_bytes(files["a_science"].read_bytes()[: 2880 * 2 + 100])
     (folder / "empty_sci.fits").write_bytes(b"")
+    mostly_nan = make_observation(1, size=SIZE).science.copy()
+    mostly_nan[: SIZE * 3 // 4] = np.nan  # 25 % finite: below the loader's floor
+    write_image(folder / "nan_sci.fits", mostly_nan)
+    from astropy.io import fits
+
+    fits.HDUList(
+        [fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column("x", "E", array=[1.0])])]
+    ).writeto(folder / "table_sci.fits")
     (folder / "notes.txt").write_text("SIMPLE? no, a text file\n" * 200)
     return {**files, **{p.stem: p for p in folder.glob("*") if p.stem not in files}}
 
@@ -160,6 +168,8 @@ def test_another_triplet_under_a_taken_id_is_refused(place, frames, capsys):
         ("notes", "is not a FITS file"),
         ("truncated_sci", "truncated"),
         ("empty_sci", "is empty"),
+        ("nan_sci", "is mostly NaN/inf"),
+        ("table_sci", "has no 2-D image HDU"),
     ],
 )
 def test_unreadable_science_is_refused_naming_it(place, frames, capsys, science, expected):

@@ -93,6 +93,8 @@ def test_ingest_then_the_same_files_again(client, auth, catalog, storage):  # no
     [
         ({**A, "science": "incoming/notes.txt"}, 422, "science", "is not a FITS file"),
         ({**A, "science": "incoming/truncated_sci.fits"}, 422, "science", "truncated"),
+        ({**A, "science": "incoming/nan_sci.fits"}, 422, "science", "is mostly NaN/inf"),
+        ({**A, "science": "incoming/table_sci.fits"}, 422, "science", "has no 2-D image HDU"),
         ({**A, "reference": "incoming/missing.fits"}, 422, "reference", "does not exist"),
         ({**A, "reference": "incoming/small_ref.fits"}, 422, "reference", "shape mismatch"),
         ({**A, "difference": "incoming/small_ref.fits"}, 422, "difference", "shape mismatch"),
