@@ -12,6 +12,12 @@ export PYTHONPATH="$PWD/plugins${PYTHONPATH:+:$PYTHONPATH}"
 PORT="${AIRFLOW__API__PORT:-8080}"
 export AIRFLOW__API__PORT="$PORT"
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://localhost:$PORT/execution/"
+# Tasks start from a forkserver that already imported torch, Great Expectations and MLflow
+# (astrid.preload), and the scheduler idles 0.2 s: the `preload` profile of bench/latency.py, which
+# halved the arrival latency here (docs/benchmarks.md, "Arrival latency"). Set them to override.
+export AIRFLOW__SCHEDULER__MP_START_METHOD="${AIRFLOW__SCHEDULER__MP_START_METHOD:-forkserver}"
+export AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD="${AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD:-airflow,airflow.executors.local_executor,astrid.preload}"
+export AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME="${AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME:-0.2}"
 # Arrivals: on each "observation arrived" message when the events queue answers, else cron only
 # with a logged notice (scripts/arrival-events.sh).
 . scripts/arrival-events.sh

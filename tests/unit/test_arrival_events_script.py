@@ -70,3 +70,19 @@ def test_events_switched_off_by_configuration_stay_off():
 def test_standalone_sources_it_before_airflow_starts():
     text = (REPO / "scripts" / "standalone.sh").read_text()
     assert text.index(". scripts/arrival-events.sh") < text.index("exec airflow standalone")
+
+
+def test_make_up_runs_the_measured_preload_profile():
+    """`make up` exports the settings of bench/latency.py's `preload` profile (the measured one)."""
+    import re
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from latency import PROFILES
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    text = (REPO / "scripts" / "standalone.sh").read_text()
+    exported = dict(re.findall(r'^export (AIRFLOW__SCHEDULER__\w+)="\$\{\1:-([^}]*)\}"$', text, flags=re.M))
+    assert exported == PROFILES["preload"]
+    assert text.index("AIRFLOW__SCHEDULER__MP_START_METHOD") < text.index("exec airflow standalone")
