@@ -570,7 +570,7 @@ Median split (s):
 |---|{"---|" * len(profiles)}
 {chr(10).join(split_rows)}
 
-Profiles: `default` is Airflow's defaults; `preload` sets
+Profiles: `default` is Airflow's defaults; `preload` (what `make up` runs, `scripts/standalone.sh`) sets
 `AIRFLOW__SCHEDULER__MP_START_METHOD=forkserver`,
 `AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD=airflow,airflow.executors.local_executor,astrid.preload`
 (the LocalExecutor's workers start from a process that already imported torch, Great
