@@ -207,7 +207,11 @@ def ring_if_more_wait(
     waiting = catalog.status_counts().get("preprocessed", 0)
     if not waiting:
         return False
-    return ring_safely(bell, Waiting(waiting=waiting, run_id=run_id))
+    message = Waiting(waiting=waiting, run_id=run_id)
+    rang = ring_safely(bell, message)
+    if rang:
+        log.info("%s: %s published, another realtime run follows", message.describe(), WAITING)
+    return rang
 
 
 def main(argv: list[str] | None = None) -> int:

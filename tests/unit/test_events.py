@@ -141,6 +141,7 @@ def test_a_full_claim_with_more_waiting_rings_for_another_run(tmp_path, caplog):
         assert ring_if_more_wait(catalog, len(first), 3, "run-1", bell) is True  # full, 2 wait
         body = json.loads(listener.get_message(timeout=5)["data"])
         assert body == {"event": WAITING, "waiting": 2, "run_id": "run-1"}
+        assert "2 observation(s) still wait after run run-1: observations.waiting published" in caplog.text
         rest = catalog.claim(3, "run-2", timedelta(minutes=5))
         assert ring_if_more_wait(catalog, len(rest), 3, "run-2", bell) is False  # not full: the end
         assert ring_if_more_wait(catalog, 3, 3, "run-3", bell) is False  # full, but none waits
