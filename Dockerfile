@@ -31,6 +31,13 @@ RUN set -eu; \
 RUN python -m compileall -q /usr/local/airflow/dags /usr/local/airflow/plugins
 USER astro
 
+# Runs on arrival need a Redis or an SQS queue the Deployment reaches, which Astro does not provide
+# (docs/deploy.md, "Astro"): until the Deployment's environment sets ASTRID_INFERENCE_EVENTS_URL
+# (plus the astrid_events connection for Redis) and ASTRID_INFERENCE_EVENTS_ENABLED=true, the
+# realtime DAG runs on its cron only, with no watcher in the triggerer that could only fail.
+# docker-compose.yaml, which builds its CPU services from this file, turns it on with its own Redis.
+ENV ASTRID_INFERENCE_EVENTS_ENABLED=false
+
 # plugins/ is on sys.path in every Airflow component; fail the build, not the first task, if the
 # AstrID package cannot be imported with the installed dependencies.
 RUN PYTHONPATH=/usr/local/airflow/plugins python -c "import astrid.config; astrid.config.load_config()"

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import signal
@@ -75,8 +76,9 @@ def load() -> float:
 
 
 def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least ``q`` % of them at or below it."""
     ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))], 2)
+    return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))], 2)
 
 
 # ------------------------------------------------------------------------------------ 1. poll cost
@@ -331,7 +333,13 @@ def _wait_runs_idle(stack: Stack, timeout: float = 300) -> None:
 
 
 def burst(
-    stack: Stack, count: int, size: int, seconds: float, seed: int, kill_at: int | None = None
+    stack: Stack,
+    count: int,
+    size: int,
+    seconds: float,
+    seed: int,
+    kill_at: int | None = None,
+    wait: float = BURST_LIMIT_S + 180,
 ) -> dict[str, Any]:
     files = stack.write(count, size, seed=seed)
     ingestor = stack.ingestor()
@@ -352,7 +360,7 @@ def burst(
             )
         )
         arrived[result.observation_id] = time.time()
-    rows = stack.wait_inferred(list(arrived), timeout=BURST_LIMIT_S + 180)
+    rows = stack.wait_inferred(list(arrived), timeout=wait)
     delays = {i: round(_ts(r["inferred_at"]) - arrived[i], 1) for i, r in rows.items() if r["inferred_at"]}
     results = {i: stack.catalog.results(i) for i in arrived}
     runs = [
@@ -365,8 +373,10 @@ def burst(
         "size": size,
         "seconds": seconds,
         "inferred": sum(r["status"] == "inferred" for r in rows.values()),
-        "lost": sorted(i for i, r in rows.items() if r["status"] != "inferred"),
-        "twice": sorted(i for i, r in rows.items() if r["attempts"] != 0 or len(results[i]) != 1),
+        # refused by the quality gate: processed, by design without detections
+        "rejected": sorted(i for i, r in rows.items() if r["status"] == "rejected"),
+        "lost": sorted(i for i, r in rows.items() if r["status"] not in ("inferred", "rejected")),
+        "twice": sorted(i for i, r in rows.items() if r["attempts"] != 0 or len(results[i]) > 1),
         "within_limit": sum(d <= BURST_LIMIT_S for d in delays.values()),
         "delay_p50_s": pct(list(delays.values()), 50) if delays else None,
         "delay_max_s": max(delays.values()) if delays else None,
@@ -380,6 +390,123 @@ def burst(
 # ------------------------------------------------------------------------------------ report
 
 
+PART_LABELS = {
+    "message_to_run_s": "message → run created",
+    "between_tasks_s": "between tasks (4 gaps)",
+    "tasks_before_infer_s": "`preflight` + `claim`",
+    "quality_gate_s": "`quality_gate` task",
+    "infer_startup_s": "`infer` start-up (process, imports, model)",
+    "inference_s": "inference (read, U-Net, vetting, commit)",
+}
+
+
+def poll_choice(result: dict[str, Any]) -> str:
+    """Why the chosen poll interval, in the measured figures."""
+    rows = {r["poll_interval_s"]: r for r in result.get("poll_cost") or []}
+    chosen, fastest = rows.get(result["poll"]), rows.get(min(rows)) if rows else None
+    series = list((result.get("series") or {}).values())
+    if not chosen or not fastest:
+        return ""
+    p50 = min(s["p50_s"] for s in series) if series else None
+    share = f", {100 * chosen['delay_median_s'] / p50:.0f} % of the best p50 below" if p50 else ""
+    return (
+        f"Why {result['poll']} s: a message waits {chosen['delay_median_s']:.2f} s (median; at most "
+        f"{chosen['delay_max_s']:.2f} s) before the triggerer sees it{share}, for "
+        f"{chosen['cpu_percent_of_a_core']:.2f} % of a core per watcher. Polling every "
+        f"{fastest['poll_interval_s']} s would save about "
+        f"{chosen['delay_median_s'] - fastest['delay_median_s']:.2f} s of the median for "
+        f"{fastest['cpu_percent_of_a_core'] / max(chosen['cpu_percent_of_a_core'], 0.01):.0f}× the CPU; "
+        "the provider's 60 s default would add up to a minute to every arrival."
+    )
+
+
+def goal_text(result: dict[str, Any]) -> str:
+    """Met or missed, by how much, and where the time went (the measured split)."""
+
+    def versus(value: float, goal: float) -> str:
+        return (
+            f"goal {goal:.0f} s: met"
+            if value <= goal
+            else f"goal {goal:.0f} s: missed by {value - goal:.1f} s"
+        )
+
+    lines = []
+    for name, s in (result.get("series") or {}).items():
+        split = s["median_split"]
+        biggest = sorted(split, key=split.get, reverse=True)[:3]
+        where = ", ".join(f"{PART_LABELS[k]} {split[k]:.1f} s" for k in biggest)
+        lines.append(
+            f"- `{name}`: p50 {s['p50_s']:.1f} s ({versus(s['p50_s'], GOAL_P50_S)}), p95 {s['p95_s']:.1f} s "
+            f"({versus(s['p95_s'], GOAL_P95_S)}), 1-min load {s['load']} at its end. Largest parts "
+            f"(medians): {where}."
+        )
+    for name, b in (result.get("bursts") or {}).items():
+        lines.append(
+            f"- {name}: {b['within_limit']} of {b['observations']} committed within {BURST_LIMIT_S:.0f} s of "
+            f"their arrival (the slowest after {b['delay_max_s']} s), {len(b['lost'])} not processed, "
+            f"{len(b['twice'])} twice, {b['runs']} runs, 1-min load {b['load']}."
+        )
+    if result.get("goal_note"):
+        lines.append(f"\n{result['goal_note']}")
+    return "\n".join(lines)
+
+
+def notes(result: dict[str, Any]) -> str:
+    """Notes saved with the figures (``notes``, and a phase's ``note``), one paragraph each."""
+    items = [
+        *(result.get("notes") or []),
+        *(b["note"] for b in (result.get("bursts") or {}).values() if b.get("note")),
+    ]
+    return "".join(f"{n}\n\n" for n in items)
+
+
+def load_text(result: dict[str, Any]) -> str:
+    """The machine's load: before the first phase, per phase (tables), and ``load_samples``
+    (``[unix time, 1-min load]`` pairs from a sampler run beside the bench) when given."""
+    samples = result.get("load_samples") or []
+    if not samples:
+        return f"1-min load average {result.get('load_before')} before the first phase."
+    loads = sorted(v for _, v in samples)
+    first, last = (datetime.fromtimestamp(t, UTC).strftime("%H:%M") for t in (samples[0][0], samples[-1][0]))
+    return (
+        f"1-min load average {result.get('load_before')} before the first phase; sampled every 20 s "
+        f"from {first} to {last} UTC: median {statistics.median(loads):.1f}, range "
+        f"{loads[0]:.1f}–{loads[-1]:.1f}, on {os.cpu_count()} cores (other helpers' test suites and "
+        f"benchmarks){'; ' + result['load_note'] if result.get('load_note') else ''}."
+    )
+
+
+def settings_text(result: dict[str, Any]) -> str:
+    """Which Airflow settings move which part, with the measured difference between profiles."""
+    series = result.get("series") or {}
+    delta = ""
+    if {"default", "preload"} <= set(series):
+        d, p = series["default"]["median_split"], series["preload"]["median_split"]
+        moved = ", ".join(
+            f"{PART_LABELS[k]} {d[k]:.1f} → {p[k]:.1f} s"
+            for k in (
+                "message_to_run_s",
+                "between_tasks_s",
+                "tasks_before_infer_s",
+                "quality_gate_s",
+                "infer_startup_s",
+            )
+        )
+        delta = f" Measured here, `default` → `preload`: {moved}."
+    return (
+        "- the trigger's poll interval (`ASTRID_INFERENCE_EVENTS_POLL_SECONDS`): message → the asset "
+        "event (table above; the provider's 60 s default dominates everything else);\n"
+        "- `[scheduler] scheduler_idle_sleep_time` and `scheduler_heartbeat_sec`: how soon the scheduler "
+        "turns the queued asset event into a run and a finished task into the next one's start "
+        "(message → run created, between tasks);\n"
+        "- `[scheduler] mp_start_method=forkserver` with `mp_forkserver_preload` (LocalExecutor): each "
+        "task's start-up, the imports of torch, Great Expectations, MLflow (`preflight` + `claim`, "
+        f"`quality_gate`, `infer` start-up).{delta}\n"
+        "- bursts: `max_active_runs=1` (arrivals during a run fold into the next run), "
+        "`ASTRID_INFERENCE_MAX_OBSERVATIONS` (claimed per run), the `gpu` pool, `[core] parallelism`."
+    )
+
+
 def markdown(result: dict[str, Any], command: str) -> str:
     poll = result.get("poll_cost") or []
     poll_rows = "\n".join(
@@ -387,14 +514,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         for r in poll
     )
     series_rows, split_rows = [], []
-    parts = {
-        "message_to_run_s": "message → run created",
-        "between_tasks_s": "between tasks (4 gaps)",
-        "tasks_before_infer_s": "`preflight` + `claim`",
-        "quality_gate_s": "`quality_gate` task",
-        "infer_startup_s": "`infer` start-up (process, imports, model)",
-        "inference_s": "inference (read, U-Net, vetting, commit)",
-    }
+    parts = PART_LABELS
     profiles = result.get("series", {})
     for name, s in profiles.items():
         verdict = "meets" if s["p50_s"] <= GOAL_P50_S and s["p95_s"] <= GOAL_P95_S else "misses"
@@ -410,7 +530,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
     for name, b in (result.get("bursts") or {}).items():
         bursts.append(
             f"| {name} | {b['observations']} × {b['size']}² over {b['seconds']:.0f} s | {b['inferred']} | "
-            f"{len(b['lost'])} | {len(b['twice'])} | {b['within_limit']}/{b['observations']} | "
+            f"{len(b.get('rejected', []))} | {len(b['lost'])} | {len(b['twice'])} | {b['within_limit']}/{b['observations']} | "
             f"{b['delay_p50_s']} / {b['delay_max_s']} | {b['runs']} {b['runs_by_type']} | {b['load']} |"
         )
     return f"""## Arrival latency
@@ -420,7 +540,7 @@ From `astrid ingest` returning to the observation's last detection committed, on
 DAG scheduled on "arrival or cron" (`AssetOrTimeSchedule`, `MessageQueueTrigger` `redis+pubsub`).
 Measured {result["date"]} on this {os.cpu_count()}-core machine, Python {platform.python_version()},
 **shared with other engineers' work** (1-min load average per phase in the tables; read ratios and
-splits rather than absolute seconds):
+splits rather than absolute seconds). {load_text(result)}
 
 ```bash
 {command}
@@ -436,7 +556,7 @@ it burns while idle (beyond an idle event loop) and how long a message waits bef
 |---|---|---|---|
 {poll_rows}
 
-Chosen: **{result["poll"]} s** (`ASTRID_INFERENCE_EVENTS_POLL_SECONDS`): see the table for what it costs.
+Chosen: **{result["poll"]} s** (`ASTRID_INFERENCE_EVENTS_POLL_SECONDS`). {poll_choice(result)}
 
 ### One {result["size"]}² observation at a time
 
@@ -450,23 +570,37 @@ Median split (s):
 |---|{"---|" * len(profiles)}
 {chr(10).join(split_rows)}
 
-Profiles: `default` is Airflow's defaults; `preload` sets
+Profiles: `default` is Airflow's defaults; `preload` (what `make up` runs, `scripts/standalone.sh`) sets
 `AIRFLOW__SCHEDULER__MP_START_METHOD=forkserver`,
 `AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD=airflow,airflow.executors.local_executor,astrid.preload`
 (the LocalExecutor's workers start from a process that already imported torch, Great
 Expectations, MLflow and astropy, so each task inherits them instead of importing them) and
 `AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2`. Both: the trigger's poll interval above,
-the harness' `scheduler_heartbeat_sec=2`.
+the harness' `scheduler_heartbeat_sec=2`. "message → run created" is taken from the moment the
+CLI process has exited, so it is slightly negative when the run was created while the CLI was
+still shutting down.
+
+The goal:
+
+{goal_text(result)}
+
+Which settings move it:
+
+{settings_text(result)}
 
 ### Bursts and a killed triggerer
 
-| phase | arrivals | inferred | lost | twice | within 120 s of arrival | delay p50 / max s | runs | load |
-|---|---|---|---|---|---|---|---|---|
+| phase | arrivals | inferred | rejected by the gate | not processed | twice | within 120 s of arrival | delay p50 / max s | runs | load |
+|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(bursts)}
 
-"fault": the realtime cron every minute, the triggerer SIGKILLed a third of the way through the
-burst (and not restarted): the cron runs sweep up the rest. "twice": an observation with a failed
-attempt or more than one result row.
+{notes(result)}"burst": no cron within reach, so only arrival messages and the runs' own follow-up rings (a
+full claim with more waiting) start runs. "fault": the realtime cron every minute, the triggerer
+SIGKILLed a third of the way through the burst (and not restarted): the cron runs, one claim of
+`max_observations` a minute at most, sweep up the rest. "not processed": not inferred when the
+bench stopped waiting ({BURST_LIMIT_S + 180:.0f} s after the last arrival for the burst,
+{BURST_LIMIT_S + 600:.0f} s for the fault). "twice": an observation with a failed attempt or more
+than one result row.
 """
 
 
@@ -483,6 +617,16 @@ def main() -> None:
     parser.add_argument("--skip-burst", action="store_true")
     parser.add_argument("--skip-fault", action="store_true")
     parser.add_argument(
+        "--only-bursts",
+        action="store_true",
+        help="run the burst and fault phases only (no poll cost, no series)",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="figures saved with --json whose poll cost and series this run keeps (with --only-bursts)",
+    )
+    parser.add_argument(
         "--write", action="store_true", help="write the Arrival latency section of docs/benchmarks.md"
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
@@ -496,6 +640,8 @@ def main() -> None:
         saved = json.loads(args.render.read_text())
         write_section(markdown(saved, saved["command"]), "## Arrival latency")
         return
+    # a SIGTERM unwinds like an error, so the stacks' cleanup (standalone, Redis DB) still runs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault(
         "AIRFLOW_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"astrid-latency-{os.getpid()}")
     )
@@ -509,12 +655,31 @@ def main() -> None:
         "command": command,
         "load_before": load(),
     }
-    if not args.skip_poll_cost:
+    if args.keep:
+        kept = json.loads(args.keep.read_text())
+        result = {**kept, "command": f"{kept['command']}\n{command}", "poll": args.poll}
+        for s in result.get("series", {}).values():  # percentiles again from the kept rows
+            latencies = [r["latency_s"] for r in s["rows"]]
+            s["p50_s"], s["p95_s"] = pct(latencies, 50), pct(latencies, 95)
+    if args.only_bursts:
+        _bursts(result, args)
+    elif not args.skip_poll_cost:
         db = RedisDb()
         try:
             result["poll_cost"] = poll_cost(db.url)
         finally:
             db.release()
+    if not args.only_bursts:
+        _series_and_bursts(result, args)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+    if args.write:
+        from load import write_section
+
+        write_section(markdown(result, result["command"]), "## Arrival latency")
+
+
+def _series_and_bursts(result: dict[str, Any], args: argparse.Namespace) -> None:
     result["series"], result["bursts"] = {}, {}
     profiles = [p for p in args.profiles.split(",") if p]
     for name in profiles:
@@ -532,20 +697,42 @@ def main() -> None:
                 )
                 print(f"burst: {result['bursts']['burst']}", flush=True)
     if not args.skip_fault:
-        with ExitStack() as resources:
-            stack = Stack(resources, PROFILES[profiles[-1]], cron="* * * * *", poll=args.poll)
-            stack.start()
-            _wait_runs_idle(stack)
-            result["bursts"]["fault"] = burst(
-                stack, args.burst, args.burst_size, args.burst_seconds, seed=72000, kill_at=args.burst // 3
-            )
-            print(f"fault: {result['bursts']['fault']}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
-    if args.write:
-        from load import write_section
+        _fault(result, args, profiles[-1])
 
-        write_section(markdown(result, command), "## Arrival latency")
+
+def _bursts(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """The burst on a fresh stack of the last profile, then the fault phase."""
+    profile = [p for p in args.profiles.split(",") if p][-1]
+    result["bursts"] = {}
+    if not args.skip_burst:
+        with ExitStack() as resources:
+            stack = Stack(resources, PROFILES[profile], cron="0 0 1 1 *", poll=args.poll)
+            stack.start()
+            result["bursts"]["burst"] = burst(
+                stack, args.burst, args.burst_size, args.burst_seconds, seed=71000
+            )
+            print(f"burst: {result['bursts']['burst']}", flush=True)
+    if not args.skip_fault:
+        _fault(result, args, profile)
+
+
+def _fault(result: dict[str, Any], args: argparse.Namespace, profile: str) -> None:
+    """The burst again on a stack whose cron runs every minute, the triggerer killed a third in:
+    the cron alone must finish it (one claim of max_observations a minute), so it gets longer."""
+    with ExitStack() as resources:
+        stack = Stack(resources, PROFILES[profile], cron="* * * * *", poll=args.poll)
+        stack.start()
+        _wait_runs_idle(stack)
+        result["bursts"]["fault"] = burst(
+            stack,
+            args.burst,
+            args.burst_size,
+            args.burst_seconds,
+            seed=72000,
+            kill_at=args.burst // 3,
+            wait=BURST_LIMIT_S + 600,
+        )
+        print(f"fault: {result['bursts']['fault']}", flush=True)
 
 
 if __name__ == "__main__":

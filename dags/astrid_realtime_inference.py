@@ -24,8 +24,9 @@ detections back. Runs when an observation arrives (`astrid ingest`, `POST /astri
 {"an arrival message on " + str(config.events_kind) if config.events_kind else "events are off"})
 and on the cron `{config.schedule("realtime")}` ({config.timezone}), which sweeps up anything a lost
 message missed. SLA: late after {config.realtime_deadline_minutes} min (email). One run at a time:
-arrivals during a run coalesce into the next one. Claims are leases, so a killed run's
-observations are picked up again when the lease expires.
+arrivals during a run coalesce into the next one, and a run whose claim is full while more wait
+rings for another. Claims are leases, so a killed run's observations are picked up again when the
+lease expires.
 
 `preflight` skips the run when the worker is overloaded · `subtract` (observations that arrived
 without a difference image) → `claim` → `quality_gate` → `infer` → `report`.
@@ -49,7 +50,10 @@ with DAG(
         lease_minutes=config.lease_minutes,
     )
     claim = ClaimObservationsOperator(
-        task_id="claim", max_observations="{{ params.max_observations }}", lease_minutes=config.lease_minutes
+        task_id="claim",
+        max_observations="{{ params.max_observations }}",
+        lease_minutes=config.lease_minutes,
+        announce_backlog=True,  # a full claim with more waiting asks for the next run at once
     )
     gate = DataQualityOperator(task_id="quality_gate", observations=claim.output)
     infer = UNetInferenceOperator(

@@ -33,6 +33,14 @@ if [ ! -e "${AIRFLOW_HOME}/include" ]; then
     || echo "astrid startup: could not link ${AIRFLOW_HOME}/include (read-only home?)"
 fi
 
+# Arrivals (docs/deploy.md, "Arrivals on MWAA"): runs on arrival need an SQS queue. Put its URL on
+# the line below (uncommented). Left unset, the realtime DAG runs on its cron only: MWAA has no
+# Redis of ours, and the default redis:// URL would give the triggerer a watcher that only fails.
+# export ASTRID_INFERENCE_EVENTS_URL="https://sqs.<region>.amazonaws.com/<account>/astrid-arrivals"
+if [ -z "${ASTRID_INFERENCE_EVENTS_URL:-}" ]; then
+  export ASTRID_INFERENCE_EVENTS_ENABLED="false"
+fi
+
 export GX_ANALYTICS_ENABLED="False"
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"
 

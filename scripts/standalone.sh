@@ -12,20 +12,15 @@ export PYTHONPATH="$PWD/plugins${PYTHONPATH:+:$PYTHONPATH}"
 PORT="${AIRFLOW__API__PORT:-8080}"
 export AIRFLOW__API__PORT="$PORT"
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://localhost:$PORT/execution/"
-# Arrivals: run the realtime DAG on each "observation arrived" message when the events queue
-# answers; otherwise cron only, said out loud. The triggerer reads Redis through the astrid_events
-# connection, made here from the same URL the publishers use (ASTRID_INFERENCE_EVENTS_URL).
-if python -m astrid.events --check; then
-  if [ -z "${AIRFLOW_CONN_ASTRID_EVENTS:-}" ]; then
-    AIRFLOW_CONN_ASTRID_EVENTS="$(python -c 'from astrid.config import load_config; print(load_config().events_url)')"
-    export AIRFLOW_CONN_ASTRID_EVENTS
-  fi
-else
-  echo "AstrID: NOTICE: arrival events are off for this run (why: the line above), so the realtime" \
-       "DAG runs on its cron only. For runs on arrival: start Redis, or fix ASTRID_INFERENCE_EVENTS_URL," \
-       "and run make up again." >&2
-  export ASTRID_INFERENCE_EVENTS_ENABLED=false
-fi
+# Tasks start from a forkserver that already imported torch, Great Expectations and MLflow
+# (astrid.preload), and the scheduler idles 0.2 s: the `preload` profile of bench/latency.py, which
+# halved the arrival latency here (docs/benchmarks.md, "Arrival latency"). Set them to override.
+export AIRFLOW__SCHEDULER__MP_START_METHOD="${AIRFLOW__SCHEDULER__MP_START_METHOD:-forkserver}"
+export AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD="${AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD:-airflow,airflow.executors.local_executor,astrid.preload}"
+export AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME="${AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME:-0.2}"
+# Arrivals: on each "observation arrived" message when the events queue answers, else cron only
+# with a logged notice (scripts/arrival-events.sh).
+. scripts/arrival-events.sh
 airflow db migrate >/dev/null
 airflow pools set gpu 2 "U-Net tasks (GPU slots)" >/dev/null
 (

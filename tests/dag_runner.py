@@ -58,6 +58,8 @@ def inprocess_env(root: Path, **extra: str) -> Iterator[dict[str, str]]:
         "ASTRID_STORAGE_ROOT": (root / "storage").as_uri(),
         "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
         "ASTRID_INFERENCE_PERFORMANCE_TRACKING": "false",
+        # no triggerer listens to an in-process run: publish nothing on the shared Redis
+        "ASTRID_INFERENCE_EVENTS_ENABLED": "false",
         **extra,
     }
     saved = {k: os.environ.get(k) for k in values}

@@ -9,6 +9,10 @@ message duplicates nothing.
 * Redis pub/sub (``redis://host:port/db``, the default; Redis is in the compose stack);
 * SQS (an SQS queue URL, for AWS/MWAA).
 
+A realtime run whose claim took its full ``max_observations`` while more wait rings too
+(:class:`Waiting`, :func:`ring_if_more_wait`): a burst bigger than one run's claim drains run
+after run instead of waiting for the cron.
+
 ``ASTRID_INFERENCE_EVENTS_ENABLED=false`` switches it off (no message, cron only).
 ``python -m astrid.events --check`` exits 0 when the configured queue answers (``make up`` uses it
 to choose between the event path and cron only).
@@ -28,6 +32,7 @@ from astrid.config import InferenceSchedulingConfig, load_config
 log = logging.getLogger(__name__)
 
 ARRIVED = "observation.arrived"
+WAITING = "observations.waiting"
 TIMEOUT_SECONDS = 2.0  # a doorbell that does not answer must not hold up an ingest
 
 
@@ -44,10 +49,36 @@ class Arrival:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    def describe(self) -> str:
+        return f"observation {self.observation_id} ({self.name}) is registered"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The message a realtime run sends when it claimed its limit and observations still wait.
+
+    Arrivals during a run fold into one next run that claims at most ``max_observations``, so a
+    burst larger than that would otherwise leave the rest for the cron. This ring asks for one
+    more run; like an arrival it coalesces (``max_active_runs=1``: the next run starts when this
+    one ends), and the chain stops by itself when a run finds fewer than its limit."""
+
+    waiting: int
+    run_id: str
+    event: str = WAITING
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def describe(self) -> str:
+        return f"{self.waiting} observation(s) still wait after run {self.run_id}"
+
+
+Message = Arrival | Waiting
+
 
 class Doorbell(Protocol):
-    def ring(self, arrival: Arrival) -> None:
-        """Publish ``arrival``; raise on failure (callers use :func:`ring_safely`)."""
+    def ring(self, message: Message) -> None:
+        """Publish ``message``; raise on failure (callers use :func:`ring_safely`)."""
         ...
 
     def check(self) -> None:
@@ -58,7 +89,7 @@ class Doorbell(Protocol):
 class NoDoorbell:
     """Events switched off: nothing is published, the realtime DAG runs on its cron."""
 
-    def ring(self, arrival: Arrival) -> None:
+    def ring(self, message: Message) -> None:
         return None
 
     def check(self) -> None:
@@ -89,9 +120,9 @@ class RedisDoorbell:
             )
         return self._client
 
-    def ring(self, arrival: Arrival) -> None:
-        listeners = self.client.publish(self.channel, arrival.to_json())
-        log.debug("arrival of %s published on %s to %d listener(s)", arrival.name, self.channel, listeners)
+    def ring(self, message: Message) -> None:
+        listeners = self.client.publish(self.channel, message.to_json())
+        log.debug("%s: published on %s to %d listener(s)", message.describe(), self.channel, listeners)
 
     def check(self) -> None:
         self.client.ping()
@@ -124,8 +155,8 @@ class SqsDoorbell:
             )
         return self._client
 
-    def ring(self, arrival: Arrival) -> None:
-        self.client.send_message(QueueUrl=self.queue_url, MessageBody=arrival.to_json())
+    def ring(self, message: Message) -> None:
+        self.client.send_message(QueueUrl=self.queue_url, MessageBody=message.to_json())
 
     def check(self) -> None:
         self.client.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
@@ -142,26 +173,45 @@ def doorbell(config: InferenceSchedulingConfig | None = None) -> Doorbell:
     return NoDoorbell()
 
 
-def ring_safely(bell: Doorbell, arrival: Arrival) -> bool:
+def ring_safely(bell: Doorbell, message: Message) -> bool:
     """Ring; on failure log a warning and return False. The observation is registered either way,
-    and the realtime DAG's cron sweep will find it: a doorbell failure never fails an ingest.
-    With events switched off nothing is published and the answer is False."""
+    and the realtime DAG's cron sweep will find it: a doorbell failure never fails an ingest (nor
+    a run). With events switched off nothing is published and the answer is False."""
     if isinstance(bell, NoDoorbell):
         return False
     try:
-        bell.ring(arrival)
+        bell.ring(message)
     except Exception as exc:
         log.warning(
-            "observation %s (%s) is registered, but the arrival message could not be published via %r "
-            "(%s: %s): the next cron run of the realtime DAG will process it",
-            arrival.observation_id,
-            arrival.name,
+            "%s, but the %s message could not be published via %r (%s: %s): the next cron run of "
+            "the realtime DAG will process it",
+            message.describe(),
+            message.event,
             bell,
             type(exc).__name__,
             exc,
         )
         return False
     return True
+
+
+def ring_if_more_wait(
+    catalog: Any, claimed: int, limit: int, run_id: str, bell: Doorbell | None = None
+) -> bool:
+    """After a realtime claim: when it took its full ``limit`` and ``preprocessed`` observations
+    still wait, ring once more (:class:`Waiting`) so another run follows this one instead of the
+    rest waiting for the cron. Returns whether a message went out."""
+    bell = bell if bell is not None else doorbell()
+    if isinstance(bell, NoDoorbell) or claimed < limit:
+        return False
+    waiting = catalog.status_counts().get("preprocessed", 0)
+    if not waiting:
+        return False
+    message = Waiting(waiting=waiting, run_id=run_id)
+    rang = ring_safely(bell, message)
+    if rang:
+        log.info("%s: %s published, another realtime run follows", message.describe(), WAITING)
+    return rang
 
 
 def main(argv: list[str] | None = None) -> int:

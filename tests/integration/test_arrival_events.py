@@ -5,6 +5,7 @@ message that is lost — published to nobody — is swept up by the next cron ru
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import time
@@ -26,6 +27,7 @@ from tests.integration.standalone import (
 pytestmark = [pytest.mark.standalone, pytest.mark.slow]
 REALTIME = "astrid_realtime_inference"
 SIZE = 256
+MAX_OBSERVATIONS = 3
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,7 @@ def stack(tmp_path_factory):
         {
             **events_env(redis_db.url, channel, 0.5),
             "ASTRID_INFERENCE_SCHEDULE_REALTIME": "* * * * *",
+            "ASTRID_INFERENCE_MAX_OBSERVATIONS": str(MAX_OBSERVATIONS),  # a burst outgrows one claim
             "ASTRID_INFERENCE_BATCH_ENABLED": "false",
             "ASTRID_INFERENCE_VALIDATION_ENABLED": "false",
             "ASTRID_INFERENCE_PERFORMANCE_TRACKING": "false",
@@ -151,3 +154,73 @@ def test_a_lost_message_is_swept_up_by_the_cron(stack):
         if r["dag_run_id"] not in before
     ]
     assert not [r for r in new if r["run_type"] == "asset_triggered"], "no message, no asset-triggered run"
+
+
+BURST, PACE = 8, 0.5
+
+
+def _runs(stack) -> list[dict]:
+    r = stack.api("GET", f"/api/v2/dags/{REALTIME}/dagRuns", params={"limit": 100, "order_by": "-run_after"})
+    r.raise_for_status()
+    return r.json()["dag_runs"]
+
+
+def test_a_burst_coalesces_into_a_few_runs(stack):
+    """A message every PACE seconds, BURST of them, more than one run claims (MAX_OBSERVATIONS):
+    a message that arrives while a run is active waits (max_active_runs=1) and is folded into the
+    next run, and a run whose claim is full while more wait rings for the next one itself. So:
+    fewer runs than messages, never two at once, every observation processed exactly once, and
+    the follow-up ring went through the real triggerer."""
+    from astrid.catalog import Catalog
+    from astrid.events import WAITING, RedisDoorbell
+    from astrid.imaging.synthetic import make_observation, write_observation
+    from astrid.ingest import Ingestor, IngestRequest
+    from astrid.storage import StorageRoot
+
+    catalog = Catalog(stack.env["ASTRID_CATALOG_URL"])
+    ingestor = Ingestor(  # the code path of the CLI and the API, in-process to keep the pace
+        catalog,
+        StorageRoot.from_uri(stack.env["ASTRID_STORAGE_ROOT"]),
+        doorbell=RedisDoorbell(
+            stack.env["ASTRID_INFERENCE_EVENTS_URL"], stack.env["ASTRID_INFERENCE_EVENTS_CHANNEL"]
+        ),
+    )
+    files = [
+        write_observation(make_observation(53000 + i, size=SIZE), stack.sources, f"burst{i}")
+        for i in range(BURST)
+    ]
+    _quiet_window(stack)
+    before = {r["dag_run_id"] for r in _runs(stack)}
+    ids, began = [], time.monotonic()
+    for i, f in enumerate(files):
+        time.sleep(max(0.0, began + i * PACE - time.monotonic()))
+        result = ingestor.ingest(
+            IngestRequest(
+                science=f["science_uri"], reference=f["reference_uri"], difference=f["difference_uri"]
+            )
+        )
+        assert result.created and result.announced, result
+        ids.append(result.observation_id)
+    done = {"inferred", "failed", "rejected"}
+    _wait(lambda: all(catalog.get(i)["status"] in done for i in ids), 300, "the burst processed", stack)
+    _wait(
+        lambda: not [r for r in _runs(stack) if r["state"] in ("queued", "running")], 120, "runs idle", stack
+    )
+
+    for oid in ids:
+        row = catalog.get(oid)
+        assert (row["status"], row["attempts"]) == ("inferred", 0), row
+        assert len(catalog.results(oid)) == 1  # processed once
+    new = [r for r in _runs(stack) if r["dag_run_id"] not in before]
+    triggered = sorted((r for r in new if r["run_type"] == "asset_triggered"), key=lambda r: r["start_date"])
+    claimed_by = {catalog.get(i)["claimed_by"].split(":", 1)[1] for i in ids}
+    assert claimed_by <= {r["dag_run_id"] for r in new}
+    # never two runs at once (max_active_runs=1 holds for asset-triggered runs too) ...
+    for earlier, later in itertools.pairwise(triggered):
+        assert later["start_date"] >= earlier["end_date"], (earlier, later)
+    # ... fewer runs than messages: 8 arrivals need at least 3 claims of 3, and got at most 5 runs
+    assert 1 <= len(triggered) <= 5, [(r["dag_run_id"], r["start_date"], r["end_date"]) for r in triggered]
+    # a full claim with more waiting rang for the next run, and the triggerer turned it into one
+    events = stack.api("GET", "/api/v2/assets/events", params={"limit": 100}).json()["asset_events"]
+    payloads = [((e.get("extra") or {}).get("payload") or {}).get("data") for e in events]
+    assert any(WAITING in str(p) for p in payloads), payloads

@@ -1254,3 +1254,52 @@ def test_airflow_cli_service_cleans_the_metadata_db_on_demand(services: Mapping[
         check=True,
     ).stdout
     assert "--dry-run" in help_text and "--days" in help_text
+
+
+@pytest.mark.parametrize("shell", ["bash", "sh"])
+def test_mwaa_startup_runs_on_arrival_only_with_an_sqs_queue(tmp_path: Path, shell: str) -> None:
+    """Without a queue URL, events are off (cron only): the default redis:// URL names nothing on
+    MWAA. With one (the line startup.sh shows, uncommented), the DAG listens on SQS."""
+    exported, _, _ = source_startup(tmp_path / "none", shell, "scheduler")
+    assert exported["ASTRID_INFERENCE_EVENTS_ENABLED"] == "false"
+    assert InferenceSchedulingConfig.from_env(exported).events_kind is None
+    queue = "https://sqs.eu-west-1.amazonaws.com/123456789012/astrid-arrivals"
+    text = (REPO / "mwaa" / "startup.sh").read_text()
+    assert '# export ASTRID_INFERENCE_EVENTS_URL="https://sqs.' in text
+    edited = tmp_path / "startup.sh"
+    edited.write_text(
+        text.replace(
+            '# export ASTRID_INFERENCE_EVENTS_URL="https://sqs.<region>.amazonaws.com/<account>/astrid-arrivals"',
+            f'export ASTRID_INFERENCE_EVENTS_URL="{queue}"',
+        )
+    )
+    out = subprocess.run(
+        [shell, "-c", f'. "{edited}" && env'],
+        env={
+            "PATH": os.environ["PATH"],
+            "AIRFLOW_HOME": str(tmp_path),
+            "MWAA_AIRFLOW_COMPONENT": "webserver",
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert "ASTRID_INFERENCE_EVENTS_ENABLED" not in env
+    config = InferenceSchedulingConfig.from_env(env)
+    assert (config.events_kind, config.events_url) == ("sqs", queue)
+
+
+def test_astro_image_is_cron_only_until_told_and_compose_turns_arrivals_on(compose: dict[str, Any]) -> None:
+    """The Astro image has no Redis to listen on: events off in the image; compose (same image)
+    sets them on for every Airflow service, with its own Redis and the astrid_events connection."""
+    astro = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^ENV ASTRID_INFERENCE_EVENTS_ENABLED=false$", astro, flags=re.M)
+    airflow = {n: s.get("environment") or {} for n, s in compose["services"].items()}
+    airflow = {n: env for n, env in airflow.items() if "AIRFLOW__CORE__EXECUTOR" in env}
+    assert {"airflow-apiserver", "airflow-triggerer", "airflow-worker-gpu"} <= set(airflow), sorted(airflow)
+    for name, env in airflow.items():
+        assert env["ASTRID_INFERENCE_EVENTS_ENABLED"] == "true", name
+        assert (
+            env["ASTRID_INFERENCE_EVENTS_URL"] == env["AIRFLOW_CONN_ASTRID_EVENTS"] == "redis://redis:6379/1"
+        )

@@ -112,3 +112,45 @@ def test_an_unreachable_sqs_queue_never_fails_the_ring(sqs, caplog):
     _, url, _ = sqs
     assert ring_safely(SqsDoorbell(url + "-missing"), ARRIVAL) is False
     assert "could not be published" in caplog.text and "cron" in caplog.text
+
+
+def test_a_full_claim_with_more_waiting_rings_for_another_run(tmp_path, caplog):
+    """The realtime claim's follow-up ring, against the real local Redis and a real SQLite catalog:
+    only when the claim took its whole limit and preprocessed observations still wait."""
+    if redis_unavailable():
+        pytest.skip(redis_unavailable())
+    from datetime import timedelta
+
+    import redis
+
+    from astrid.catalog import Catalog
+    from astrid.events import WAITING, ring_if_more_wait
+    from tests.unit.test_catalog import obs
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    catalog.migrate()
+    catalog.register([obs(i) for i in range(5)])
+    channel = f"astrid-test-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    listener = client.pubsub()
+    listener.subscribe(channel)
+    assert listener.get_message(timeout=5)["type"] == "subscribe"
+    bell = RedisDoorbell("redis://127.0.0.1:6379/0", channel)
+    try:
+        first = catalog.claim(3, "run-1", timedelta(minutes=5))
+        assert ring_if_more_wait(catalog, len(first), 3, "run-1", bell) is True  # full, 2 wait
+        body = json.loads(listener.get_message(timeout=5)["data"])
+        assert body == {"event": WAITING, "waiting": 2, "run_id": "run-1"}
+        assert "2 observation(s) still wait after run run-1: observations.waiting published" in caplog.text
+        rest = catalog.claim(3, "run-2", timedelta(minutes=5))
+        assert ring_if_more_wait(catalog, len(rest), 3, "run-2", bell) is False  # not full: the end
+        assert ring_if_more_wait(catalog, 3, 3, "run-3", bell) is False  # full, but none waits
+        assert listener.get_message(timeout=1) is None
+        assert ring_if_more_wait(catalog, 3, 3, "run-4", NoDoorbell()) is False  # events off
+        catalog.register([obs(9)])
+        dead = RedisDoorbell(f"redis://127.0.0.1:{free_port()}/0", channel)
+        assert ring_if_more_wait(catalog, 3, 3, "run-5", dead) is False  # never fails the run
+        assert "1 observation(s) still wait after run run-5" in caplog.text
+    finally:
+        listener.close()
+        client.close()

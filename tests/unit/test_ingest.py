@@ -39,6 +39,14 @@ def frames(tmp_path_factory) -> dict[str, Path]:
     truncated = folder / "truncated_sci.fits"
     truncated.write_bytes(files["a_science"].read_bytes()[: 2880 * 2 + 100])
     (folder / "empty_sci.fits").write_bytes(b"")
+    mostly_nan = make_observation(1, size=SIZE).science.copy()
+    mostly_nan[: SIZE * 3 // 4] = np.nan  # 25 % finite: below the loader's floor
+    write_image(folder / "nan_sci.fits", mostly_nan)
+    from astropy.io import fits
+
+    fits.HDUList(
+        [fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column("x", "E", array=[1.0])])]
+    ).writeto(folder / "table_sci.fits")
     (folder / "notes.txt").write_text("SIMPLE? no, a text file\n" * 200)
     return {**files, **{p.stem: p for p in folder.glob("*") if p.stem not in files}}
 
@@ -161,6 +169,8 @@ def test_another_triplet_under_a_taken_id_is_refused(place, frames, capsys):
         ("notes", "is not a FITS file"),
         ("truncated_sci", "truncated"),
         ("empty_sci", "is empty"),
+        ("nan_sci", "is mostly NaN/inf"),
+        ("table_sci", "has no 2-D image HDU"),
     ],
 )
 def test_unreadable_science_is_refused_naming_it(place, frames, capsys, science, expected):
@@ -429,6 +439,22 @@ def test_s3_sources_and_storage_through_the_s3_test_server(place, frames, capsys
     _refused(capsys, [*base, sources[0], "--reference=s3://other-bucket/drop/nothere.fits"], "does not exist")
     assert client.list_objects_v2(Bucket="astrid-ingest")["KeyCount"] == listed
     assert [r["name"] for r in Catalog(catalog_url).observations()] == ["s3-a"]
+
+
+def test_a_failed_registration_removes_the_copies_from_s3(place, frames, capsys, monkeypatch, s3_endpoint):  # noqa: F811
+    endpoint, client = s3_endpoint
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    client.create_bucket(Bucket="astrid-broken")
+    catalog = Catalog(place[0])
+    catalog.migrate()
+    with catalog.engine.begin() as conn:  # breaks at the INSERT, after the three copies were written
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON observations BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    argv = ["ingest", "--catalog", place[0], "--storage", "s3://astrid-broken/root", *_triplet(frames)]
+    _refused(capsys, argv, "catalog unreachable")
+    assert catalog.observations() == []
+    assert client.list_objects_v2(Bucket="astrid-broken")["KeyCount"] == 0
 
 
 def test_the_ingestor_refuses_unknown_modes():

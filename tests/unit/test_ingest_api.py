@@ -93,6 +93,8 @@ def test_ingest_then_the_same_files_again(client, auth, catalog, storage):  # no
     [
         ({**A, "science": "incoming/notes.txt"}, 422, "science", "is not a FITS file"),
         ({**A, "science": "incoming/truncated_sci.fits"}, 422, "science", "truncated"),
+        ({**A, "science": "incoming/nan_sci.fits"}, 422, "science", "is mostly NaN/inf"),
+        ({**A, "science": "incoming/table_sci.fits"}, 422, "science", "has no 2-D image HDU"),
         ({**A, "reference": "incoming/missing.fits"}, 422, "reference", "does not exist"),
         ({**A, "reference": "incoming/small_ref.fits"}, 422, "reference", "shape mismatch"),
         ({**A, "difference": "incoming/small_ref.fits"}, 422, "difference", "shape mismatch"),
@@ -133,6 +135,17 @@ def test_an_id_taken_by_other_files_is_409(client, auth, catalog, storage):  # n
     r = _post(client, auth, b)
     assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["body", "id"]
     assert len(catalog.observations()) == 1 and _ingested_files(storage) == files
+
+
+def test_a_failed_registration_is_503_and_leaves_no_copy(client, auth, catalog, storage):  # noqa: F811
+    with catalog.engine.begin() as conn:  # a catalog that breaks at the INSERT, after the copy
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON observations BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    r = _post(client, auth, {**A, "id": "api-broken"})
+    assert r.status_code == 503 and "catalog unreachable" in r.json()["detail"], r.text
+    assert catalog.observations() == [] and _ingested_files(storage) == []
+    assert not (storage.path / "ingested").exists() or not any((storage.path / "ingested").iterdir())
 
 
 def test_files_outside_the_allowed_roots_are_refused_alike_whether_they_exist_or_not(

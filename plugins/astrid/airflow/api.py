@@ -631,6 +631,8 @@ def ingest_observation(
     storage: Any,
     config: InferenceSchedulingConfig,
 ) -> Any:
+    import sqlalchemy.exc
+
     from astrid.errors import IngestError
     from astrid.events import doorbell
     from astrid.ingest import Ingestor, IngestRequest
@@ -668,6 +670,11 @@ def ingest_observation(
         )
         loc = ["body", field] if field in ObservationRequest.model_fields else ["body"]
         raise HTTPException(code, [{"loc": loc, "msg": str(exc), "type": "ingest"}]) from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:  # the registration failed: its copies are removed
+        log.exception("AstrID ingest: the catalog refused the registration")
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"catalog unreachable ({type(exc).__name__})"
+        ) from None
     log.info(
         "AstrID ingest: observation %s %s (created=%s)", result.observation_id, result.name, result.created
     )

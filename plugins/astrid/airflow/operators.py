@@ -81,7 +81,9 @@ class ClaimObservationsOperator(AstridBaseOperator):
     """Atomically claim up to ``max_observations`` preprocessed observations (leased to this run).
 
     Returns the claims as a list of dicts for XCom. A retried task gets its own unexpired claims
-    back, so nothing is lost between the claim and the push.
+    back, so nothing is lost between the claim and the push. ``announce_backlog`` (the realtime
+    DAG): when the claim took its full limit and observations still wait, ring the doorbell so
+    another run follows this one (:func:`astrid.events.ring_if_more_wait`).
     """
 
     template_fields: Sequence[str] = astrid_template_fields(
@@ -95,6 +97,7 @@ class ClaimObservationsOperator(AstridBaseOperator):
         max_observations: int | str,
         max_attempts: int | str,
         lease_minutes: int | str = 30,
+        announce_backlog: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -103,6 +106,7 @@ class ClaimObservationsOperator(AstridBaseOperator):
             lease_minutes,
             max_attempts,
         )
+        self.announce_backlog = announce_backlog
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
         from astrid.pipeline import claim_observations
@@ -115,6 +119,15 @@ class ClaimObservationsOperator(AstridBaseOperator):
             max_attempts=int(self.max_attempts),
             metrics=self.metrics,
         )
+        if self.announce_backlog:
+            from astrid.events import ring_if_more_wait
+
+            ring_if_more_wait(
+                self.catalog,
+                len(claims),
+                int(self.max_observations),
+                self.run_info(context).orchestrator_run_id,
+            )
         return [c.to_xcom() for c in claims]
 
 
