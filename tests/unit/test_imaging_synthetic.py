@@ -357,7 +357,24 @@ def test_write_observation_and_read_truth_round_trip(obs: SyntheticObservation, 
     assert read_truth(uris["truth_uri"]) == obs.truth
     assert read_truth(str(uris["truth_uri"])) == obs.truth
     data = json.loads((tmp_path / "night1" / "obs007_truth.json").read_text())
-    assert isinstance(data, list) and set(data[0]) == {"x", "y", "flux", "snr", "host"}
+    assert isinstance(data, list) and set(data[0]) == {"x", "y", "flux", "snr", "host", "snr_local"}
+    # truth files written before snr_local existed still read (as None)
+    old = [{k: v for k, v in d.items() if k != "snr_local"} for d in data]
+    (tmp_path / "old_truth.json").write_text(json.dumps(old))
+    assert [t.snr_local for t in read_truth(tmp_path / "old_truth.json")] == [None] * len(old)
+
+
+def test_local_snr_adds_the_transients_own_photon_noise(obs: SyntheticObservation) -> None:
+    gain = obs.params["gain"]
+    for t in obs.truth:
+        # the transient's photon noise can only lower the SNR, and by the amount its flux
+        # per pixel adds to the variance: at most flux/gain over the whole stamp
+        assert t.snr_local < t.snr
+        bound = t.snr / np.sqrt(1.0 + t.flux * float(obs.psf.max()) / gain / obs.params["sky_sigma"] ** 2)
+        assert t.snr_local >= 0.9 * bound
+    # a faint transient loses little, a bright one on faint sky more
+    by_snr = sorted(obs.truth, key=lambda t: t.snr)
+    assert by_snr[0].snr_local / by_snr[0].snr > by_snr[-1].snr_local / by_snr[-1].snr - 1e-6
 
 
 def test_read_truth_rejects_bad_hosts(tmp_path) -> None:

@@ -39,7 +39,10 @@ over the transient's rendered PSF stamp ``P`` (sum 1) with ``V`` the per-pixel v
 difference image at that place: science sky + host photon noise + read noise, plus the matched
 reference's variance ``sum(K**2) * V_ref``. For a flat background it is
 ``flux / (sigma * sqrt(N_eff))`` with ``N_eff = 1 / sum(P**2)`` (``4 pi sigma_psf**2`` for a
-Gaussian). Transients lie at least ``edge_margin`` (≥ 8) px from the frame edge, at least
+Gaussian). ``snr_local`` is the same sum with the transient's own photon noise added to ``V``
+(``flux * P / gain``; :func:`local_snr`): the **local SNR** an ideal matched filter reaches on a
+perfect subtraction, which evaluation bins on (``astrid.ml.ideal``). It is below ``snr`` by a
+few per cent at SNR 5 and by more for bright transients on faint sky. Transients lie at least ``edge_margin`` (≥ 8) px from the frame edge, at least
 ``max(12, 4 FWHM)`` px from each other, and never on a saturated or bleed region (a transient
 whose host landed there is dropped, so ``len(truth)`` can be a little below ``n_transients``).
 Hosts: ``star`` transients sit exactly on a star (science SNR 8–100) and ``galaxy`` ones within
@@ -75,7 +78,9 @@ __all__ = [
     "KNOBS",
     "InjectedTransient",
     "SyntheticObservation",
+    "local_snr",
     "make_observation",
+    "mesh_background",
     "read_truth",
     "write_observation",
 ]
@@ -88,13 +93,17 @@ _MPX = 1024.0 * 1024.0  # densities are per 1024×1024 px
 @dataclass(frozen=True)
 class InjectedTransient:
     """One injected transient: 0-based pixel position (x = column, y = row), integrated flux in
-    ADU, optimal SNR on the difference image (see the module docstring), host kind."""
+    ADU, optimal SNR on the difference image (see the module docstring), host kind, and
+    ``snr_local``: the same optimal SNR with the transient's own photon noise included
+    (:func:`local_snr`; what an ideal matched filter reaches on a perfect subtraction; ``None`` in
+    truth files written before it existed)."""
 
     x: float
     y: float
     flux: float
     snr: float
     host: str
+    snr_local: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +113,15 @@ class InjectedTransient:
         host = str(d["host"])
         if host not in HOSTS:
             raise ValueError(f"transient host {host!r} is not one of {', '.join(HOSTS)}")
-        return cls(x=float(d["x"]), y=float(d["y"]), flux=float(d["flux"]), snr=float(d["snr"]), host=host)
+        local = d.get("snr_local")
+        return cls(
+            x=float(d["x"]),
+            y=float(d["y"]),
+            flux=float(d["flux"]),
+            snr=float(d["snr"]),
+            host=host,
+            snr_local=None if local is None else float(local),
+        )
 
 
 @dataclass
@@ -121,6 +138,7 @@ class SyntheticObservation:
     wcs: WCS
     psf: np.ndarray | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    reference_psf: np.ndarray | None = None  # the reference's PSF stamp (sum 1), as ``psf``
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -411,7 +429,16 @@ def _sky(shape: tuple[int, int], level: float, gradient: float, rng: np.random.G
     return (level * (1.0 + frac)).astype(np.float32)
 
 
-def _background(img: np.ndarray, box: int = 64) -> np.ndarray:
+def local_snr(flux: float, stamp: np.ndarray, variance: np.ndarray, gain: float) -> float:
+    """Optimal (PSF-weighted) SNR of a point source of ``flux`` ADU rendered as ``stamp`` (sum 1)
+    on pixels whose variance *without* the source is ``variance`` (ADU², science sky + host +
+    read noise plus the PSF-matched reference's share): ``flux * sqrt(sum P**2 / sigma**2)``
+    with the source's own photon noise ``flux * P / gain`` added to sigma**2."""
+    v = variance + np.maximum(flux * stamp, 0.0) / gain
+    return float(flux * math.sqrt(float((stamp * stamp / v).sum())))
+
+
+def mesh_background(img: np.ndarray, box: int = 64) -> np.ndarray:
     """SExtractor-like background: mesh medians, 3×3 median-filtered, bilinearly interpolated."""
     h, w = img.shape
     ny, nx = max(1, round(h / box)), max(1, round(w / box))
@@ -715,7 +742,14 @@ def make_observation(
         flux = float(snr_target[i]) / weight
         _add_stamp(model_s, stamp, row0, col0, flux)
         truth.append(
-            InjectedTransient(x=float(x), y=float(y), flux=flux, snr=float(snr_target[i]), host=str(hosts[i]))
+            InjectedTransient(
+                x=float(x),
+                y=float(y),
+                flux=flux,
+                snr=float(snr_target[i]),
+                host=str(hosts[i]),
+                snr_local=local_snr(flux, p, v, gain),
+            )
         )
 
     # ---- faders: stars fainter now than in the reference (negative PSFs in the difference) --
@@ -781,12 +815,12 @@ def make_observation(
     np.minimum(reference, np.float32(sat), out=reference)
 
     # ---- difference ------------------------------------------------------------------------
-    bkg_s = _background(science)
-    bkg_r = _background(reference)
+    bkg_s = mesh_background(science)
+    bkg_r = mesh_background(reference)
     matched = fftconvolve(reference - bkg_r, kernel.astype(np.float32), mode="same")
     difference = (science - bkg_s) - np.float32(1.0 + k["flux_scale_error"]) * matched
     # differential background (as kernel fits do): crowding biases the two mesh medians differently
-    difference -= _background(difference)
+    difference -= mesh_background(difference)
     difference = difference.astype(np.float32)
     diff_sigma = math.sqrt(
         sky_sigma**2 + kernel_power * (ref_sky_level / gain + (rn / gain) ** 2) / k["reference_depth"] ** 2
@@ -861,6 +895,7 @@ def make_observation(
         wcs=wcs,
         psf=psf_s.astype(np.float32),
         params=params,
+        reference_psf=psf_r0.astype(np.float32),
     )
 
 
