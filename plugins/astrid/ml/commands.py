@@ -218,6 +218,26 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--output", default=None, help="markdown file to update with the results table (e.g. docs/model.md)"
     )
     p.add_argument("--no-card", action="store_true", help="do not write metrics into the model card / PNG")
+    p.add_argument(
+        "--crowded-every",
+        type=int,
+        default=0,
+        help="make every Nth held-out frame a crowded (Galactic-plane) field (default 0: the generator's 10 %%)",
+    )
+    p.add_argument(
+        "--real-sky",
+        type=int,
+        default=0,
+        help="also score N frames of the held-out real-sky family (Hubble Deep Field + injected transients)",
+    )
+    p.add_argument(
+        "--real-sky-size", type=_positive_int, default=512, help="real-sky frame side (default 512)"
+    )
+    p.add_argument(
+        "--plot",
+        default=None,
+        help="efficiency-versus-SNR PNG to write (default: beside the model with the card)",
+    )
     p.set_defaults(func=_run_evaluate)
 
 
@@ -239,6 +259,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         update_card=not args.no_card,
         command=command,
         progress=True,
+        crowded_every=args.crowded_every,
+        real_sky=args.real_sky,
+        real_sky_size=args.real_sky_size,
+        plot=args.plot,
     )
     print(outcome.markdown)
     return 0
