@@ -58,6 +58,13 @@ def unit_filter(psf: np.ndarray) -> np.ndarray:
     return p / math.sqrt(float((p * p).sum()))
 
 
+def local_maxima(m: np.ndarray, size: int = 3, floor: float = -math.inf) -> np.ndarray:
+    """Mask of the pixels that are the maximum of their ``size``² neighbourhood and ≥ ``floor``:
+    what counts as one peak (one candidate) of a filtered image, here and in
+    bench/detection_limit.py."""
+    return (m >= floor) & (m == ndimage.maximum_filter(m, size=size))
+
+
 def noise_peaks(
     psf: np.ndarray, mpix: float = SIM_MPIX, seed: int = 0, floor: float = FIT_LEVEL
 ) -> tuple[np.ndarray, float]:
@@ -71,7 +78,7 @@ def noise_peaks(
     for _ in range(max(1, math.ceil(mpix * 2**20 / _TILE**2))):
         noise = rng.standard_normal((_TILE, _TILE), dtype=np.float32)
         m = fftconvolve(noise, kernel, mode="same")[rim:-rim, rim:-rim]
-        peaks = (m >= floor) & (m == ndimage.maximum_filter(m, size=3))
+        peaks = local_maxima(m, 3, floor)
         values.append(m[peaks])
         area += m.size
     return np.concatenate(values).astype(np.float64), area / 1e6
@@ -175,7 +182,7 @@ def host_measures(
     sig = fftconvolve(sub, unit_filter(p_ref)[::-1, ::-1], mode="same") / reference_sigma
     fwhm_r = _fwhm(p_ref)
     size = max(3, round(fwhm_r) | 1)
-    src = (sig >= 5.0) & (sig == ndimage.maximum_filter(sig, size=size))
+    src = local_maxima(sig, size, 5.0)
     sr, sc = np.nonzero(src)
     fwhm_s = _fwhm(p_sci)
     radius = max(24.0, 8.0 * fwhm_s)
