@@ -545,7 +545,7 @@ def plot_efficiency(ideal: Mapping[str, IdealReport], model: str, baseline: str,
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    centre = {"4.5–7": 5.75, "7–12": 9.5, "≥12": 16.0}
+    centre = {"4.5–7": 0, "7–12": 1, "≥12": 2}
     for (family, rep), colour in zip(ideal.items(), ("tab:blue", "tab:green"), strict=False):
         for det, style in ((model, "-o"), (baseline, ":s")):
             rows = [r for r in rep.rows if r["detector"] == det and r["host"] == "all" and r["n"]]
@@ -558,8 +558,8 @@ def plot_efficiency(ideal: Mapping[str, IdealReport], model: str, baseline: str,
                 label=label,
             )
     ax.axhline(0.90, color="tab:red", lw=0.8, ls="--", label="floor 0.90")
-    ax.set_xscale("log")
-    ax.set_xticks([5.75, 9.5, 16.0], ["4.5–7", "7–12", "≥12"])
+    ax.set_xticks([0, 1, 2], ["4.5–7", "7–12", "≥12"])
+    ax.set_xlim(-0.3, 2.3)
     ax.set_xlabel("local SNR bin")
     ax.set_ylabel("efficiency = recall / ideal recall")
     ax.set_ylim(0, 1.15)
@@ -672,6 +672,26 @@ class IdealReport:
             "F1 ≥ 0.85 at SNR ≥ 4.5": s["f1_snr_ge_4.5"] >= IDEAL_FLOORS["f1_snr_ge_4.5"],
             "≤ 1 false / Mpix": s["false_per_mpix"] <= IDEAL_FLOORS["false_per_mpix"],
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> IdealReport:
+        """Back from :meth:`to_dict` (e.g. the card's ``metrics``), for re-plotting."""
+
+        def num(v: Any) -> Any:
+            return float("nan") if v is None else v
+
+        rows = [
+            {k: (num(v) if k in ("recall", "ideal", "efficiency", "f1") else v) for k, v in r.items()}
+            for r in d["rows"]
+        ]
+        return cls(
+            family=d["family"],
+            detectors=list(d["summary"]),
+            observations=int(d["observations"]),
+            megapixels=float(d["megapixels"]),
+            rows=rows,
+            summary={k: {a: num(b) for a, b in v.items()} for k, v in d["summary"].items()},
+        )
 
     def to_dict(self) -> dict[str, Any]:
         def clean(v: Any) -> Any:
