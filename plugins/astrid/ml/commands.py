@@ -225,6 +225,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="make every Nth held-out frame a crowded (Galactic-plane) field (default 0: the generator's 10 %%)",
     )
     p.add_argument(
+        "--realism",
+        action="store_true",
+        help="turn on the generator's realism options (bulge+disc hosts, diffraction spikes, nebulosity)",
+    )
+    p.add_argument(
         "--real-sky",
         type=int,
         default=0,
@@ -260,6 +265,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         command=command,
         progress=True,
         crowded_every=args.crowded_every,
+        realism=args.realism,
         real_sky=args.real_sky,
         real_sky_size=args.real_sky_size,
         plot=args.plot,

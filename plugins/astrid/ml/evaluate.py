@@ -386,6 +386,7 @@ def run_evaluation(
     command: str | None = None,
     progress: bool = False,
     crowded_every: int = 0,
+    realism: bool = False,
     real_sky: int = 0,
     real_sky_size: int = 512,
     plot: Any = None,
@@ -397,7 +398,9 @@ def run_evaluation(
     results replace the block between ``MD_START``/``MD_END`` markers there (appended if absent).
 
     Against the ideal detector (:func:`ideal_report`): every ``crowded_every``-th synthetic frame
-    (0: none beyond the generator's own 10 %) is a crowded (Galactic-plane) field; ``real_sky``
+    (0: none beyond the generator's own 10 %) is a crowded (Galactic-plane) field; ``realism``
+    turns on the generator's realism options (:data:`REALISM_KNOBS`: bulge + disc hosts with
+    transients following the light, diffraction spikes, nebulosity); ``real_sky``
     frames of the real-sky family (:mod:`astrid.imaging.realsky`, ``real_sky_size``² px) are
     scored separately; ``plot`` (a path) gets the efficiency-versus-SNR PNG (default: beside
     the model when the card is updated).
@@ -421,6 +424,8 @@ def run_evaluation(
                 knobs = training_knobs(knob_rng, size)
             if crowded_every and (s - seeds.start) % crowded_every == 0:
                 knobs["crowded"] = True
+            if realism:
+                knobs.update(REALISM_KNOBS)
             yield make_observation(s, size=size, **knobs)
 
     wrap = None
@@ -453,8 +458,14 @@ def run_evaluation(
     setting = "training-style varied knobs" if varied else "survey-default knobs"
     if crowded_every:
         setting += f", every {crowded_every}th frame a crowded field"
+    if realism:
+        setting += ", realism options on (bulge+disc hosts, spikes, nebulosity)"
     # one markdown block / card entry per kind of set, so a crowded-field run keeps the default one
-    suffix = ("_varied" if varied else "") + (f"_crowded{crowded_every}" if crowded_every else "")
+    suffix = (
+        ("_varied" if varied else "")
+        + (f"_crowded{crowded_every}" if crowded_every else "")
+        + ("_realism" if realism else "")
+    )
     header = (
         f"Held-out synthetic set: seeds {seeds.start}–{seeds.stop - 1} ({observations} observations of "
         f"{size}×{size} px, {setting}; {ordered[0].truth} injected transients, "
@@ -464,12 +475,13 @@ def run_evaluation(
         f"astrid evaluate --model {model_path} --seed {seed} --observations {observations} --size {size}"
         + (" --varied" if varied else "")
         + (f" --crowded-every {crowded_every}" if crowded_every else "")
+        + (" --realism" if realism else "")
         + (f" --real-sky {real_sky}" if real_sky else "")
     )
     md = f"{header}\n\n```\n{cmd}\n```\n\n{comparison_markdown(ordered)}"
     floors = reports[unet_name].meets_floors()
     md += "\nFloors (U-Net): " + ", ".join(f"{k} {'✅' if v else '❌'}" for k, v in floors.items()) + "\n"
-    ideal_md = _ideal_section(ideal, unet_name, baseline_name, seeds, size, crowded_every, real_sky_size, cmd)
+    ideal_md = _ideal_section(ideal, unet_name, baseline_name, seeds, size, setting, real_sky_size, cmd)
     outcome = EvaluationOutcome(reports=reports, markdown=md + "\n" + ideal_md)
     outcome.ideal = ideal
     weights, _ = resolve_model_paths(model_path)
@@ -514,7 +526,7 @@ def _ideal_section(
     baseline: str,
     seeds: range,
     size: int,
-    crowded_every: int,
+    setting: str,
     real_sky_size: int,
     cmd: str,
 ) -> str:
@@ -524,8 +536,7 @@ def _ideal_section(
         if family == "synthetic":
             what = (
                 f"**Held-out synthetic**: seeds {seeds.start}–{seeds.stop - 1}, {rep.observations} frames of "
-                f"{size}² ({rep.megapixels:.1f} Mpix)"
-                + (f", every {crowded_every}th a crowded field" if crowded_every else "")
+                f"{size}² ({rep.megapixels:.1f} Mpix), {setting}"
             )
         else:
             what = (
@@ -594,6 +605,8 @@ def update_markdown(path: Any, body: str, key: str = "default") -> None:
 # count as real (detecting one is not a false detection) but are not scored.
 IDEAL_BINS: tuple[tuple[float, float], ...] = ((4.5, 7.0), (7.0, 12.0), (12.0, math.inf))
 IDEAL_FLOORS = {"efficiency": 0.90, "efficiency_per_host": 0.85, "f1_snr_ge_4.5": 0.85, "false_per_mpix": 1.0}
+# what ``--realism`` turns on in the held-out synthetic frames
+REALISM_KNOBS = {"host_profile": "bulge_disc", "diffraction_spikes": True, "nebulosity": 3.0}
 MIN_SCORED = 10  # a host-class bin with fewer transients is reported but not held to the floor
 
 
