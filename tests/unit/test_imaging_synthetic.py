@@ -391,7 +391,14 @@ def test_write_observation_refuses_paths_as_names(obs: SyntheticObservation, tmp
 
 def test_realism_options_are_off_by_default_and_change_only_their_part() -> None:
     base = make_observation(77, size=256)
-    same = make_observation(77, size=256, host_profile="sersic", diffraction_spikes=False, nebulosity=0.0)
+    same = make_observation(
+        77,
+        size=256,
+        host_profile="sersic",
+        diffraction_spikes=False,
+        nebulosity=0.0,
+        host_flux_range=(60, 600),
+    )
     np.testing.assert_array_equal(base.difference, same.difference)
     assert base.truth == same.truth
     # nebulosity: the same structure in science and reference (it subtracts), nothing else moves

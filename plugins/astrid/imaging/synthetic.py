@@ -199,6 +199,7 @@ KNOBS: dict[str, str] = {
     "host_profile": "'sersic' (default: one Sérsic per host) or 'bulge_disc' (bulge + disc + nucleus, "
     "transients following the light)",
     "diffraction_spikes": "four spikes on stars above 20%% of saturation (default False)".replace("%%", "%"),
+    "host_flux_range": "(min, max) total flux of galaxy hosts in units of the SNR-1 flux (default (60, 600))",
     "nebulosity": "peak of a structured (filamentary) background in sky σ, same in both images (default 0)",
 }
 
@@ -249,6 +250,7 @@ def _draw_knobs(rng: np.random.Generator, size: int) -> dict[str, Any]:
         "host_profile": "sersic",
         "diffraction_spikes": False,
         "nebulosity": 0.0,
+        "host_flux_range": (60.0, 600.0),
     }
     return d
 
@@ -314,6 +316,9 @@ def _resolve_knobs(rng: np.random.Generator, size: int, given: dict[str, Any]) -
     check(int(k["edge_margin"]) * 2 < size, "edge_margin", "leaves no room in the frame")
     check(k["host_profile"] in ("sersic", "bulge_disc"), "host_profile", "'sersic' or 'bulge_disc'")
     check(float(k["nebulosity"]) >= 0, "nebulosity", "must be >= 0")
+    hlo, hhi = (float(v) for v in k["host_flux_range"])
+    k["host_flux_range"] = (hlo, hhi)
+    check(0 < hlo <= hhi, "host_flux_range", "need 0 < min <= max")
     k["diffraction_spikes"] = bool(k["diffraction_spikes"])
     for name in ("n_bad_columns", "satellite_trails", "edge_margin"):
         check(int(k[name]) >= 0, name, "must be >= 0")
@@ -606,6 +611,7 @@ def make_observation(
     host_profile: str | None = None,
     diffraction_spikes: bool | None = None,
     nebulosity: float | None = None,
+    host_flux_range: tuple[float, float] | None = None,
 ) -> SyntheticObservation:
     """Render one observation (``size``×``size`` px) from ``seed``. Knobs left at ``None`` are
     drawn from the seed; see :data:`KNOBS` for their meaning and default ranges."""
@@ -725,7 +731,8 @@ def make_observation(
             n = float(tr_rng.choice([1.0, 1.0, 4.0, 2.0, 0.7]))
             q = tr_rng.uniform(0.35, 1.0)
             a = tr_rng.uniform(0, np.pi)
-            hf = min(f_snr1 * math.exp(tr_rng.uniform(math.log(60), math.log(600))), 0.5 * f_sat)
+            hlo, hhi = k["host_flux_range"]
+            hf = min(f_snr1 * math.exp(tr_rng.uniform(math.log(hlo), math.log(hhi))), 0.5 * f_sat)
             # transient offset from the nucleus: nuclear for 20%, else within ~1 r_e
             off = 0.0 if tr_rng.random() < 0.2 else re * min(1.0, abs(tr_rng.normal(0, 0.5)))
             phi = tr_rng.uniform(0, 2 * np.pi)

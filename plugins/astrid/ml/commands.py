@@ -126,6 +126,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         f"(SNR >= {d.missed_min_snr}, p < {d.missed_threshold}; 0 = off; default {d.missed_fraction})",
     )
     p.add_argument(
+        "--bright-hosts",
+        type=_fraction,
+        default=d.bright_host_fraction,
+        help="share of training frames with bright bulge+disc galaxy hosts (0 = off; default "
+        f"{d.bright_host_fraction})",
+    )
+    p.add_argument(
         "--threads", type=_positive_int, default=d.threads, help=f"torch CPU threads (default {d.threads})"
     )
     p.add_argument("--version", default=None, help="model version for the card (default: from the date)")
@@ -150,6 +157,7 @@ def _run_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         mine_after=tuple(int(v) for v in args.mine_after.split(",") if v.strip()),
         missed_fraction=args.missed_fraction,
+        bright_host_fraction=args.bright_hosts,
     )
     command = "astrid " + " ".join(sys.argv[1:]) if sys.argv and "train" in sys.argv else None
     result = train(config, args.output, version=args.version, command=command, progress=True)
