@@ -173,3 +173,33 @@ def test_ideal_report_on_real_frames_and_markdown():
             assert r["recall"] == 1.0 and r["efficiency"] >= 1.0
     md = ideal_markdown(rep, "truth", "mf")
     assert md.count("| all |") == 3 and "| crowded |" in md and "Floors (model):" in md
+
+
+def test_run_evaluation_reports_both_families_against_the_ideal(tmp_path):
+    """The `astrid evaluate` workflow end to end with the shipped model on tiny frames."""
+    from pathlib import Path
+
+    from astrid.ml.evaluate import run_evaluation
+
+    model = Path(__file__).resolve().parents[2] / "include" / "models" / "astrid-unet"
+    md = tmp_path / "model.md"
+    png = tmp_path / "img" / "eff.png"
+    out = run_evaluation(
+        model,
+        seed=1000,
+        observations=2,
+        size=256,
+        crowded_every=2,
+        real_sky=1,
+        real_sky_size=128,
+        device="cpu",
+        update_card=False,
+        markdown=md,
+        plot=png,
+    )
+    assert set(out.ideal) == {"synthetic", "real_sky"}
+    assert out.ideal["synthetic"].observations == 2 and out.ideal["real_sky"].observations == 1
+    text = md.read_text()
+    assert "<!-- astrid-evaluate:start:ideal-crowded2 -->" in text and "**Real sky**" in text
+    assert "--crowded-every 2 --real-sky 1" in text
+    assert png.exists() and png.stat().st_size > 1000
