@@ -14,7 +14,7 @@ for a smooth Gaussian random field in 2-D the number of local maxima above ``t``
 ``t``, the expected Euler characteristic of the excursion set, ``∝ t · exp(-t²/2)`` (Adler); the
 fit frees the exponent's scale (pixelisation steepens or flattens the tail, depending on the
 PSF's width in pixels). Against direct counts on 60 Mpix of noise the fitted rate at 4.5–5 is
-within ~30 % (``t*`` within ~0.07, ideal recall at SNR 5 within ~0.03). ``tests/unit/test_ml_ideal.py`` checks the rate
+within ~40 % (``t*`` within ~0.08, ideal recall at SNR 5 within ~0.03). ``tests/unit/test_ml_ideal.py`` checks the rate
 against direct counts and the recall formula against a matched filter on simulated frames.
 
 Host classes (:func:`host_classes`), from what a pipeline can measure on the reference image at
