@@ -627,7 +627,8 @@ class FrameRecord:
 def frame_record(
     obs: Any, detections: Mapping[str, Sequence[Any]], radius: float = MATCH_RADIUS
 ) -> FrameRecord:
-    """Match each detector's detections on ``obs`` and measure what the ideal needs."""
+    """Match each detector's detections on ``obs`` and measure what the ideal needs (truth without
+    ``snr_local``, from files written before it existed, falls back to ``snr``: a few per cent higher)."""
     from astrid.ml.ideal import NoisePeakRate, host_classes
 
     truth = list(obs.truth)
