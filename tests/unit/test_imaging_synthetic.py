@@ -418,7 +418,9 @@ def test_realism_options_are_off_by_default_and_change_only_their_part() -> None
 
 def test_bulge_disc_hosts_put_transients_on_the_light() -> None:
     obs = [
-        make_observation(s, size=384, host_profile="bulge_disc", host_fractions=(0, 0, 1), crowded=False)
+        make_observation(
+            s, size=384, host_profile="bulge_disc", host_fractions=(0, 0, 1), crowded=False, n_transients=8
+        )
         for s in (80, 81)
     ]
     hosted = [(o, t) for o in obs for t in o.truth]
