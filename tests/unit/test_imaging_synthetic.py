@@ -357,7 +357,24 @@ def test_write_observation_and_read_truth_round_trip(obs: SyntheticObservation, 
     assert read_truth(uris["truth_uri"]) == obs.truth
     assert read_truth(str(uris["truth_uri"])) == obs.truth
     data = json.loads((tmp_path / "night1" / "obs007_truth.json").read_text())
-    assert isinstance(data, list) and set(data[0]) == {"x", "y", "flux", "snr", "host"}
+    assert isinstance(data, list) and set(data[0]) == {"x", "y", "flux", "snr", "host", "snr_local"}
+    # truth files written before snr_local existed still read (as None)
+    old = [{k: v for k, v in d.items() if k != "snr_local"} for d in data]
+    (tmp_path / "old_truth.json").write_text(json.dumps(old))
+    assert [t.snr_local for t in read_truth(tmp_path / "old_truth.json")] == [None] * len(old)
+
+
+def test_local_snr_adds_the_transients_own_photon_noise(obs: SyntheticObservation) -> None:
+    gain = obs.params["gain"]
+    for t in obs.truth:
+        # the transient's photon noise can only lower the SNR, and by the amount its flux
+        # per pixel adds to the variance: at most flux/gain over the whole stamp
+        assert t.snr_local < t.snr
+        bound = t.snr / np.sqrt(1.0 + t.flux * float(obs.psf.max()) / gain / obs.params["sky_sigma"] ** 2)
+        assert t.snr_local >= 0.9 * bound
+    # a faint transient loses little, a bright one on faint sky more
+    by_snr = sorted(obs.truth, key=lambda t: t.snr)
+    assert by_snr[0].snr_local / by_snr[0].snr > by_snr[-1].snr_local / by_snr[-1].snr - 1e-6
 
 
 def test_read_truth_rejects_bad_hosts(tmp_path) -> None:
@@ -370,3 +387,51 @@ def test_read_truth_rejects_bad_hosts(tmp_path) -> None:
 def test_write_observation_refuses_paths_as_names(obs: SyntheticObservation, tmp_path) -> None:
     with pytest.raises(ValueError, match="name"):
         write_observation(obs, tmp_path, "../escape")
+
+
+def test_realism_options_are_off_by_default_and_change_only_their_part() -> None:
+    base = make_observation(77, size=256)
+    same = make_observation(
+        77,
+        size=256,
+        host_profile="sersic",
+        diffraction_spikes=False,
+        nebulosity=0.0,
+        host_flux_range=(60, 600),
+    )
+    np.testing.assert_array_equal(base.difference, same.difference)
+    assert base.truth == same.truth
+    # nebulosity: the same structure in science and reference (it subtracts), nothing else moves
+    neb = make_observation(77, size=256, nebulosity=5.0)
+    added_s = neb.science.astype(np.float64) - base.science
+    added_r = neb.reference.astype(np.float64) - base.reference
+    assert added_s.max() > 2.0 * base.params["sky_sigma"]
+    assert np.corrcoef(added_s.ravel(), added_r.ravel())[0, 1] > 0.5
+    # (blank-sky transients move off the nebulosity: blank means below 0.5σ of scene light)
+    # spikes: extra light only on bright stars' arms, in both images
+    spk = make_observation(78, size=512, diffraction_spikes=True, saturate=3000.0, star_density=6000)
+    ref = make_observation(78, size=512, saturate=3000.0, star_density=6000)
+    assert np.abs(spk.reference - ref.reference).max() > 0
+    changed = np.abs(spk.science.astype(np.float64) - ref.science) > 1e-3
+    assert 0 < changed.mean() < 0.2
+
+
+def test_bulge_disc_hosts_put_transients_on_the_light() -> None:
+    obs = [
+        make_observation(
+            s, size=384, host_profile="bulge_disc", host_fractions=(0, 0, 1), crowded=False, n_transients=8
+        )
+        for s in (80, 81)
+    ]
+    hosted = [(o, t) for o in obs for t in o.truth]
+    assert len(hosted) >= 8 and all(t.host == "galaxy" for _, t in hosted)
+    # every transient sits on its host's light: the noiseless reference there is well above the sky noise
+    above = [
+        float(np.median(o.reference[round(t.y) - 1 : round(t.y) + 2, round(t.x) - 1 : round(t.x) + 2]))
+        - float(np.median(o.reference))
+        > 2 * o.params["reference_sigma"]
+        for o, t in hosted
+    ]
+    assert np.mean(above) >= 0.8
+    with pytest.raises(ValueError, match="host_profile"):
+        make_observation(1, size=128, host_profile="spiral")

@@ -201,3 +201,25 @@ def test_calibrate_command_moves_the_operating_point_without_retraining(tmp_path
     assert card.thresholds["star_residual_min_excess"] == cal["min_excess"]
     assert cal["min_excess"] in TINY.vetting_levels and len(cal["levels"]) == len(TINY.vetting_levels)
     torch.testing.assert_close(after.head.bias, before.head.bias, rtol=0, atol=1e-5)
+
+
+def test_bright_hosts_change_only_the_chosen_frames():
+    from astrid.ml.train import generate_observations
+
+    seeds = range(1_010_000, 1_010_004)
+    plain = list(generate_observations(seeds, 128, np.random.default_rng(3), {}, False, ""))
+    none = list(
+        generate_observations(
+            seeds, 128, np.random.default_rng(3), {}, False, "", 0.0, np.random.default_rng([1, 0xB1])
+        )
+    )
+    every = list(
+        generate_observations(
+            seeds, 128, np.random.default_rng(3), {}, False, "", 1.0, np.random.default_rng([1, 0xB1])
+        )
+    )
+    for a, b in zip(plain, none, strict=True):
+        np.testing.assert_array_equal(a.difference, b.difference)
+    assert all(o.params["host_profile"] == "bulge_disc" for o in every)
+    assert all(tuple(o.params["host_flux_range"]) == (300.0, 6000.0) for o in every)
+    assert all(o.params["host_profile"] == "sersic" for o in plain)

@@ -39,7 +39,10 @@ over the transient's rendered PSF stamp ``P`` (sum 1) with ``V`` the per-pixel v
 difference image at that place: science sky + host photon noise + read noise, plus the matched
 reference's variance ``sum(K**2) * V_ref``. For a flat background it is
 ``flux / (sigma * sqrt(N_eff))`` with ``N_eff = 1 / sum(P**2)`` (``4 pi sigma_psf**2`` for a
-Gaussian). Transients lie at least ``edge_margin`` (≥ 8) px from the frame edge, at least
+Gaussian). ``snr_local`` is the same sum with the transient's own photon noise added to ``V``
+(``flux * P / gain``; :func:`local_snr`): the **local SNR** an ideal matched filter reaches on a
+perfect subtraction, which evaluation bins on (``astrid.ml.ideal``). It is below ``snr`` by a
+few per cent at SNR 5 and by more for bright transients on faint sky. Transients lie at least ``edge_margin`` (≥ 8) px from the frame edge, at least
 ``max(12, 4 FWHM)`` px from each other, and never on a saturated or bleed region (a transient
 whose host landed there is dropped, so ``len(truth)`` can be a little below ``n_transients``).
 Hosts: ``star`` transients sit exactly on a star (science SNR 8–100) and ``galaxy`` ones within
@@ -75,7 +78,9 @@ __all__ = [
     "KNOBS",
     "InjectedTransient",
     "SyntheticObservation",
+    "local_snr",
     "make_observation",
+    "mesh_background",
     "read_truth",
     "write_observation",
 ]
@@ -88,13 +93,17 @@ _MPX = 1024.0 * 1024.0  # densities are per 1024×1024 px
 @dataclass(frozen=True)
 class InjectedTransient:
     """One injected transient: 0-based pixel position (x = column, y = row), integrated flux in
-    ADU, optimal SNR on the difference image (see the module docstring), host kind."""
+    ADU, optimal SNR on the difference image (see the module docstring), host kind, and
+    ``snr_local``: the same optimal SNR with the transient's own photon noise included
+    (:func:`local_snr`; what an ideal matched filter reaches on a perfect subtraction; ``None`` in
+    truth files written before it existed)."""
 
     x: float
     y: float
     flux: float
     snr: float
     host: str
+    snr_local: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +113,15 @@ class InjectedTransient:
         host = str(d["host"])
         if host not in HOSTS:
             raise ValueError(f"transient host {host!r} is not one of {', '.join(HOSTS)}")
-        return cls(x=float(d["x"]), y=float(d["y"]), flux=float(d["flux"]), snr=float(d["snr"]), host=host)
+        local = d.get("snr_local")
+        return cls(
+            x=float(d["x"]),
+            y=float(d["y"]),
+            flux=float(d["flux"]),
+            snr=float(d["snr"]),
+            host=host,
+            snr_local=None if local is None else float(local),
+        )
 
 
 @dataclass
@@ -121,6 +138,7 @@ class SyntheticObservation:
     wcs: WCS
     psf: np.ndarray | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    reference_psf: np.ndarray | None = None  # the reference's PSF stamp (sum 1), as ``psf``
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -176,6 +194,13 @@ KNOBS: dict[str, str] = {
     "flux_scale_error": "photometric scale error of the subtraction (default N(0, 0.003))",
     "pixscale": "arcsec/px (default 0.25-1.2)",
     "edge_margin": "transients keep this many px from the edges (default 12, minimum 8)",
+    # realism options (issue 19): off by default and drawn from their own stream, so every seed
+    # renders exactly as before unless one is turned on
+    "host_profile": "'sersic' (default: one Sérsic per host) or 'bulge_disc' (bulge + disc + nucleus, "
+    "transients following the light)",
+    "diffraction_spikes": "four spikes on stars above 20%% of saturation (default False)".replace("%%", "%"),
+    "host_flux_range": "(min, max) total flux of galaxy hosts in units of the SNR-1 flux (default (60, 600))",
+    "nebulosity": "peak of a structured (filamentary) background in sky σ, same in both images (default 0)",
 }
 
 
@@ -222,6 +247,10 @@ def _draw_knobs(rng: np.random.Generator, size: int) -> dict[str, Any]:
         "flux_scale_error": float(rng.normal(0.0, 0.003)),
         "pixscale": float(rng.uniform(0.25, 1.2)),
         "edge_margin": 12,
+        "host_profile": "sersic",
+        "diffraction_spikes": False,
+        "nebulosity": 0.0,
+        "host_flux_range": (60.0, 600.0),
     }
     return d
 
@@ -285,6 +314,12 @@ def _resolve_knobs(rng: np.random.Generator, size: int, given: dict[str, Any]) -
     check(k["lf_slope"] > 0, "lf_slope", "must be > 0")
     check(int(k["edge_margin"]) >= 8, "edge_margin", "at least 8 px")
     check(int(k["edge_margin"]) * 2 < size, "edge_margin", "leaves no room in the frame")
+    check(k["host_profile"] in ("sersic", "bulge_disc"), "host_profile", "'sersic' or 'bulge_disc'")
+    check(float(k["nebulosity"]) >= 0, "nebulosity", "must be >= 0")
+    hlo, hhi = (float(v) for v in k["host_flux_range"])
+    k["host_flux_range"] = (hlo, hhi)
+    check(0 < hlo <= hhi, "host_flux_range", "need 0 < min <= max")
+    k["diffraction_spikes"] = bool(k["diffraction_spikes"])
     for name in ("n_bad_columns", "satellite_trails", "edge_margin"):
         check(int(k[name]) >= 0, name, "must be >= 0")
         k[name] = int(k[name])
@@ -411,7 +446,16 @@ def _sky(shape: tuple[int, int], level: float, gradient: float, rng: np.random.G
     return (level * (1.0 + frac)).astype(np.float32)
 
 
-def _background(img: np.ndarray, box: int = 64) -> np.ndarray:
+def local_snr(flux: float, stamp: np.ndarray, variance: np.ndarray, gain: float) -> float:
+    """Optimal (PSF-weighted) SNR of a point source of ``flux`` ADU rendered as ``stamp`` (sum 1)
+    on pixels whose variance *without* the source is ``variance`` (ADU², science sky + host +
+    read noise plus the PSF-matched reference's share): ``flux * sqrt(sum P**2 / sigma**2)``
+    with the source's own photon noise ``flux * P / gain`` added to sigma**2."""
+    v = variance + np.maximum(flux * stamp, 0.0) / gain
+    return float(flux * math.sqrt(float((stamp * stamp / v).sum())))
+
+
+def mesh_background(img: np.ndarray, box: int = 64) -> np.ndarray:
     """SExtractor-like background: mesh medians, 3×3 median-filtered, bilinearly interpolated."""
     h, w = img.shape
     ny, nx = max(1, round(h / box)), max(1, round(w / box))
@@ -462,6 +506,72 @@ def _conv_same(canvas: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return fftconvolve(canvas, kernel.astype(np.float32), mode="same")
 
 
+def _bulge_disc_host(
+    rng: np.random.Generator, flux: float, q: float, angle: float
+) -> tuple[list[tuple[float, float, float, float]], float, tuple[float, float]]:
+    """A bulge + exponential disc + compact nucleus host of total ``flux``: its components
+    ``(flux, r_e, n, q)``, the nucleus' point flux, and the transient's offset from the nucleus,
+    drawn *following the light* (15 % exactly nuclear). For a Sérsic profile ``x = b_n
+    (r / r_e)^(1/n)`` of the enclosed light is Gamma(2n)-distributed, so the radius is drawn
+    exactly, then projected with the component's axis ratio and angle."""
+    re_disc = math.exp(rng.uniform(math.log(2.0), math.log(9.0)))
+    bt = rng.uniform(0.1, 0.6)  # bulge-to-total
+    nuc = flux * rng.uniform(0.0, 0.08) if rng.random() < 0.5 else 0.0
+    re_bulge = re_disc * rng.uniform(0.15, 0.4)
+    q_bulge = min(1.0, q + rng.uniform(0.2, 0.5))
+    rest = flux - nuc
+    comps = [(rest * (1 - bt), re_disc, 1.0, q), (rest * bt, re_bulge, 4.0, q_bulge)]
+    if rng.random() < 0.15:
+        return comps, nuc, (0.0, 0.0)
+    _, re_c, n_c, q_c = comps[0] if rng.random() < 1 - bt else comps[1]
+    r = re_c * (rng.gamma(2.0 * n_c) / _sersic_b(n_c)) ** n_c
+    phi = rng.uniform(0, 2 * np.pi)
+    u, v = r * math.cos(phi) / math.sqrt(q_c), r * math.sin(phi) * math.sqrt(q_c)
+    c, s = math.cos(angle), math.sin(angle)
+    return comps, nuc, (float(np.clip(u * c - v * s, -40, 40)), float(np.clip(u * s + v * c, -40, 40)))
+
+
+def _add_spikes(
+    scene_s: np.ndarray,
+    scene_r: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    fluxes: np.ndarray,
+    min_flux: float,
+    fwhm: float,
+    rng: np.random.Generator,
+) -> None:
+    """Four diffraction spikes (intensity ∝ flux / distance², length ∝ sqrt(flux)) on every
+    star above ``min_flux``; the reference's are rotated by a small field rotation and a little
+    weaker or stronger, so the subtraction leaves spike residuals as real ones do."""
+    theta = rng.uniform(0, np.pi / 2)
+    rotation = math.radians(rng.uniform(-1.5, 1.5))
+    strength = 3e-3 * rng.uniform(0.5, 1.5)
+    ref_ratio = rng.uniform(0.8, 1.2)
+    bright = np.nonzero(fluxes > min_flux)[0]
+    for img, rot, amp in ((scene_s, 0.0, strength), (scene_r, rotation, strength * ref_ratio)):
+        px, py, pv = [], [], []
+        for j in bright:
+            length = min(400.0, 2.0 * fwhm * math.sqrt(fluxes[j] / min_flux))
+            d = np.arange(fwhm, length, 0.5)
+            val = 0.5 * amp * fluxes[j] * (fwhm / d) ** 2 / fwhm
+            for arm in range(4):
+                ang = theta + rot + arm * np.pi / 2
+                px.append(xs[j] + d * math.cos(ang))
+                py.append(ys[j] + d * math.sin(ang))
+                pv.append(val)
+        if px:
+            _bilinear_add(img, np.concatenate(px), np.concatenate(py), np.concatenate(pv))
+
+
+def _nebulosity(shape: tuple[int, int], peak: float, rng: np.random.Generator) -> np.ndarray:
+    """A filamentary background (squared Gaussian random field, scales 20–150 px) peaking at ``peak``."""
+    scale = rng.uniform(20.0, 150.0)
+    field_ = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), scale, mode="wrap")
+    field_ = np.maximum(field_ / max(float(field_.std()), 1e-12), 0.0) ** 2
+    return (peak * field_ / max(float(field_.max()), 1e-12)).astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # the generator
 
@@ -498,6 +608,10 @@ def make_observation(
     flux_scale_error: float | None = None,
     pixscale: float | None = None,
     edge_margin: int | None = None,
+    host_profile: str | None = None,
+    diffraction_spikes: bool | None = None,
+    nebulosity: float | None = None,
+    host_flux_range: tuple[float, float] | None = None,
 ) -> SyntheticObservation:
     """Render one observation (``size``×``size`` px) from ``seed``. Knobs left at ``None`` are
     drawn from the seed; see :data:`KNOBS` for their meaning and default ranges."""
@@ -508,9 +622,10 @@ def make_observation(
     size = int(size)
     given = {k: v for k, v in locals().items() if k in KNOBS}
     # one independent stream per component: overriding one knob never reshuffles another's draws
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 0xA57D]).spawn(15)]
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 0xA57D]).spawn(18)]
     knob_rng, star_rng, gal_rng, tr_rng, noise_rng, meta_rng, sky_rng = streams[:7]
     bleed_rng, fade_rng, cr_rng, hot_rng, col_rng, trail_rng, refhot_rng = streams[7:14]
+    host_rng, spike_rng, neb_rng = streams[15:18]  # realism options only (streams[14] unused)
     k = _resolve_knobs(knob_rng, size, given)
     area = size * size / _MPX
     shape = (size, size)
@@ -616,12 +731,20 @@ def make_observation(
             n = float(tr_rng.choice([1.0, 1.0, 4.0, 2.0, 0.7]))
             q = tr_rng.uniform(0.35, 1.0)
             a = tr_rng.uniform(0, np.pi)
-            hf = min(f_snr1 * math.exp(tr_rng.uniform(math.log(60), math.log(600))), 0.5 * f_sat)
+            hlo, hhi = k["host_flux_range"]
+            hf = min(f_snr1 * math.exp(tr_rng.uniform(math.log(hlo), math.log(hhi))), 0.5 * f_sat)
             # transient offset from the nucleus: nuclear for 20%, else within ~1 r_e
             off = 0.0 if tr_rng.random() < 0.2 else re * min(1.0, abs(tr_rng.normal(0, 0.5)))
             phi = tr_rng.uniform(0, 2 * np.pi)
             gxc, gyc = x - off * math.cos(phi), y - off * math.sin(phi)
-            host_gal.append((gxc, gyc, hf, re, n, q, a))
+            if k["host_profile"] == "bulge_disc":
+                comps, nucleus, (dx, dy) = _bulge_disc_host(host_rng, hf, q, a)
+                gxc, gyc = x - dx, y - dy
+                host_gal.extend((gxc, gyc, f, r_e, n_c, q_c, a) for f, r_e, n_c, q_c in comps)
+                if nucleus > 0:
+                    host_star.append((gxc, gyc, nucleus))
+            else:
+                host_gal.append((gxc, gyc, hf, re, n, q, a))
         tx[i], ty[i] = x, y
         placed[i] = x, y
 
@@ -642,6 +765,13 @@ def make_observation(
     del canvas
     np.maximum(scene_s, 0.0, out=scene_s)
     np.maximum(scene_r, 0.0, out=scene_r)
+    if k["diffraction_spikes"]:
+        _add_spikes(scene_s, scene_r, sx, sy, sf, 0.2 * f_sat, fwhm_s, spike_rng)
+    if k["nebulosity"] > 0:
+        neb = _nebulosity(shape, k["nebulosity"] * sky_sigma, neb_rng)
+        scene_s += neb
+        scene_r += neb
+        del neb
     sky_s = _sky(shape, k["sky_level"], k["sky_gradient"], sky_rng)
     ref_sky_level = k["sky_level"] * float(sky_rng.uniform(0.5, 1.5))
     sky_r = _sky(shape, ref_sky_level, float(sky_rng.uniform(0, 0.1)), sky_rng)
@@ -715,7 +845,14 @@ def make_observation(
         flux = float(snr_target[i]) / weight
         _add_stamp(model_s, stamp, row0, col0, flux)
         truth.append(
-            InjectedTransient(x=float(x), y=float(y), flux=flux, snr=float(snr_target[i]), host=str(hosts[i]))
+            InjectedTransient(
+                x=float(x),
+                y=float(y),
+                flux=flux,
+                snr=float(snr_target[i]),
+                host=str(hosts[i]),
+                snr_local=local_snr(flux, p, v, gain),
+            )
         )
 
     # ---- faders: stars fainter now than in the reference (negative PSFs in the difference) --
@@ -781,12 +918,12 @@ def make_observation(
     np.minimum(reference, np.float32(sat), out=reference)
 
     # ---- difference ------------------------------------------------------------------------
-    bkg_s = _background(science)
-    bkg_r = _background(reference)
+    bkg_s = mesh_background(science)
+    bkg_r = mesh_background(reference)
     matched = fftconvolve(reference - bkg_r, kernel.astype(np.float32), mode="same")
     difference = (science - bkg_s) - np.float32(1.0 + k["flux_scale_error"]) * matched
     # differential background (as kernel fits do): crowding biases the two mesh medians differently
-    difference -= _background(difference)
+    difference -= mesh_background(difference)
     difference = difference.astype(np.float32)
     diff_sigma = math.sqrt(
         sky_sigma**2 + kernel_power * (ref_sky_level / gain + (rn / gain) ** 2) / k["reference_depth"] ** 2
@@ -861,6 +998,7 @@ def make_observation(
         wcs=wcs,
         psf=psf_s.astype(np.float32),
         params=params,
+        reference_psf=psf_r0.astype(np.float32),
     )
 
 

@@ -132,6 +132,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         f"(SNR >= {d.missed_min_snr}, p < {d.missed_threshold}; 0 = off; default {d.missed_fraction})",
     )
     p.add_argument(
+        "--bright-hosts",
+        type=_fraction,
+        default=d.bright_host_fraction,
+        help="share of training frames with bright bulge+disc galaxy hosts (0 = off; default "
+        f"{d.bright_host_fraction})",
+    )
+    p.add_argument(
         "--threads", type=_positive_int, default=d.threads, help=f"torch CPU threads (default {d.threads})"
     )
     p.add_argument("--version", default=None, help="model version for the card (default: from the date)")
@@ -156,6 +163,7 @@ def _run_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         mine_after=tuple(int(v) for v in args.mine_after.split(",") if v.strip()),
         missed_fraction=args.missed_fraction,
+        bright_host_fraction=args.bright_hosts,
     )
     command = "astrid " + " ".join(sys.argv[1:]) if sys.argv and "train" in sys.argv else None
     result = train(config, args.output, version=args.version, command=command, progress=True)
@@ -224,6 +232,31 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--output", default=None, help="markdown file to update with the results table (e.g. docs/model.md)"
     )
     p.add_argument("--no-card", action="store_true", help="do not write metrics into the model card / PNG")
+    p.add_argument(
+        "--crowded-every",
+        type=int,
+        default=0,
+        help="make every Nth held-out frame a crowded (Galactic-plane) field (default 0: the generator's 10 %%)",
+    )
+    p.add_argument(
+        "--realism",
+        action="store_true",
+        help="turn on the generator's realism options (bulge+disc hosts, diffraction spikes, nebulosity)",
+    )
+    p.add_argument(
+        "--real-sky",
+        type=int,
+        default=0,
+        help="also score N frames of the held-out real-sky family (Hubble Deep Field + injected transients)",
+    )
+    p.add_argument(
+        "--real-sky-size", type=_positive_int, default=512, help="real-sky frame side (default 512)"
+    )
+    p.add_argument(
+        "--plot",
+        default=None,
+        help="efficiency-versus-SNR PNG to write (default: beside the model with the card)",
+    )
     p.set_defaults(func=_run_evaluate)
 
 
@@ -245,6 +278,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         update_card=not args.no_card,
         command=command,
         progress=True,
+        crowded_every=args.crowded_every,
+        realism=args.realism,
+        real_sky=args.real_sky,
+        real_sky_size=args.real_sky_size,
+        plot=args.plot,
     )
     print(outcome.markdown)
     return 0

@@ -102,6 +102,9 @@ class TrainConfig:
     missed_fraction: float = 0.0
     missed_min_snr: float = 4.5
     missed_threshold: float = 0.5
+    # share of training frames with bright bulge+disc galaxy hosts (BRIGHT_HOST_KNOBS; 0 = off, the
+    # shipped recipe): real skies' hosts are brighter than the default generator's (issue 19)
+    bright_host_fraction: float = 0.0
     calibration_observations: int = 40
     calibration_size: int = 1024
     calibration_false_per_mpix: float = 0.8
@@ -111,6 +114,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+BRIGHT_HOST_KNOBS: dict[str, Any] = {
+    "host_profile": "bulge_disc",
+    "host_flux_range": (300.0, 6000.0),
+    "host_fractions": (0.3, 0.1, 0.6),
+}
 
 
 def training_knobs(rng: np.random.Generator, size: int) -> dict[str, Any]:
@@ -381,7 +391,11 @@ def generate_observations(
     fixed: dict[str, Any],
     progress: bool,
     desc: str,
+    bright_fraction: float = 0.0,
+    bright_rng: np.random.Generator | None = None,
 ) -> Iterator[Any]:
+    """The frames of ``seeds``; with ``bright_rng``, a ``bright_fraction`` of them (drawn from that
+    stream only, so the other frames are unchanged) get :data:`BRIGHT_HOST_KNOBS`."""
     from astrid.imaging.synthetic import make_observation
 
     iterator: Any = seeds
@@ -391,6 +405,8 @@ def generate_observations(
         iterator = tqdm(seeds, desc=desc, unit="obs")
     for s in iterator:
         knobs = training_knobs(knob_rng, size) if knob_rng is not None else {}
+        if bright_rng is not None and bright_rng.random() < bright_fraction:
+            knobs.update(BRIGHT_HOST_KNOBS)
         knobs.update(fixed)
         yield make_observation(s, size=size, **knobs)
 
@@ -583,7 +599,14 @@ def train(
     frames = [
         make_frame(o, config)
         for o in generate_observations(
-            seeds, config.size, knob_rng, config.knobs, progress, "generating training observations"
+            seeds,
+            config.size,
+            knob_rng,
+            config.knobs,
+            progress,
+            "generating training observations",
+            config.bright_host_fraction,
+            np.random.default_rng([config.seed, 0xB1]) if config.bright_host_fraction > 0 else None,
         )
     ]
     frames += [make_frame(o, config) for o in extra_observations]
