@@ -53,6 +53,12 @@ class ValidationReview:
     false: list[ReviewCase] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"missed": 0, "false": 0})
     report: Any = None  # the model's astrid.ml.evaluate.EvaluationReport, for the plot
+    # for the efficiency plot: every transient's local SNR and whether it was found, each frame's
+    # seeing and size
+    snr_local: list[float] = field(default_factory=list)
+    found: list[bool] = field(default_factory=list)
+    seeing: list[float] = field(default_factory=list)
+    pixels: int = 0
 
     def add(
         self,
@@ -70,6 +76,13 @@ class ValidationReview:
         false = [d for d, real in zip(detections, match.detection_true, strict=True) if not real]
         self.counts["missed"] += len(missed)
         self.counts["false"] += len(false)
+        self.snr_local += [float(t.snr_local if t.snr_local is not None else t.snr) for t in truth]
+        self.found += list(match.truth_matched)
+        self.pixels += int(np.asarray(triplet.difference).size)
+        if truth:
+            from astrid.ml.normalise import frame_seeing
+
+            self.seeing.append(frame_seeing(triplet.science))
         self._keep(self.missed, "missed", name, triplet, probability, [(t.x, t.y, t.snr) for t in missed])
         self._keep(self.false, "false", name, triplet, probability, [(d.x, d.y, d.score) for d in false])
 
@@ -108,6 +121,9 @@ class ValidationReview:
             written.append(
                 plot_recall([self.report], folder / "recall_vs_snr.png", title=f"{title}: recall vs SNR")
             )
+        rows = self.efficiency()
+        if rows:
+            written.append(plot_review_efficiency(rows, folder / "efficiency_vs_snr.png", title))
         index = folder / "index.html"
         index.write_text(self.html(title), encoding="utf-8")
         return [*written, index]
@@ -125,6 +141,11 @@ class ValidationReview:
         ]
         if self.report is not None:
             parts.append("<img src='recall_vs_snr.png' alt='recall versus SNR' style='width:480px'>")
+        if self.snr_local and self.seeing:
+            parts.append(
+                "<img src='efficiency_vs_snr.png' alt='efficiency (recall / ideal recall) versus local SNR'"
+                " style='width:480px'>"
+            )
         for kind, cases, what in (("missed", self.missed, "SNR"), ("false", self.false, "score")):
             heading = "Missed transients" if kind == "missed" else "False detections"
             shown = f"{len(cases)} of {self.counts[kind]}"
@@ -138,3 +159,71 @@ class ValidationReview:
                     f"<figcaption>{html.escape(caption)}</figcaption></figure>"
                 )
         return "\n".join(parts) + "\n"
+
+    def efficiency(self, mpix: float = 2.0) -> list[dict[str, Any]]:
+        """Recall / ideal recall per local-SNR bin (``astrid.ml.evaluate.IDEAL_BINS``) at this
+        model's own false-detection rate, as ``astrid evaluate`` defines it, approximated for a
+        validation set whose PSFs were not kept: one Gaussian PSF of the frames' median measured
+        seeing sets the ideal threshold t* (``astrid.ml.ideal.NoisePeakRate``, ``mpix`` of
+        simulated noise). ``[]`` without transients or a measured seeing."""
+        if not self.snr_local or not self.seeing or not self.pixels:
+            return []
+        from astrid.imaging.stats import FWHM_PER_SIGMA
+        from astrid.ml.evaluate import IDEAL_BINS
+        from astrid.ml.ideal import NoisePeakRate, ideal_recall
+
+        sigma = float(np.median(self.seeing)) / FWHM_PER_SIGMA
+        half = max(3, math.ceil(4 * sigma))
+        yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+        psf = np.exp(-(xx * xx + yy * yy) / (2 * sigma * sigma))
+        operating = max(self.counts["false"], 1) / (self.pixels / 1e6)
+        t_star = NoisePeakRate.simulate(psf / psf.sum(), mpix=mpix).threshold(operating)
+        snr, found = np.asarray(self.snr_local), np.asarray(self.found, dtype=bool)
+        ideal = ideal_recall(snr, t_star)
+        rows = []
+        for lo, hi in IDEAL_BINS:
+            inside = (snr >= lo) & (snr < hi)
+            n = int(inside.sum())
+            recall = float(found[inside].mean()) if n else math.nan
+            best = float(ideal[inside].mean()) if n else math.nan
+            efficiency = recall / best if n and best > 0 else math.nan
+            rows.append(
+                {
+                    "lo": lo,
+                    "hi": hi,
+                    "n": n,
+                    "recall": recall,
+                    "ideal": best,
+                    "efficiency": efficiency,
+                    "t_star": t_star,
+                }
+            )
+        return rows
+
+
+def plot_review_efficiency(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """Efficiency (recall / ideal recall) per local-SNR bin, with the 0.90 floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    shown = [r for r in rows if r["n"]]
+    labels = [f"{r['lo']:g}–{r['hi']:g}" if math.isfinite(r["hi"]) else f"≥ {r['lo']:g}" for r in shown]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    ax.plot(labels, [r["efficiency"] for r in shown], marker="o", label="model / ideal")
+    for label, r in zip(labels, shown, strict=True):
+        ax.annotate(
+            f"n={r['n']}", (label, r["efficiency"]), textcoords="offset points", xytext=(0, 8), ha="center"
+        )
+    ax.axhline(0.90, color="tab:red", lw=0.6, ls=":", label="floor 0.90")
+    ax.set_xlabel("local SNR")
+    ax.set_ylabel("efficiency (recall / ideal recall)")
+    ax.set_ylim(0, 1.15)
+    ax.set_title(f"{title}: efficiency (t* = {shown[0]['t_star']:.2f})" if shown else title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -174,7 +174,7 @@ def test_score_models_logs_each_alias_and_gauges_the_champion_f1(world):
     assert validated.data.metrics["f1"] == pytest.approx(scores[CHAMPION]["f1"])
     # the review a person looks at: the plot, the gallery page, a stamp per missed/false case
     review = {a.path for a in registry.client.list_artifacts(validated.info.run_id, "review")}
-    assert {"review/index.html", "review/recall_vs_snr.png"} <= review
+    assert {"review/index.html", "review/recall_vs_snr.png", "review/efficiency_vs_snr.png"} <= review
     champion = scores[CHAMPION]
     missed = champion["truth"] - champion["true_positives"]
     stamps = {

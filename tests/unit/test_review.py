@@ -60,3 +60,32 @@ def test_observation_names_cannot_inject_markup_or_escape_the_folder(observation
     assert all(tmp_path in p.resolve().parents for p in written)
     page = (tmp_path / "index.html").read_text()
     assert "<script>" not in page and "&lt;script&gt;" in page and "<b>title" not in page
+
+
+def test_efficiency_is_recall_over_the_ideal_recall_at_the_models_own_false_rate(observation, tmp_path):
+    from astrid.ml.ideal import ideal_recall
+
+    truth = observation.truth
+    probability = np.zeros_like(observation.difference)
+    everything = [_detection(t.x, t.y, 0.9) for t in truth]
+    review = ValidationReview()
+    review.add("all-found", observation, probability, everything, truth)
+    rows = review.efficiency(mpix=0.5)
+    assert [(r["lo"], r["hi"]) for r in rows] == [(4.5, 7.0), (7.0, 12.0), (12.0, float("inf"))]
+    snr = np.array([t.snr_local for t in truth])
+    for r in rows:
+        inside = (snr >= r["lo"]) & (snr < r["hi"])
+        assert r["n"] == int(inside.sum())
+        if r["n"]:
+            expected_ideal = float(ideal_recall(snr[inside], r["t_star"]).mean())
+            assert r["ideal"] == pytest.approx(expected_ideal)
+            assert r["efficiency"] == pytest.approx(1.0 / expected_ideal)  # found them all
+    # no false detection is taken as one (the ideal is never made arbitrarily strict): t* ~ 4-5.5
+    assert 3.5 < rows[0]["t_star"] < 5.5
+
+    missed_all = ValidationReview()
+    missed_all.add("none-found", observation, probability, [], truth)
+    assert all(r["efficiency"] == 0.0 for r in missed_all.efficiency(mpix=0.5) if r["n"])
+    written = {p.name for p in review.write(tmp_path, "v1")}
+    assert "efficiency_vs_snr.png" in written
+    assert "efficiency_vs_snr.png" in (tmp_path / "index.html").read_text()
