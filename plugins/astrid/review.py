@@ -59,6 +59,7 @@ class ValidationReview:
     found: list[bool] = field(default_factory=list)
     seeing: list[float] = field(default_factory=list)
     pixels: int = 0
+    _rows: list[dict[str, Any]] | None = field(default=None, repr=False)  # efficiency(), until add()
 
     def add(
         self,
@@ -74,6 +75,7 @@ class ValidationReview:
         match = match_detections(detections, truth)
         missed = [t for t, found in zip(truth, match.truth_matched, strict=True) if not found]
         false = [d for d, real in zip(detections, match.detection_true, strict=True) if not real]
+        self._rows = None
         self.counts["missed"] += len(missed)
         self.counts["false"] += len(false)
         self.snr_local += [float(t.snr_local if t.snr_local is not None else t.snr) for t in truth]
@@ -168,6 +170,11 @@ class ValidationReview:
         simulated noise). ``[]`` without transients or a measured seeing."""
         if not self.snr_local or not self.seeing or not self.pixels:
             return []
+        if self._rows is None:
+            self._rows = self._efficiency(mpix)
+        return self._rows
+
+    def _efficiency(self, mpix: float) -> list[dict[str, Any]]:
         from astrid.imaging.stats import FWHM_PER_SIGMA
         from astrid.ml.evaluate import IDEAL_BINS
         from astrid.ml.ideal import NoisePeakRate, ideal_recall

@@ -27,6 +27,9 @@ TABLE_COLUMNS = (
     ("recall SNR ≥ 7", "recall_snr_ge_7"),
     ("recall SNR 4.5–7", "recall_snr_4_5_to_7"),
     ("false / Mpix", "false_per_mpix"),
+    ("efficiency 4.5–7", "efficiency_snr_4_5_to_7"),
+    ("efficiency 7–12", "efficiency_snr_7_to_12"),
+    ("efficiency ≥ 12", "efficiency_snr_ge_12"),
     ("observations", "observations"),
 )
 
@@ -123,23 +126,31 @@ def score_model(
     """Run ``detector`` over labelled claims and score against their truth (recall per SNR bin, F1...).
 
     ``review`` (an :class:`astrid.review.ValidationReview`) collects stamps of the missed transients
-    and false detections, and the report for its plot, while the frames are in memory."""
+    and false detections, and the report for its plot, while the frames are in memory. Either way
+    the score carries the efficiency against the ideal detector per local-SNR bin
+    (``efficiency_snr_4_5_to_7``, ``_7_to_12``, ``_ge_12``: :meth:`ValidationReview.efficiency`)."""
     from astrid.imaging.synthetic import read_truth
     from astrid.ml.evaluate import score_detections
     from astrid.pipeline import load_claim
+    from astrid.review import ValidationReview
 
+    review = review if review is not None else ValidationReview(limit=0)  # figures, no stamps
     pairs = []
     for claim in claims:
         triplet = load_claim(claim, storage, max_side, limits)
         probability, detections = detector.analyse(triplet, threshold, min_excess)
         truth = read_truth(storage.resolve(claim.truth_uri))
         pairs.append((detections, truth, triplet.difference.size))
-        if review is not None:
-            review.add(claim.name, triplet, probability, detections, truth)
+        review.add(claim.name, triplet, probability, detections, truth)
     report = score_detections(pairs, detector=f"v{detector.version}", threshold=threshold)
-    if review is not None:
-        review.report = report
-    return _json_safe({"version": detector.version, **report.to_dict()})
+    review.report = report
+    efficiency = {_efficiency_key(row): row["efficiency"] for row in review.efficiency()}
+    return _json_safe({"version": detector.version, **report.to_dict(), **efficiency})
+
+
+def _efficiency_key(row: Mapping[str, Any]) -> str:
+    lo, hi = (f"{v:g}".replace(".", "_") for v in (row["lo"], row["hi"]))
+    return f"efficiency_snr_ge_{lo}" if hi == "inf" else f"efficiency_snr_{lo}_to_{hi}"
 
 
 def candidate_versions(registry: Any, *, latest: int) -> list[tuple[str, str]]:

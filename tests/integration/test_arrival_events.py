@@ -92,12 +92,23 @@ def _wait(predicate, timeout: float, what: str, stack) -> object:
 
 
 def _quiet_window(stack) -> None:
-    """Start a step with no realtime run active and 20+ s before the next (per-minute) cron tick,
-    so the cron run cannot be the one that claims what the step ingests."""
+    """Start a step with no realtime run active, none waiting to be created from a queued asset
+    event, and 20+ s before the next (per-minute) cron tick, so that neither the cron run nor a
+    run left from an earlier step's message can be the one that claims what the step ingests.
+    The scheduler creates a cron run a second or more after its tick on a loaded machine, so the
+    window opens 8 s past the minute, and the run list must be empty twice, 3 s apart."""
+
+    def quiet() -> bool:
+        runs = stack.api("GET", f"/api/v2/dags/{REALTIME}/dagRuns", params={"state": ["queued", "running"]})
+        queued = stack.api("GET", f"/api/v2/dags/{REALTIME}/assets/queuedEvents")
+        pending = queued.ok and queued.json().get("total_entries", 0) > 0
+        return runs.ok and runs.json()["total_entries"] == 0 and not pending
 
     def idle() -> bool:
-        runs = stack.api("GET", f"/api/v2/dags/{REALTIME}/dagRuns", params={"state": ["queued", "running"]})
-        return runs.ok and runs.json()["total_entries"] == 0 and 1 <= time.gmtime().tm_sec <= 40
+        if not (8 <= time.gmtime().tm_sec <= 37 and quiet()):
+            return False
+        time.sleep(3)
+        return quiet()
 
     _wait(idle, 300, "a quiet moment", stack)
 

@@ -317,7 +317,8 @@ def test_catalog_database_down_tasks_retry_and_succeed_once_it_is_back(
     request, airflow_db, pg_available, tmp_path
 ):
     """The PostgreSQL catalog refuses every connection (``ALLOW_CONNECTIONS false`` + existing
-    sessions terminated) when a realtime run starts. ``claim`` fails with OperationalError and
+    sessions terminated) when a realtime run starts. Its first catalog task (``subtract``, which
+    leases observations still waiting for their difference image) fails with OperationalError and
     Airflow retries it; a watcher re-opens the database as soon as Airflow has put the task up for
     retry. The run then succeeds: both observations inferred once, detections as reported, one
     ``inference_runs`` row, nothing left claimed. (Retry delays are shortened to 2 s; the
@@ -338,14 +339,14 @@ def test_catalog_database_down_tasks_retry_and_succeed_once_it_is_back(
         request.addfinalizer(lambda: _set_connections(database, allowed=True))
         seen: dict[str, object] = {}
 
-        def reopen_when_claim_waits_for_retry() -> None:
+        def reopen_when_subtract_waits_for_retry() -> None:
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline and "reopened" not in seen:
                 try:
                     with sqlite3.connect(airflow_db / "airflow.db", timeout=1) as meta:
                         row = meta.execute(
                             "SELECT try_number FROM task_instance WHERE dag_id = 'astrid_realtime_inference' "
-                            "AND task_id = 'claim' AND state = 'up_for_retry'"
+                            "AND task_id = 'subtract' AND state = 'up_for_retry'"
                         ).fetchone()
                 except sqlite3.Error:
                     row = None
@@ -357,17 +358,18 @@ def test_catalog_database_down_tasks_retry_and_succeed_once_it_is_back(
                 time.sleep(0.2)
             _set_connections(database, allowed=True)  # never leave it closed
 
-        watcher = threading.Thread(target=reopen_when_claim_waits_for_retry, daemon=True)
+        watcher = threading.Thread(target=reopen_when_subtract_waits_for_retry, daemon=True)
         watcher.start()
         dag_run = run_dag("astrid_realtime_inference", {"max_observations": 2}, retries=4, retry_seconds=2)
         watcher.join(timeout=30)
         states = task_states(dag_run)
 
-        assert "reopened" in seen, ("the claim task never failed while the catalog was down", states)
+        assert "reopened" in seen, ("the subtract task never failed while the catalog was down", states)
         assert str(dag_run.state) == "success", states
-        assert states["claim"][0] == "success" and states["claim"][1] >= 2, (
+        assert states["subtract"][0] == "success" and states["subtract"][1] >= 2, (
             states
         )  # failed, retried, succeeded
+        assert states["claim"] == ("success", 1), states
         catalog = Catalog(url)
         request.addfinalizer(catalog.dispose)
         counts = catalog.status_counts()

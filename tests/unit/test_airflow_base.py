@@ -54,7 +54,7 @@ ASTRID_OPERATORS = [
     ValidationDecisionOperator,
     MoveChampionOperator,
 ]
-NOT_TEMPLATED = {"self", "kwargs", "kind", "action", "decision_task_id"}  # structure, not inputs
+NOT_TEMPLATED = {"self", "kwargs", "kind", "action", "decision_task_id", "announce_backlog"}  # structure
 ALT = "astrid_catalog_alt"
 
 

@@ -159,7 +159,10 @@ def test_score_models_logs_each_alias_and_gauges_the_champion_f1(world):
         metrics=metrics,
     )
     assert scores["candidates"] == []  # nothing registered but the champion yet
-    assert "| champion | 1 |" in scores["table"]
+    assert "| champion | 1 |" in scores["table"] and "efficiency 4.5–7" in scores["table"]
+    assert {"efficiency_snr_4_5_to_7", "efficiency_snr_7_to_12", "efficiency_snr_ge_12"} <= set(
+        scores[CHAMPION]
+    )
     assert scores[CHAMPION]["version"] == "1" and 0.0 <= scores[CHAMPION]["f1"] <= 1.0
     assert (
         "gauge",
