@@ -52,22 +52,20 @@ with DAG(
         validation_candidates=config.validation_candidates,
     )
     decide = ValidationDecisionOperator(task_id="decide", scores=scores.output)
+    promote, rollback = (
+        MoveChampionOperator(
+            task_id=action,
+            action=action,
+            scores=scores.output,
+            outlets=[SERVING_MODEL],  # the serving DAG warms the new champion
+            on_success_callback=announcer(config),
+        )
+        for action in ("promote", "rollback")
+    )
     decide >> [
-        MoveChampionOperator(
-            task_id="promote",
-            action="promote",
-            scores=scores.output,
-            outlets=[SERVING_MODEL],
-            on_success_callback=announcer(config),
-        ),
+        promote,
         MoveChampionOperator(task_id="keep", action="keep"),
-        MoveChampionOperator(
-            task_id="rollback",
-            action="rollback",
-            scores=scores.output,
-            outlets=[SERVING_MODEL],
-            on_success_callback=announcer(config),
-        ),
+        rollback,
         RequestRetrainingOperator(
             task_id=RETRAIN_BRANCH,
             reason="{{ ti.xcom_pull(task_ids='decide', key='degraded') }}",

@@ -37,7 +37,9 @@ from astrid.airflow.operators import (
     ClaimObservationsOperator,
     DataQualityOperator,
     InferenceReportOperator,
+    LeasingOperator,
     PreflightOperator,
+    SubtractObservationsOperator,
     UNetInferenceOperator,
 )
 from astrid.catalog import Catalog, NewObservation
@@ -45,6 +47,7 @@ from astrid.config import InferenceSchedulingConfig
 from astrid.metrics import NullMetrics
 
 ASTRID_OPERATORS = [
+    SubtractObservationsOperator,
     ClaimObservationsOperator,
     DataQualityOperator,
     UNetInferenceOperator,
@@ -59,7 +62,15 @@ ALT = "astrid_catalog_alt"
 
 
 def _params(cls: type) -> set[str]:
-    return set(inspect.signature(cls.__init__).parameters) - NOT_TEMPLATED
+    """The inputs an operator takes, its own and those of the AstrID bases between it and
+    :class:`AstridBaseOperator` (e.g. :class:`LeasingOperator`'s lease inputs)."""
+    own = [
+        c
+        for c in cls.__mro__
+        if "__init__" in vars(c)
+        and (c is cls or (issubclass(c, AstridBaseOperator) and c is not AstridBaseOperator))
+    ]
+    return set().union(*(inspect.signature(c.__init__).parameters for c in own)) - NOT_TEMPLATED
 
 
 @pytest.mark.parametrize("cls", [*ASTRID_OPERATORS, PreflightOperator], ids=lambda c: c.__name__)
@@ -67,6 +78,20 @@ def test_every_input_is_a_template_field(cls):
     assert _params(cls) <= set(cls.template_fields), _params(cls) - set(cls.template_fields)
     if issubclass(cls, AstridBaseOperator):
         assert set(CONN_ID_FIELDS) | {"monitoring_enabled"} <= set(cls.template_fields)
+
+
+@pytest.mark.parametrize(
+    "cls", [ClaimObservationsOperator, SubtractObservationsOperator], ids=lambda c: c.__name__
+)
+def test_leasing_operators_share_one_reading_of_their_lease_inputs(cls):
+    """Both queues' claim steps take the lease inputs from :class:`LeasingOperator`: rendered
+    strings (DAG params) become the count and the lease duration the catalog is given."""
+    extra = {"max_image_side": 4096} if cls is SubtractObservationsOperator else {}
+    op = cls(task_id="t", max_observations="7", max_attempts="3", lease_minutes="2.5", **extra)
+    assert isinstance(op, LeasingOperator)
+    assert set(LeasingOperator.LEASE_FIELDS) <= set(cls.template_fields)
+    assert op.lease_limit == 7 and op.lease_time == timedelta(minutes=2.5)
+    assert cls(task_id="u", max_observations=1, max_attempts=1, **extra).lease_time == timedelta(minutes=30)
 
 
 def test_operator_settings_are_config_fields_taken_by_operators():

@@ -50,24 +50,27 @@ def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), list(reader)
 
 
+def _detect_args(science: Path, reference: Path, output: Path, *options: str, **files: Path) -> list[str]:
+    """``astrid detect`` arguments: the two images, ``files`` as ``--<name> <path>`` (e.g.
+    ``difference=...``), then ``options`` and ``--output``."""
+    named = [a for name, path in files.items() for a in (f"--{name}", str(path))]
+    return [
+        "detect",
+        "--science",
+        str(science),
+        "--reference",
+        str(reference),
+        *named,
+        *options,
+        "--output",
+        str(output),
+    ]
+
+
 def test_detect_writes_contract_csv_with_wcs(files, tmp_path, observation):
     get_engine.cache_clear()
     out = tmp_path / "out" / "catalog.csv"
-    rc = main(
-        [
-            "detect",
-            "--science",
-            str(files["sci"]),
-            "--reference",
-            str(files["ref"]),
-            "--difference",
-            str(files["diff"]),
-            "--device",
-            "cpu",
-            "--output",
-            str(out),
-        ]
-    )
+    rc = main(_detect_args(files["sci"], files["ref"], out, "--device", "cpu", difference=files["diff"]))
     assert rc == 0
     assert out.read_text().splitlines()[0].startswith("x,y,ra,dec,score,flux,")
     header, rows = _rows(out)
@@ -102,21 +105,16 @@ def test_detect_writes_contract_csv_with_wcs(files, tmp_path, observation):
 def test_detect_without_wcs_leaves_ra_dec_empty(files, tmp_path):
     out = tmp_path / "nowcs.csv"
     rc = main(
-        [
-            "detect",
-            "--science",
-            str(files["sci_nowcs"]),
-            "--reference",
-            str(files["ref"]),
-            "--difference",
-            str(files["diff"]),
+        _detect_args(
+            files["sci_nowcs"],
+            files["ref"],
+            out,
             "--threshold",
             "0.5",
             "--device",
             "cpu",
-            "--output",
-            str(out),
-        ]
+            difference=files["diff"],
+        )
     )
     assert rc == 0
     header, rows = _rows(out)
@@ -137,73 +135,27 @@ def _fails(args: list[str], capsys, out: Path, match: str) -> None:
 
 def test_missing_file(files, tmp_path, capsys):
     out = tmp_path / "c.csv"
-    _fails(
-        [
-            "detect",
-            "--science",
-            str(tmp_path / "nope.fits"),
-            "--reference",
-            str(files["ref"]),
-            "--output",
-            str(out),
-        ],
-        capsys,
-        out,
-        "nope.fits",
-    )
+    _fails(_detect_args(tmp_path / "nope.fits", files["ref"], out), capsys, out, "nope.fits")
 
 
 def test_not_fits(files, tmp_path, capsys):
     bad = tmp_path / "bad.fits"
     bad.write_text("this is not a FITS file\n" * 50)
     out = tmp_path / "c.csv"
-    _fails(
-        ["detect", "--science", str(files["sci"]), "--reference", str(bad), "--output", str(out)],
-        capsys,
-        out,
-        "bad.fits",
-    )
+    _fails(_detect_args(files["sci"], bad, out), capsys, out, "bad.fits")
 
 
 def test_shape_mismatch(files, tmp_path, capsys, observation):
     """With a difference image the three share one grid (without one AstrID aligns the reference)."""
     small = _write(tmp_path / "small.fits", observation.reference[:200, :220])
     out = tmp_path / "c.csv"
-    _fails(
-        [
-            "detect",
-            "--science",
-            str(files["sci"]),
-            "--reference",
-            str(small),
-            "--difference",
-            str(files["diff"]),
-            "--output",
-            str(out),
-        ],
-        capsys,
-        out,
-        "mismatch",
-    )
+    _fails(_detect_args(files["sci"], small, out, difference=files["diff"]), capsys, out, "mismatch")
 
 
 def test_bad_model_path(files, tmp_path, capsys):
     out = tmp_path / "c.csv"
     _fails(
-        [
-            "detect",
-            "--science",
-            str(files["sci"]),
-            "--reference",
-            str(files["ref"]),
-            "--model",
-            str(tmp_path / "no-model"),
-            "--output",
-            str(out),
-        ],
-        capsys,
-        out,
-        "not found",
+        _detect_args(files["sci"], files["ref"], out, model=tmp_path / "no-model"), capsys, out, "not found"
     )
 
 
@@ -212,18 +164,7 @@ def test_console_script_exit_code(files, tmp_path):
     out = tmp_path / "c.csv"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "plugins")}
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "astrid.cli",
-            "detect",
-            "--science",
-            str(files["sci"]),
-            "--reference",
-            str(tmp_path / "missing.fits"),
-            "--output",
-            str(out),
-        ],
+        [sys.executable, "-m", "astrid.cli", *_detect_args(files["sci"], tmp_path / "missing.fits", out)],
         capture_output=True,
         text=True,
         env=env,

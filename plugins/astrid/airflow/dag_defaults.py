@@ -22,7 +22,7 @@ from astrid.airflow.arrival import realtime_schedule
 from astrid.airflow.callbacks import RecordFailedRun
 from astrid.airflow.hooks import CatalogHook
 from astrid.airflow.notifiers import AstridNotifier
-from astrid.config import InferenceSchedulingConfig
+from astrid.config import MAX_COUNT, InferenceSchedulingConfig
 from astrid.dag_kinds import dag_kind
 from astrid.model_reference import model_pattern
 
@@ -122,6 +122,27 @@ def announcer(config: InferenceSchedulingConfig, catalog_conn_id: str = CatalogH
     )
 
 
+def model_param(default: str, config: InferenceSchedulingConfig) -> Param:
+    """Which model a run uses: the registry references and model directories
+    :func:`astrid.model_reference.model_pattern` admits (the UI form checks them before a run)."""
+    return Param(
+        default,
+        type="string",
+        maxLength=1024,
+        pattern=model_pattern(config.model_root_paths),
+        title="Model",
+        description="champion, challenger, a registry version number, models:/astrid-unet@alias, or "
+        "the absolute path of a model directory under ASTRID_INFERENCE_MODEL_ROOTS",
+    )
+
+
+def max_observations_param(default: int, description: str, *, maximum: int = MAX_COUNT) -> Param:
+    """How many observations one run takes at most (the bound of every per-run count)."""
+    return Param(
+        default, type="integer", minimum=1, maximum=maximum, title="Max observations", description=description
+    )
+
+
 def confidence_threshold_param(config: InferenceSchedulingConfig) -> Param:
     return Param(
         config.confidence_threshold,
@@ -137,23 +158,10 @@ def inference_params(kind: str, config: InferenceSchedulingConfig) -> dict[str, 
     """Typed trigger params: the UI form, `dags trigger --conf` and the REST API are validated alike."""
     max_observations = getattr(config, dag_kind(kind).max_observations_setting)
     return {
-        "max_observations": Param(
-            max_observations,
-            type="integer",
-            minimum=1,
-            maximum=max_observations,
-            title="Max observations",
-            description="Observations to claim (1 to the configured maximum).",
+        "max_observations": max_observations_param(
+            max_observations, "Observations to claim (1 to the configured maximum).", maximum=max_observations
         ),
-        "model_version": Param(
-            "champion",
-            type="string",
-            maxLength=1024,
-            pattern=model_pattern(config.model_root_paths),
-            title="Model",
-            description="champion, challenger, a registry version number, models:/astrid-unet@alias, or "
-            "the absolute path of a model directory under ASTRID_INFERENCE_MODEL_ROOTS",
-        ),
+        "model_version": model_param("champion", config),
         "confidence_threshold": confidence_threshold_param(config),
     }
 

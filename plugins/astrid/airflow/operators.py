@@ -14,6 +14,7 @@ Plain operator classes rather than TaskFlow functions: importing the TaskFlow de
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
@@ -77,19 +78,11 @@ class DetectionCatalogLink(_RunPageLink):
         return "astrid/detections?" + urlencode({"run_id": run_key, "format": "csv", "limit": MAX_LIMIT})
 
 
-class ClaimObservationsOperator(AstridBaseOperator):
-    """Atomically claim up to ``max_observations`` preprocessed observations (leased to this run).
+class LeasingOperator(AstridBaseOperator):
+    """An operator that leases up to ``max_observations`` observations to its run: the lease
+    inputs its subclasses share (and template), one home for how they are read."""
 
-    Returns the claims as a list of dicts for XCom. A retried task gets its own unexpired claims
-    back, so nothing is lost between the claim and the push. ``announce_backlog`` (the realtime
-    DAG): when the claim took its full limit and observations still wait, ring the doorbell so
-    another run follows this one (:func:`astrid.events.ring_if_more_wait`).
-    """
-
-    template_fields: Sequence[str] = astrid_template_fields(
-        "max_observations", "lease_minutes", "max_attempts"
-    )
-    ui_color = "#e8f0fe"
+    LEASE_FIELDS: tuple[str, ...] = ("max_observations", "lease_minutes", "max_attempts")
 
     def __init__(
         self,
@@ -97,7 +90,6 @@ class ClaimObservationsOperator(AstridBaseOperator):
         max_observations: int | str,
         max_attempts: int | str,
         lease_minutes: int | str = 30,
-        announce_backlog: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -106,6 +98,32 @@ class ClaimObservationsOperator(AstridBaseOperator):
             lease_minutes,
             max_attempts,
         )
+
+    @property
+    def lease_limit(self) -> int:
+        """How many observations one run leases at most (rendered)."""
+        return int(self.max_observations)
+
+    @property
+    def lease_time(self) -> timedelta:
+        """How long a lease holds before another run may take the observation back."""
+        return timedelta(minutes=float(self.lease_minutes))
+
+
+class ClaimObservationsOperator(LeasingOperator):
+    """Atomically claim up to ``max_observations`` preprocessed observations (leased to this run).
+
+    Returns the claims as a list of dicts for XCom. A retried task gets its own unexpired claims
+    back, so nothing is lost between the claim and the push. ``announce_backlog`` (the realtime
+    DAG): when the claim took its full limit and observations still wait, ring the doorbell so
+    another run follows this one (:func:`astrid.events.ring_if_more_wait`).
+    """
+
+    template_fields: Sequence[str] = astrid_template_fields(*LeasingOperator.LEASE_FIELDS)
+    ui_color = "#e8f0fe"
+
+    def __init__(self, *, announce_backlog: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.announce_backlog = announce_backlog
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
@@ -114,7 +132,7 @@ class ClaimObservationsOperator(AstridBaseOperator):
         claims = claim_observations(
             self.catalog,
             self.run_info(context),
-            int(self.max_observations),
+            self.lease_limit,
             lease_minutes=float(self.lease_minutes),
             max_attempts=int(self.max_attempts),
             metrics=self.metrics,
@@ -125,13 +143,13 @@ class ClaimObservationsOperator(AstridBaseOperator):
             ring_if_more_wait(
                 self.catalog,
                 len(claims),
-                int(self.max_observations),
+                self.lease_limit,
                 self.run_info(context).orchestrator_run_id,
             )
         return [c.to_xcom() for c in claims]
 
 
-class SubtractObservationsOperator(AstridBaseOperator):
+class SubtractObservationsOperator(LeasingOperator):
     """Make the difference image of observations that arrived ``ingested`` (science + reference
     only, e.g. ``astrid ingest --no-subtract``): claim up to ``max_observations`` of them (leased
     to this run, :meth:`~astrid.catalog.Catalog.claim_for_subtraction`), align, PSF-match and
@@ -145,39 +163,20 @@ class SubtractObservationsOperator(AstridBaseOperator):
     """
 
     template_fields: Sequence[str] = astrid_template_fields(
-        "max_observations", "lease_minutes", "max_attempts", "max_image_side", "fits_limits"
+        *LeasingOperator.LEASE_FIELDS, "max_image_side", "fits_limits"
     )
     ui_color = "#f3e8fd"
 
-    def __init__(
-        self,
-        *,
-        max_observations: int | str,
-        max_attempts: int | str,
-        max_image_side: int | str,
-        lease_minutes: int | str = 30,
-        fits_limits: Any = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, max_image_side: int | str, fits_limits: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.max_observations, self.lease_minutes, self.max_attempts = (
-            max_observations,
-            lease_minutes,
-            max_attempts,
-        )
         self.max_image_side, self.fits_limits = max_image_side, fits_limits
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from datetime import timedelta
-
         from astrid.preprocess import subtract_claims
 
         run = self.run_info(context)
         claims = self.catalog.claim_for_subtraction(
-            int(self.max_observations),
-            run.run_id,
-            timedelta(minutes=float(self.lease_minutes)),
-            max_attempts=int(self.max_attempts),
+            self.lease_limit, run.run_id, self.lease_time, max_attempts=int(self.max_attempts)
         )
         return subtract_claims(
             claims,

@@ -57,16 +57,10 @@ def reprocess_dag_kwargs(config: Any, *, doc_md: str) -> dict[str, Any]:
 
 
 def reprocess_params(config: Any) -> dict[str, Param]:
-    from astrid.model_reference import model_pattern
+    from astrid.airflow.dag_defaults import confidence_threshold_param, max_observations_param, model_param
 
     return {
-        "model_version": Param(
-            "challenger",
-            type="string",
-            pattern=model_pattern(config.model_root_paths),
-            title="Model",
-            description="champion, challenger, a registry version number, or models:/astrid-unet@alias",
-        ),
+        "model_version": model_param("challenger", config),
         "observed_from": Param(
             "",
             type="string",
@@ -81,21 +75,10 @@ def reprocess_params(config: Any) -> dict[str, Param]:
             title="Observed before",
             description="ISO date or date-time, UTC (MJD-OBS before); empty: no upper bound",
         ),
-        "max_observations": Param(
-            1000,
-            type="integer",
-            minimum=1,
-            maximum=100_000,
-            title="Max observations",
-            description="At most this many this run; trigger again to go on.",
+        "max_observations": max_observations_param(
+            1000, "At most this many this run; trigger again to go on."
         ),
-        "confidence_threshold": Param(
-            config.confidence_threshold,
-            type="number",
-            exclusiveMinimum=0,
-            exclusiveMaximum=1,
-            title="Confidence threshold",
-        ),
+        "confidence_threshold": confidence_threshold_param(config),
     }
 
 

@@ -43,7 +43,7 @@ class WarmModelOperator(AstridBaseOperator):
 
 
 def serving_params(config: Any) -> dict[str, Param]:
-    from astrid.airflow.dag_defaults import confidence_threshold_param
+    from astrid.airflow.dag_defaults import confidence_threshold_param, max_observations_param
 
     return {
         "hours": Param(
@@ -54,13 +54,9 @@ def serving_params(config: Any) -> dict[str, Param]:
             title="Hours to reprocess",
             description="Observations taken (MJD-OBS) in this many hours before the run are reprocessed.",
         ),
-        "max_observations": Param(
+        "max_observations": max_observations_param(
             config.reprocess_max_observations,
-            type="integer",
-            minimum=1,
-            maximum=100_000,
-            title="Max observations",
-            description="At most this many this run; the reprocessing DAG (astrid_reprocess) goes on from there.",
+            "At most this many this run; the reprocessing DAG (astrid_reprocess) goes on from there.",
         ),
         "confidence_threshold": confidence_threshold_param(config),
     }

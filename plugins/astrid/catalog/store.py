@@ -72,6 +72,11 @@ _S = ObservationStatus
 PHOTOMETRY = ("flux_err", "snr", "mag", "mag_err")  # optional detection measurements (astrid.photometry)
 
 
+def _observation_id(observation: int | Claim) -> int:
+    """The catalog id of a claim or of an id: the catalog's write methods take either."""
+    return observation.observation_id if isinstance(observation, Claim) else int(observation)
+
+
 def _utcnow(now: datetime | None = None) -> datetime:
     if now is None:
         return datetime.now(UTC)
@@ -559,6 +564,18 @@ class Catalog:
         return row
 
     @staticmethod
+    def _finish_claim(
+        conn: sa.Connection, observation_id: int, status: ObservationStatus, now: datetime, **values: Any
+    ) -> None:
+        """End a run's claim on one observation: its new ``status`` and ``values``, the lease
+        cleared. ``claimed_by`` stays, so a retried task of the same run is recognised as done."""
+        conn.execute(
+            sa.update(_O)
+            .where(_O.c.id == observation_id)
+            .values(status=status, lease_until=None, updated_at=now, **values)
+        )
+
+    @staticmethod
     def _refuse(row: Any, run_id: str, action: str) -> CatalogError:
         holder = f"claimed by run {row.claimed_by!r}" if row.status == _S.CLAIMED else f"{row.status.value}"
         if row.status != _S.CLAIMED and row.claimed_by:
@@ -586,7 +603,7 @@ class Catalog:
         is already inferred by ``model_version`` this is a no-op returning the stored count.
         Returns the number of detections stored.
         """
-        observation_id = observation.observation_id if isinstance(observation, Claim) else int(observation)
+        observation_id = _observation_id(observation)
         if not model_version:
             raise CatalogError("complete() needs a model_version")
         now = _utcnow(now)
@@ -598,16 +615,8 @@ class Catalog:
             if row.status != _S.CLAIMED or row.claimed_by != run_id:
                 raise self._refuse(row, run_id, f"store {model_version} detections")
             self._replace_results(conn, observation_id, model_version, run_id, rows, now)
-            conn.execute(
-                sa.update(_O)
-                .where(_O.c.id == observation_id)
-                .values(
-                    status=_S.INFERRED,
-                    model_version=model_version,
-                    lease_until=None,
-                    inferred_at=now,
-                    updated_at=now,
-                )
+            self._finish_claim(
+                conn, observation_id, _S.INFERRED, now, model_version=model_version, inferred_at=now
             )
         return len(rows)
 
@@ -625,7 +634,7 @@ class Catalog:
         science grid) and mark it ``preprocessed``: claimable by inference. ``meta`` entries are
         merged into the observation's ``meta`` (``awaiting`` is dropped). Allowed only while
         ``run_id`` holds the claim; a no-op when this run already completed it (a retried task)."""
-        observation_id = observation.observation_id if isinstance(observation, Claim) else int(observation)
+        observation_id = _observation_id(observation)
         if not difference_uri or not reference_uri:
             raise CatalogError("complete_subtraction() needs a difference_uri and a reference_uri")
         now = _utcnow(now)
@@ -640,17 +649,14 @@ class Catalog:
                 raise self._refuse(row, run_id, "store its difference image")
             merged = {k: v for k, v in dict(current.meta or {}).items() if k != "awaiting"}
             merged.update(meta)
-            conn.execute(
-                sa.update(_O)
-                .where(_O.c.id == observation_id)
-                .values(
-                    status=_S.PREPROCESSED,
-                    difference_uri=difference_uri,
-                    reference_uri=reference_uri,
-                    meta=merged,
-                    lease_until=None,
-                    updated_at=now,
-                )
+            self._finish_claim(
+                conn,
+                observation_id,
+                _S.PREPROCESSED,
+                now,
+                difference_uri=difference_uri,
+                reference_uri=reference_uri,
+                meta=merged,
             )
 
     def _replace_results(
@@ -770,7 +776,7 @@ class Catalog:
     def fail(self, observation: int | Claim, run_id: str, error: str, *, now: datetime | None = None) -> int:
         """Mark a claimed observation failed (``attempts + 1``, lease cleared, ``last_error`` kept,
         truncated). Repeating it for the same run is a no-op. Returns ``attempts``."""
-        observation_id = observation.observation_id if isinstance(observation, Claim) else int(observation)
+        observation_id = _observation_id(observation)
         now = _utcnow(now)
         text = str(error)
         if len(text) > MAX_ERROR_CHARS:
@@ -780,16 +786,8 @@ class Catalog:
             if not (row.status == _S.FAILED and row.claimed_by == run_id):
                 if row.status != _S.CLAIMED or row.claimed_by != run_id:
                     raise self._refuse(row, run_id, "mark it failed")
-                conn.execute(
-                    sa.update(_O)
-                    .where(_O.c.id == observation_id)
-                    .values(
-                        status=_S.FAILED,
-                        attempts=_O.c.attempts + 1,
-                        last_error=text,
-                        lease_until=None,
-                        updated_at=now,
-                    )
+                self._finish_claim(
+                    conn, observation_id, _S.FAILED, now, attempts=_O.c.attempts + 1, last_error=text
                 )
             return conn.scalar(sa.select(_O.c.attempts).where(_O.c.id == observation_id))
 
@@ -797,7 +795,7 @@ class Catalog:
         self, observation: int | Claim, run_id: str, reason: str, *, now: datetime | None = None
     ) -> None:
         """Mark a claimed observation rejected (bad data; terminal), keeping ``reason``."""
-        observation_id = observation.observation_id if isinstance(observation, Claim) else int(observation)
+        observation_id = _observation_id(observation)
         now = _utcnow(now)
         with self._tx() as conn:
             row = self._lock_observation(conn, observation_id)
@@ -805,15 +803,8 @@ class Catalog:
                 return
             if row.status != _S.CLAIMED or row.claimed_by != run_id:
                 raise self._refuse(row, run_id, "reject it")
-            conn.execute(
-                sa.update(_O)
-                .where(_O.c.id == observation_id)
-                .values(
-                    status=_S.REJECTED,
-                    rejection_reason=str(reason)[:MAX_ERROR_CHARS],
-                    lease_until=None,
-                    updated_at=now,
-                )
+            self._finish_claim(
+                conn, observation_id, _S.REJECTED, now, rejection_reason=str(reason)[:MAX_ERROR_CHARS]
             )
 
     def release(self, run_id: str, *, now: datetime | None = None) -> int:
