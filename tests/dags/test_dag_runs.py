@@ -162,36 +162,18 @@ def test_bad_observations_are_rejected_and_the_run_goes_on(seeded, catalog, stor
         truth_uri=None,
         labelled=False,
     )
+
+    def like_good(name: str, **uris: str) -> NewObservation:
+        """The labelled observation's files, but for ``uris``, as a fresh unlabelled arrival."""
+        files = {k: good[k] for k in ("science_uri", "reference_uri", "difference_uri")}
+        return NewObservation(name=name, **{**files, **uris}, **fresh)
+
     ids = catalog.register(
         [
-            NewObservation(
-                name="e2e-truncated",
-                science_uri=storage.uri_for(broken),
-                reference_uri=good["reference_uri"],
-                difference_uri=good["difference_uri"],
-                **fresh,
-            ),
-            NewObservation(
-                name="e2e-nan",
-                science_uri=good["science_uri"],
-                reference_uri=good["reference_uri"],
-                difference_uri=storage.uri_for(nan_path),
-                **fresh,
-            ),
-            NewObservation(
-                name="e2e-outside-root",
-                science_uri="file:///etc/passwd",
-                reference_uri=good["reference_uri"],
-                difference_uri=good["difference_uri"],
-                **fresh,
-            ),
-            NewObservation(
-                name="e2e-ok",
-                science_uri=good["science_uri"],
-                reference_uri=good["reference_uri"],
-                difference_uri=good["difference_uri"],
-                **fresh,
-            ),
+            like_good("e2e-truncated", science_uri=storage.uri_for(broken)),
+            like_good("e2e-nan", difference_uri=storage.uri_for(nan_path)),
+            like_good("e2e-outside-root", science_uri="file:///etc/passwd"),
+            like_good("e2e-ok"),
         ]
     )
     dag_run = run_dag("astrid_realtime_inference", {"max_observations": 10})

@@ -9,14 +9,20 @@ from astrid.airflow.demo import task_output
 from tests.dag_runner import run_dag
 
 
-def test_maintenance_dag_prunes_old_logs(airflow_db, tmp_path, monkeypatch):
+def _old_task_log(tmp_path, monkeypatch, dag_id: str):
+    """A 40-day-old task log in the log folder the DAG prunes (Airflow's, pointed at tmp_path)."""
     logs = tmp_path / "logs"
-    old = logs / "dag_id=x" / "attempt=1.log"
+    old = logs / f"dag_id={dag_id}" / "attempt=1.log"
     old.parent.mkdir(parents=True)
     old.write_text("old")
     t = time.time() - 40 * 86400
     os.utime(old, (t, t))
     monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(logs))
+    return old
+
+
+def test_maintenance_dag_prunes_old_logs(airflow_db, tmp_path, monkeypatch):
+    old = _old_task_log(tmp_path, monkeypatch, "x")
     dag_run = run_dag("astrid_maintenance")
     assert str(dag_run.state) == "success"
     assert task_output(dag_run, "prune_task_logs")["files_removed"] >= 1
@@ -29,13 +35,7 @@ def test_maintenance_dag_succeeds_and_prunes_logs_where_it_cannot_clean_the_db(
 ):
     """As on Astro without the api connection: db_clean is skipped (the run does not fail, so the
     DAG never pauses itself), and prune_task_logs still runs."""
-    logs = tmp_path / "logs"
-    old = logs / "dag_id=y" / "attempt=1.log"
-    old.parent.mkdir(parents=True)
-    old.write_text("old")
-    t = time.time() - 40 * 86400
-    os.utime(old, (t, t))
-    monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(logs))
+    old = _old_task_log(tmp_path, monkeypatch, "y")
     monkeypatch.setenv("ASTRID_INFERENCE_DB_CLEAN", "api")
     monkeypatch.delenv("AIRFLOW_CONN_ASTRID_AIRFLOW_API", raising=False)
     dag_run = run_dag("astrid_maintenance")
