@@ -413,12 +413,12 @@ class Ingestor:
     # -- where files are read from
 
     def _open_source(self, role: str, path: str) -> Any:
-        from astrid.storage import _has_scheme, to_path
+        from astrid.storage import has_scheme, to_path
 
         if not isinstance(path, str) or not path.strip() or "\x00" in path:
             raise IngestError(f"{role}: give a path or URI", field=role)
         if self.sources is None:
-            if not _has_scheme(path):
+            if not has_scheme(path):
                 path = os.path.abspath(os.path.expanduser(path))
             try:
                 return self.storage.resolve(path)  # under the root: its credentials/options apply
@@ -720,7 +720,7 @@ def _json_rows(text: str, label: str) -> Iterator[tuple[int, str, dict[str, Any]
 
 
 def _request(row: Mapping[str, Any], base: Path, where: str) -> IngestRequest:
-    from astrid.storage import _has_scheme
+    from astrid.storage import has_scheme
 
     def located(key: str) -> str | None:
         value = row.get(key)
@@ -728,7 +728,7 @@ def _request(row: Mapping[str, Any], base: Path, where: str) -> IngestRequest:
             return None
         if not isinstance(value, str):
             raise IngestError(f"{where}: {key} must be a path string", field=key)
-        return value if _has_scheme(value) or os.path.isabs(value) else str(base / value)
+        return value if has_scheme(value) or os.path.isabs(value) else str(base / value)
 
     try:
         science, reference = located("science"), located("reference")

@@ -117,7 +117,8 @@ def _success_rate(processed: int, failed: int) -> float:
     return 1.0 if attempted == 0 else round(processed / attempted, 4)
 
 
-def _error(claim: Claim, exc: BaseException) -> dict[str, Any]:
+def error_record(claim: Claim, exc: BaseException) -> dict[str, Any]:
+    """What a run reports of an observation that failed: which one, why, when (XCom, run records)."""
     return {
         "observation_id": claim.observation_id,
         "observation": claim.name,
@@ -192,6 +193,28 @@ def load_claim(claim: Claim, storage: Any, max_side: int, limits: Any = None) ->
         name=claim.name,
         limits=replace(limits or ReadLimits(), max_side=int(max_side)),
     )
+
+
+def analyse_claim(
+    claim: Claim,
+    storage: Any,
+    detector: Detector,
+    *,
+    threshold: float,
+    max_side: int,
+    limits: Any = None,
+    min_excess: float | str | None = "card",
+    zeropoint_key: str | None = None,
+) -> tuple[Any, np.ndarray, list[Any]]:
+    """One observation through the detector, as the live queue and reprocessing both do it: its
+    triplet read within bounds (:func:`load_claim`), candidates above ``threshold`` vetted at
+    ``min_excess`` (:meth:`Detector.analyse`), then measured (:func:`astrid.photometry.measure`).
+    Returns ``(triplet, probability, detections)``; bad data raises ``ObservationError``."""
+    from astrid.photometry import measure
+
+    triplet = load_claim(claim, storage, max_side, limits)
+    probability, detections = detector.analyse(triplet, threshold, min_excess)
+    return triplet, probability, measure(detections, triplet, zeropoint_key=zeropoint_key)
 
 
 def quality_gate(
@@ -290,8 +313,6 @@ def run_inference(
     ``artifacts`` is a directory path-like (under the storage root) for the run's detection
     catalog CSV and probability thumbnails; ``None`` skips artifacts.
     """
-    from astrid.photometry import measure
-
     metrics = metrics or NullMetrics()
     summary = RunSummary(model_version=detector.version)
     rows: list[dict[str, Any]] = []
@@ -307,9 +328,16 @@ def run_inference(
         for claim in claims:
             t0 = time.perf_counter()
             try:
-                triplet = load_claim(claim, storage, max_side, limits)
-                probability, detections = detector.analyse(triplet, threshold, min_excess)
-                detections = measure(detections, triplet, zeropoint_key=zeropoint_key)
+                triplet, probability, detections = analyse_claim(
+                    claim,
+                    storage,
+                    detector,
+                    threshold=threshold,
+                    max_side=max_side,
+                    limits=limits,
+                    min_excess=min_excess,
+                    zeropoint_key=zeropoint_key,
+                )
                 if artifacts is not None and max_stamps:
                     detections = _with_stamps(
                         artifacts, claim, triplet, probability, detections, storage, max_stamps, run
@@ -325,7 +353,7 @@ def run_inference(
             except ObservationError as exc:
                 catalog.fail(claim.observation_id, run.run_id, str(exc))
                 summary.failed_count += 1
-                summary.errors.append(_error(claim, exc))
+                summary.errors.append(error_record(claim, exc))
                 log_event(
                     "observation.failed",
                     run_id=run.run_id,

@@ -26,7 +26,7 @@ from typing import Any
 from astrid.dag_kinds import REPROCESS_KIND
 from astrid.errors import ConfigError, ObservationError
 from astrid.logs import log_event
-from astrid.pipeline import Detector, RunInfo, _error, load_claim
+from astrid.pipeline import Detector, RunInfo, analyse_claim, error_record
 
 PAGE = 20  # candidates read per catalog query
 
@@ -124,12 +124,12 @@ def reprocess(
     limit: int | None = None,
     min_excess: float | str | None = "card",
     zeropoint_key: str | None = None,
+    limits: Any = None,
 ) -> ReprocessSummary:
     """Process every not-yet-done observation of ``[observed_from, observed_to)`` with ``detector``
     (at most ``limit``); a bad observation fails alone and stays a candidate for the next run.
-    Detections are measured as the live queue's are (:func:`astrid.photometry.measure`)."""
-    from astrid.photometry import measure
-
+    Each is read, detected and measured as the live queue does it (:func:`astrid.pipeline.analyse_claim`,
+    with the same read ``limits``)."""
     mjd_from, mjd_to = check_request(observed_from, observed_to, limit)
     version = detector.version
     summary = ReprocessSummary(model_version=version)
@@ -151,13 +151,20 @@ def reprocess(
         for claim in page:
             after = claim.observation_id
             try:
-                triplet = load_claim(claim, storage, max_side)
-                _probability, detections = detector.analyse(triplet, threshold, min_excess)
-                detections = measure(detections, triplet, zeropoint_key=zeropoint_key)
+                _triplet, _probability, detections = analyse_claim(
+                    claim,
+                    storage,
+                    detector,
+                    threshold=threshold,
+                    max_side=max_side,
+                    limits=limits,
+                    min_excess=min_excess,
+                    zeropoint_key=zeropoint_key,
+                )
                 stored = catalog.store_results(claim.observation_id, run.run_id, version, detections)
             except ObservationError as exc:
                 summary.failed += 1
-                summary.errors.append(_error(claim, exc))
+                summary.errors.append(error_record(claim, exc))
                 log_event("reprocess.failed", run_id=run.run_id, observation_id=claim.observation_id, exc=exc)
                 continue
             summary.processed += 1
@@ -194,6 +201,7 @@ def run_reprocess(
     limit: int | None = None,
     metrics: Any = None,
     zeropoint_key: str | None = None,
+    limits: Any = None,
 ) -> dict[str, Any]:
     """One reprocessing run as the DAG and the CLI run it: check the request, load ``model`` from the
     registry (``champion``, ``challenger``, a version, ``models:/...`` or a path), :func:`reprocess`,
@@ -224,6 +232,7 @@ def run_reprocess(
         limit=limit,
         min_excess=vetting,
         zeropoint_key=zeropoint_key,
+        limits=limits,
     )
     record(catalog, run, summary, started, {"observed_from": observed_from, "observed_to": observed_to})
     return {**summary.to_xcom(), "device": loaded.device}

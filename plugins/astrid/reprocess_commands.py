@@ -43,6 +43,7 @@ def run_reprocess(args: argparse.Namespace) -> int:
     from astrid.config import load_config
     from astrid.dag_kinds import REPROCESS_KIND
     from astrid.errors import ConfigError
+    from astrid.imaging.fits import ReadLimits
     from astrid.paths import default_catalog_url, default_mlflow_uri, default_storage_uri
     from astrid.pipeline import RunInfo
     from astrid.registry import ModelRegistry
@@ -73,6 +74,7 @@ def run_reprocess(args: argparse.Namespace) -> int:
         observed_to=args.observed_to,
         limit=args.limit,
         zeropoint_key=config.zeropoint_key,
+        limits=ReadLimits.from_config(config),
     )
     print(
         f"reprocessed {summary['processed']} observation(s) with model version {summary['model_version']}: "

@@ -28,7 +28,8 @@ _LOCAL = "file"
 _ALIASES = {"": _LOCAL, "file": _LOCAL, "local": _LOCAL, "s3a": "s3", "gcs": "gs"}
 
 
-def _has_scheme(s: str) -> bool:
+def has_scheme(s: str) -> bool:
+    """Whether ``s`` is a URI (``s3://``, ``file://``, ``gs+x://``) rather than a local path."""
     return "://" in s and s.split("://", 1)[0].replace("+", "").replace("-", "").isalnum()
 
 
@@ -38,7 +39,7 @@ def to_path(p: Any, **storage_options: Any) -> Any:
     ``pathlib.Path``; objects that already have ``.open`` (``pathlib``/``UPath``/
     ``ObjectStoragePath``) are returned unchanged."""
     if isinstance(p, str):
-        if _has_scheme(p):
+        if has_scheme(p):
             from upath import UPath
 
             return UPath(p, **storage_options)
@@ -114,7 +115,7 @@ class StorageRoot:
             raise self._refuse(uri, "the URI is empty")
         if "\x00" in uri:
             raise self._refuse(uri, "the URI contains a NUL byte")
-        if _has_scheme(uri):
+        if has_scheme(uri):
             parts = urlsplit(uri)
             scheme = _ALIASES.get(parts.scheme.lower(), parts.scheme.lower())
             if scheme != self.protocol:

@@ -83,3 +83,17 @@ def test_cli_reprocess_time_range_and_bad_input(seeded, capsys):
         assert main([*base, *bad]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("astrid reprocess: error:") and expected in err and len(err.splitlines()) == 1
+
+
+def test_reprocess_reads_with_the_configured_fits_limits(seeded, capsys, monkeypatch):
+    """Reprocessing reads files as the live queue does (:func:`astrid.pipeline.analyse_claim`
+    with the configuration's read limits): a header-size limit below the survey's headers fails
+    every observation with the limit named, and nothing is stored."""
+    url, storage, _ = seeded
+    monkeypatch.setenv("ASTRID_INFERENCE_MAX_HEADER_CARDS", "36")
+    args = ["reprocess", "--model", "champion", "--catalog", url, "--storage", storage]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("reprocessed 0 observation(s)") and out.count("more than 36 header cards") == 3
+    catalog = Catalog(url)
+    assert all(catalog.results(r["id"]) == {} for r in catalog.observations())

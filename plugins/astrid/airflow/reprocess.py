@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from astrid.airflow.base import AstridBaseOperator, astrid_template_fields
+from astrid.airflow.base import AstridBaseOperator, astrid_template_fields, read_limits
 
 DAG_ID = "astrid_reprocess"
 # ISO date or date-time (naive = UTC), or empty for "unbounded"
@@ -104,6 +104,7 @@ class ReprocessOperator(AstridBaseOperator):
         "max_image_side",
         "star_residual_vetting",
         "zeropoint_key",
+        "fits_limits",
     )
     ui_color = "#ede7f6"
 
@@ -120,10 +121,11 @@ class ReprocessOperator(AstridBaseOperator):
         device: str = "auto",
         star_residual_vetting: str = "card",
         zeropoint_key: str = "",
+        fits_limits: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.zeropoint_key = zeropoint_key
+        self.zeropoint_key, self.fits_limits = zeropoint_key, fits_limits
         self.model, self.observed_from, self.observed_to = model, observed_from, observed_to
         self.max_observations, self.confidence_threshold = max_observations, confidence_threshold
         self.batch_size, self.device, self.max_image_side = batch_size, device, max_image_side
@@ -150,6 +152,7 @@ class ReprocessOperator(AstridBaseOperator):
             limit=int(self.max_observations),
             metrics=self.metrics,
             zeropoint_key=str(self.zeropoint_key or "") or None,
+            limits=read_limits(self.max_image_side, self.fits_limits),
         )
         self.log.info(
             "model version %s: %d reprocessed, %d failed, %d detections%s",
