@@ -57,7 +57,7 @@ def task_output(dag_run: Any, task_id: str, map_index: int = -1) -> Any:
 def truth_recall(catalog: Any, storage: Any) -> tuple[int, int]:
     """(matched, injected) over every inferred observation that kept its truth file, matched as the
     evaluation matches (:func:`astrid.ml.evaluate.match_detections`: one to one, within 3 px)."""
-    from astrid.imaging.synthetic import read_truth
+    from astrid.imaging.truth import read_truth
     from astrid.ml.evaluate import match_detections
 
     matched = injected = 0

@@ -36,16 +36,15 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 from astrid.imaging.synthetic import (
-    InjectedTransient,
     SyntheticObservation,
     _add_stamp,
     _make_wcs,
     _matching_kernel,
     _moffat_stamp,
     _point_stamp,
-    local_snr,
     mesh_background,
 )
+from astrid.imaging.truth import InjectedTransient, local_snr
 
 __all__ = ["make_real_sky_observation", "real_sky_scene"]
 

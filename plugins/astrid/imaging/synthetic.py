@@ -29,26 +29,14 @@ What is simulated
 
 Truth
 -----
-:class:`InjectedTransient` positions are 0-based numpy coordinates (``x`` column, ``y`` row) of
-the PSF centre, ``flux`` is the integrated flux in ADU in the science and difference images, and
-``snr`` is the **optimal (PSF-fit) SNR on the difference image, source noise excluded**::
-
-    snr = flux * sqrt( sum_i P_i**2 / V_i )
-
-over the transient's rendered PSF stamp ``P`` (sum 1) with ``V`` the per-pixel variance of the
-difference image at that place: science sky + host photon noise + read noise, plus the matched
-reference's variance ``sum(K**2) * V_ref``. For a flat background it is
-``flux / (sigma * sqrt(N_eff))`` with ``N_eff = 1 / sum(P**2)`` (``4 pi sigma_psf**2`` for a
-Gaussian). ``snr_local`` is the same sum with the transient's own photon noise added to ``V``
-(``flux * P / gain``; :func:`local_snr`): the **local SNR** an ideal matched filter reaches on a
-perfect subtraction, which evaluation bins on (``astrid.ml.ideal``). It is below ``snr`` by a
-few per cent at SNR 5 and by more for bright transients on faint sky. Transients lie at least ``edge_margin`` (≥ 8) px from the frame edge, at least
-``max(12, 4 FWHM)`` px from each other, and never on a saturated or bleed region (a transient
-whose host landed there is dropped, so ``len(truth)`` can be a little below ``n_transients``).
-Hosts: ``star`` transients sit exactly on a star (science SNR 8–100) and ``galaxy`` ones within
-~1 r_e of a Sérsic galaxy's nucleus; their subtraction residual (misregistration, PSF mismatch,
-flux-scale error) is *not* part of ``snr``, exactly as in real data. ``blank`` ones sit where the
-noiseless scene is below ~0.5σ.
+Each observation's transients are :class:`astrid.imaging.truth.InjectedTransient` (position,
+flux, ``snr`` and ``snr_local`` as defined there). Transients lie at least ``edge_margin`` (≥ 8)
+px from the frame edge, at least ``max(12, 4 FWHM)`` px from each other, and never on a saturated
+or bleed region (a transient whose host landed there is dropped, so ``len(truth)`` can be a
+little below ``n_transients``). Hosts: ``star`` transients sit exactly on a star (science SNR
+8–100) and ``galaxy`` ones within ~1 r_e of a Sérsic galaxy's nucleus; their subtraction
+residual (misregistration, PSF mismatch, flux-scale error) is *not* part of ``snr``, exactly as
+in real data. ``blank`` ones sit where the noiseless scene is below ~0.5σ.
 
 Speed: a 2048² observation takes about 1 s on one core (1–1.5 s for crowded fields); the cost
 is three full-frame FFT convolutions, the Poisson draw and the two background meshes.
@@ -56,11 +44,8 @@ is three full-frame FFT convolutions, the Poisson draw and the two background me
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import posixpath
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -71,57 +56,19 @@ from scipy import fft as sfft
 from scipy import ndimage
 from scipy.signal import fftconvolve
 
+from astrid.imaging.truth import HOSTS, InjectedTransient, local_snr, write_truth
 from astrid.storage import to_path
 
 __all__ = [
-    "HOSTS",
     "KNOBS",
-    "InjectedTransient",
     "SyntheticObservation",
-    "local_snr",
     "make_observation",
     "mesh_background",
-    "read_truth",
     "write_observation",
 ]
 
 GENERATOR_VERSION = 2  # bump whenever a seed renders differently
-HOSTS = ("blank", "star", "galaxy")
 _MPX = 1024.0 * 1024.0  # densities are per 1024×1024 px
-
-
-@dataclass(frozen=True)
-class InjectedTransient:
-    """One injected transient: 0-based pixel position (x = column, y = row), integrated flux in
-    ADU, optimal SNR on the difference image (see the module docstring), host kind, and
-    ``snr_local``: the same optimal SNR with the transient's own photon noise included
-    (:func:`local_snr`; what an ideal matched filter reaches on a perfect subtraction; ``None`` in
-    truth files written before it existed)."""
-
-    x: float
-    y: float
-    flux: float
-    snr: float
-    host: str
-    snr_local: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> InjectedTransient:
-        host = str(d["host"])
-        if host not in HOSTS:
-            raise ValueError(f"transient host {host!r} is not one of {', '.join(HOSTS)}")
-        local = d.get("snr_local")
-        return cls(
-            x=float(d["x"]),
-            y=float(d["y"]),
-            flux=float(d["flux"]),
-            snr=float(d["snr"]),
-            host=host,
-            snr_local=None if local is None else float(local),
-        )
 
 
 @dataclass
@@ -444,15 +391,6 @@ def _sky(shape: tuple[int, int], level: float, gradient: float, rng: np.random.G
     x = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
     frac = (gx * x + gy * y + gq[0] * x * x + gq[1] * y * y + gq[2] * x * y) * (gradient / (2 * norm))
     return (level * (1.0 + frac)).astype(np.float32)
-
-
-def local_snr(flux: float, stamp: np.ndarray, variance: np.ndarray, gain: float) -> float:
-    """Optimal (PSF-weighted) SNR of a point source of ``flux`` ADU rendered as ``stamp`` (sum 1)
-    on pixels whose variance *without* the source is ``variance`` (ADU², science sky + host +
-    read noise plus the PSF-matched reference's share): ``flux * sqrt(sum P**2 / sigma**2)``
-    with the source's own photon noise ``flux * P / gain`` added to sigma**2."""
-    v = variance + np.maximum(flux * stamp, 0.0) / gain
-    return float(flux * math.sqrt(float((stamp * stamp / v).sum())))
 
 
 def mesh_background(img: np.ndarray, box: int = 64) -> np.ndarray:
@@ -1068,20 +1006,5 @@ def write_observation(obs: SyntheticObservation, directory: Any, name: str) -> d
     write_image(paths["science_uri"], obs.science, obs.header)
     write_image(paths["reference_uri"], obs.reference, obs.reference_header())
     write_image(paths["difference_uri"], obs.difference, obs.difference_header())
-    payload = json.dumps([t.to_dict() for t in obs.truth], indent=1).encode()
-    with paths["truth_uri"].open("wb") as f:
-        f.write(payload)
+    write_truth(obs.truth, paths["truth_uri"])
     return {key: str(p) for key, p in paths.items()}
-
-
-def read_truth(path: Any) -> list[InjectedTransient]:
-    """The transients of a ``*_truth.json`` written by :func:`write_observation` (a JSON list of
-    ``{x, y, flux, snr, host}``; a ``{"transients": [...]}`` object is accepted too)."""
-    path = to_path(path)
-    with path.open("rb") as f:
-        data = json.load(io.TextIOWrapper(f, encoding="utf-8"))
-    if isinstance(data, dict):
-        data = data.get("transients", [])
-    if not isinstance(data, list):
-        raise ValueError(f"{posixpath.basename(str(path))}: expected a JSON list of transients")
-    return [InjectedTransient.from_dict(d) for d in data]
