@@ -52,7 +52,7 @@ class ValidationReview:
     missed: list[ReviewCase] = field(default_factory=list)
     false: list[ReviewCase] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"missed": 0, "false": 0})
-    report: Any = None  # the model's astrid.ml.evaluate.EvaluationReport, for the plot
+    report: Any = None  # the model's astrid.ml.scoring.EvaluationReport, for the plot
     # for the efficiency plot: every transient's local SNR and whether it was found, each frame's
     # seeing and size
     snr_local: list[float] = field(default_factory=list)
@@ -70,7 +70,7 @@ class ValidationReview:
         truth: Sequence[Any],
     ) -> None:
         """Match ``detections`` to ``truth`` (as the score does) and keep stamps of what is wrong."""
-        from astrid.ml.evaluate import match_detections
+        from astrid.ml.scoring import match_detections
 
         match = match_detections(detections, truth)
         missed = [t for t, found in zip(truth, match.truth_matched, strict=True) if not found]

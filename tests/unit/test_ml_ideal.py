@@ -13,8 +13,8 @@ from scipy.signal import fftconvolve
 
 from astrid.imaging.synthetic import _add_stamp, _moffat_stamp, _point_stamp, make_observation
 from astrid.ml.detect import extract_detections
-from astrid.ml.evaluate import match_detections
 from astrid.ml.ideal import NoisePeakRate, host_classes, ideal_recall, noise_peaks, unit_filter
+from astrid.ml.scoring import match_detections
 
 PSF = _moffat_stamp(14, 3.0, 3.0, 0.05, 0.4)
 

@@ -64,6 +64,7 @@ __all__ = [
     "SyntheticObservation",
     "make_observation",
     "mesh_background",
+    "training_knobs",
     "write_observation",
 ]
 
@@ -200,6 +201,30 @@ def _draw_knobs(rng: np.random.Generator, size: int) -> dict[str, Any]:
         "host_flux_range": (60.0, 600.0),
     }
     return d
+
+
+def training_knobs(rng: np.random.Generator, size: int) -> dict[str, Any]:
+    """Knob overrides for one training frame: extra variation on top of the generator's own
+    per-seed draws (wider than the survey defaults: more crowded fields, larger misregistration
+    and PSF mismatch, more cosmic rays, trails and faders, more and fainter transients), so a
+    model does not learn one generator's exact settings. Each override applies to a random subset
+    of frames (an absent knob keeps the generator's default), so the survey-default distribution
+    is still well represented. Used by ``astrid.ml.train`` and by ``astrid evaluate --varied``.
+    """
+    area = size * size / _MPX
+    k: dict[str, Any] = {
+        "n_transients": int(max(3, round(rng.uniform(30, 110) * area))),  # more positives per frame
+        "snr_range": (2.0, 60.0) if rng.random() < 0.3 else None,  # some sub-threshold examples
+        "crowded": True if rng.random() < 0.25 else None,
+        "misregistration": float(rng.uniform(0.2, 0.6)) if rng.random() < 0.25 else None,
+        "psf_mismatch": float(rng.uniform(0.04, 0.10)) if rng.random() < 0.25 else None,
+        "cosmic_ray_rate": float(rng.uniform(40, 120)) if rng.random() < 0.25 else None,
+        "satellite_trails": int(rng.integers(1, 3)) if rng.random() < 0.15 else None,
+        "fader_rate": float(rng.uniform(4, 12)) if rng.random() < 0.25 else None,
+        "n_bad_columns": int(rng.integers(1, 4)) if rng.random() < 0.2 else None,
+        "psf_ellipticity": float(rng.uniform(0.1, 0.25)) if rng.random() < 0.15 else None,
+    }
+    return {name: value for name, value in k.items() if value is not None}
 
 
 def _resolve_knobs(rng: np.random.Generator, size: int, given: dict[str, Any]) -> dict[str, Any]:
