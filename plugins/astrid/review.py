@@ -210,27 +210,23 @@ class ValidationReview:
 
 def plot_review_efficiency(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     """Efficiency (recall / ideal recall) per local-SNR bin, with the 0.90 floor."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from astrid.plots import report_figure
 
     shown = [r for r in rows if r["n"]]
     labels = [f"{r['lo']:g}–{r['hi']:g}" if math.isfinite(r["hi"]) else f"≥ {r['lo']:g}" for r in shown]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    ax.plot(labels, [r["efficiency"] for r in shown], marker="o", label="model / ideal")
-    for label, r in zip(labels, shown, strict=True):
-        ax.annotate(
-            f"n={r['n']}", (label, r["efficiency"]), textcoords="offset points", xytext=(0, 8), ha="center"
-        )
-    ax.axhline(0.90, color="tab:red", lw=0.6, ls=":", label="floor 0.90")
-    ax.set_xlabel("local SNR")
-    ax.set_ylabel("efficiency (recall / ideal recall)")
-    ax.set_ylim(0, 1.15)
-    ax.set_title(f"{title}: efficiency (t* = {shown[0]['t_star']:.2f})" if shown else title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with report_figure(path) as ax:
+        ax.plot(labels, [r["efficiency"] for r in shown], marker="o", label="model / ideal")
+        for label, r in zip(labels, shown, strict=True):
+            ax.annotate(
+                f"n={r['n']}",
+                (label, r["efficiency"]),
+                textcoords="offset points",
+                xytext=(0, 8),
+                ha="center",
+            )
+        ax.axhline(0.90, color="tab:red", lw=0.6, ls=":", label="floor 0.90")
+        ax.set_xlabel("local SNR")
+        ax.set_ylabel("efficiency (recall / ideal recall)")
+        ax.set_ylim(0, 1.15)
+        ax.set_title(f"{title}: efficiency (t* = {shown[0]['t_star']:.2f})" if shown else title)
     return path

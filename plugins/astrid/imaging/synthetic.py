@@ -689,7 +689,7 @@ def make_observation(
     optics = _optics(k, rng.meta)
     field_ = _field_sources(k, size, optics, rng.star, rng.gal)
     plan = _plan_transients(k, size, optics, rng.tr, rng.host)
-    scene_s, scene_r = _render_scene(k, size, optics, field_, plan, rng.spike, rng.neb)
+    scene_s, scene_r = _render_scene(k, size, optics, field_, plan, rng)
     sky_s, sky_r, ref_sky_level = _skies(k, (size, size), rng.sky)
     model_s = sky_s + scene_s
     model_r = sky_r + scene_r
@@ -909,19 +909,13 @@ def _plan_transients(
 
 
 def _render_scene(
-    k: dict[str, Any],
-    size: int,
-    optics: _Optics,
-    field_: _Field,
-    plan: _Plan,
-    spike_rng: np.random.Generator,
-    neb_rng: np.random.Generator,
+    k: dict[str, Any], size: int, optics: _Optics, field_: _Field, plan: _Plan, rng: _Streams
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scene stage 3: the noiseless science and reference scenes (no sky). Every point source
     (field stars, star hosts, nuclei; the star hosts are appended to ``field_``) and every galaxy
     goes onto one intrinsic canvas, convolved once with each image's PSF, so transients, stars
-    and hosts share exactly one PSF per image. Then the realism options: diffraction spikes and
-    nebulosity (the same in both images)."""
+    and hosts share exactly one PSF per image. Then the realism options (their own streams
+    ``rng.spike`` and ``rng.neb``): diffraction spikes and nebulosity (the same in both images)."""
     radius = optics.radius
     pad = radius + 3
     canvas = np.zeros((size + 2 * pad, size + 2 * pad), dtype=np.float32)
@@ -955,9 +949,9 @@ def _render_scene(
     np.maximum(scene_s, 0.0, out=scene_s)
     np.maximum(scene_r, 0.0, out=scene_r)
     if k["diffraction_spikes"]:
-        _add_spikes(scene_s, scene_r, sx, sy, sf, 0.2 * optics.f_sat, k["seeing_fwhm"], spike_rng)
+        _add_spikes(scene_s, scene_r, sx, sy, sf, 0.2 * optics.f_sat, k["seeing_fwhm"], rng.spike)
     if k["nebulosity"] > 0:
-        neb = _nebulosity((size, size), k["nebulosity"] * optics.sky_sigma, neb_rng)
+        neb = _nebulosity((size, size), k["nebulosity"] * optics.sky_sigma, rng.neb)
         scene_s += neb
         scene_r += neb
     return scene_s, scene_r

@@ -97,30 +97,22 @@ def evaluate(
 
 def plot_recall(reports: Sequence[EvaluationReport], path: Any, title: str = "Recall vs SNR") -> Any:
     """Recall per SNR bin for each report, as a PNG (matplotlib Agg backend)."""
-    import matplotlib
+    from astrid.plots import report_figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    for r, marker in zip(reports, "osd^v", strict=False):
-        bins = [b for b in r.recall_by_snr if b["n"]]
-        xs = [min(b["hi"], 30.0) if b["lo"] <= 0 else (b["lo"] + min(b["hi"], 30.0)) / 2 for b in bins]
-        xs = [b["hi"] / 2 if b["lo"] <= 0 else x for b, x in zip(bins, xs, strict=True)]
-        ax.plot(xs, [b["recall"] for b in bins], marker=marker, label=f"{r.detector} (F1 {r.f1:.2f})")
-    for lo in (4.5, 7.0):
-        ax.axvline(lo, color="0.8", lw=0.8, ls="--")
-    ax.axhline(0.95, color="tab:red", lw=0.6, ls=":")
-    ax.axhline(0.80, color="tab:orange", lw=0.6, ls=":")
-    ax.set_xlabel("injected SNR (bin centre; last bin ≥ 20 plotted at 25)")
-    ax.set_ylabel("recall (match ≤ 3 px)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with report_figure(path) as ax:
+        for r, marker in zip(reports, "osd^v", strict=False):
+            bins = [b for b in r.recall_by_snr if b["n"]]
+            xs = [min(b["hi"], 30.0) if b["lo"] <= 0 else (b["lo"] + min(b["hi"], 30.0)) / 2 for b in bins]
+            xs = [b["hi"] / 2 if b["lo"] <= 0 else x for b, x in zip(bins, xs, strict=True)]
+            ax.plot(xs, [b["recall"] for b in bins], marker=marker, label=f"{r.detector} (F1 {r.f1:.2f})")
+        for lo in (4.5, 7.0):
+            ax.axvline(lo, color="0.8", lw=0.8, ls="--")
+        ax.axhline(0.95, color="tab:red", lw=0.6, ls=":")
+        ax.axhline(0.80, color="tab:orange", lw=0.6, ls=":")
+        ax.set_xlabel("injected SNR (bin centre; last bin ≥ 20 plotted at 25)")
+        ax.set_ylabel("recall (match ≤ 3 px)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title)
     return path
 
 
@@ -340,38 +332,30 @@ def _ideal_section(
 
 def plot_efficiency(ideal: Mapping[str, IdealReport], model: str, baseline: str, path: Any) -> Any:
     """Efficiency (recall / ideal recall) versus local SNR bin, per family, model and baseline."""
-    import matplotlib
+    from astrid.plots import report_figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    centre = {"4.5–7": 0, "7–12": 1, "≥12": 2}
-    for (family, rep), colour in zip(ideal.items(), ("tab:blue", "tab:green"), strict=False):
-        for det, style in ((model, "-o"), (baseline, ":s")):
-            rows = [r for r in rep.rows if r["detector"] == det and r["host"] == "all" and r["n"]]
-            label = f"{'model' if det == model else 'matched filter 5σ'}, {family}"
-            ax.plot(
-                [centre.get(r["bin"], r["lo"]) for r in rows],
-                [r["efficiency"] for r in rows],
-                style,
-                color=colour,
-                label=label,
-            )
-    ax.axhline(0.90, color="tab:red", lw=0.8, ls="--", label="floor 0.90")
-    ax.set_xticks([0, 1, 2], ["4.5–7", "7–12", "≥12"])
-    ax.set_xlim(-0.3, 2.3)
-    ax.set_xlabel("local SNR bin")
-    ax.set_ylabel("efficiency = recall / ideal recall")
-    ax.set_ylim(0, 1.15)
-    ax.set_title("Efficiency vs local SNR (each at its own false-detection rate)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    centre = {"4.5–7": 0, "7–12": 1, "≥12": 2}
+    with report_figure(path, legend_fontsize=8) as ax:
+        for (family, rep), colour in zip(ideal.items(), ("tab:blue", "tab:green"), strict=False):
+            for det, style in ((model, "-o"), (baseline, ":s")):
+                rows = [r for r in rep.rows if r["detector"] == det and r["host"] == "all" and r["n"]]
+                label = f"{'model' if det == model else 'matched filter 5σ'}, {family}"
+                ax.plot(
+                    [centre.get(r["bin"], r["lo"]) for r in rows],
+                    [r["efficiency"] for r in rows],
+                    style,
+                    color=colour,
+                    label=label,
+                )
+        ax.axhline(0.90, color="tab:red", lw=0.8, ls="--", label="floor 0.90")
+        ax.set_xticks([0, 1, 2], ["4.5–7", "7–12", "≥12"])
+        ax.set_xlim(-0.3, 2.3)
+        ax.set_xlabel("local SNR bin")
+        ax.set_ylabel("efficiency = recall / ideal recall")
+        ax.set_ylim(0, 1.15)
+        ax.set_title("Efficiency vs local SNR (each at its own false-detection rate)")
     return path
 
 
