@@ -37,12 +37,12 @@ from scipy.signal import fftconvolve
 
 from astrid.imaging.synthetic import (
     SyntheticObservation,
-    _make_wcs,
-    _matching_kernel,
-    _moffat_stamp,
     difference_image,
     difference_sigma,
     inject_point,
+    make_wcs,
+    matching_kernel,
+    moffat_stamp,
     observe,
     pixel_variances,
 )
@@ -93,18 +93,18 @@ def make_real_sky_observation(seed: int, size: int = 512) -> SyntheticObservatio
     radius = math.ceil(max(4.5 * fwhm_s, 10.0))
     ang = rng.uniform(0, 2 * np.pi)
     shift = (mis * math.cos(ang), mis * math.sin(ang))
-    psf_s = _moffat_stamp(radius, fwhm_s, beta_s, ell_s, ang_s)
-    psf_r0 = _moffat_stamp(radius, fwhm_r, beta_r, ell_r, ang_r)
-    psf_r = _moffat_stamp(radius, fwhm_r, beta_r, ell_r, ang_r, *shift)
+    psf_s = moffat_stamp(radius, fwhm_s, beta_s, ell_s, ang_s)
+    psf_r0 = moffat_stamp(radius, fwhm_r, beta_r, ell_r, ang_r)
+    psf_r = moffat_stamp(radius, fwhm_r, beta_r, ell_r, ang_r, *shift)
     e = rng.normal(size=2)
-    psf_model = _moffat_stamp(
+    psf_model = moffat_stamp(
         radius,
         fwhm_s * (1 + mism * e[0]),
         float(np.clip(beta_s * (1 + 2 * mism * e[1]), 1.6, 10)),
         ell_s,
         ang_s,
     )
-    kernel = _matching_kernel(psf_model, psf_r0)
+    kernel = matching_kernel(psf_model, psf_r0)
     kernel_power = float((kernel**2).sum())
     sky_sigma = math.sqrt(sky / gain + (rn / gain) ** 2)
 
@@ -149,7 +149,7 @@ def make_real_sky_observation(seed: int, size: int = 512) -> SyntheticObservatio
     difference = difference_image(science, reference, kernel)
     diff_sigma = difference_sigma(sky_sigma, kernel_power, ref_sky, gain, rn, depth)
 
-    wcs = _make_wcs(size, float(rng.uniform(0, 360)), float(rng.uniform(-60, 60)), 0.4, 0.0)
+    wcs = make_wcs(size, float(rng.uniform(0, 360)), float(rng.uniform(-60, 60)), 0.4, 0.0)
     header = wcs.to_header()
     for key, value in (
         ("OBJECT", f"REALSKY-{seed:06d}"),

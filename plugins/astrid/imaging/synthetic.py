@@ -62,8 +62,18 @@ from astrid.storage import to_path
 __all__ = [
     "KNOBS",
     "SyntheticObservation",
+    "add_stamp",
+    "difference_image",
+    "difference_sigma",
+    "inject_point",
     "make_observation",
+    "make_wcs",
+    "matching_kernel",
     "mesh_background",
+    "moffat_stamp",
+    "observe",
+    "pixel_variances",
+    "point_stamp",
     "training_knobs",
     "write_observation",
 ]
@@ -303,7 +313,7 @@ def _resolve_knobs(rng: np.random.Generator, size: int, given: dict[str, Any]) -
 # rendering primitives
 
 
-def _moffat_stamp(
+def moffat_stamp(
     radius: int, fwhm: float, beta: float, ell: float, angle: float, dx: float = 0.0, dy: float = 0.0
 ) -> np.ndarray:
     """Pixel-integrated (5× super-sampled) elliptical Moffat on a (2r+1)² stamp, sum 1,
@@ -354,7 +364,7 @@ def _splat(canvas: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray, o
     canvas += np.bincount(idx, weights=weights[ok], minlength=h * w).reshape(h, w).astype(canvas.dtype)
 
 
-def _point_stamp(psf: np.ndarray, x: float, y: float) -> tuple[np.ndarray, int, int]:
+def point_stamp(psf: np.ndarray, x: float, y: float) -> tuple[np.ndarray, int, int]:
     """Unit-flux point source at frame position (x, y) rendered exactly as :func:`_splat` +
     convolution would: returns (stamp, row0, col0) with the stamp's top-left frame pixel."""
     r = psf.shape[0] // 2
@@ -365,7 +375,9 @@ def _point_stamp(psf: np.ndarray, x: float, y: float) -> tuple[np.ndarray, int, 
     return stamp, iy - 2 - r, ix - 2 - r
 
 
-def _add_stamp(image: np.ndarray, stamp: np.ndarray, row0: int, col0: int, scale: float = 1.0) -> None:
+def add_stamp(image: np.ndarray, stamp: np.ndarray, row0: int, col0: int, scale: float = 1.0) -> None:
+    """Add ``scale * stamp`` to ``image`` in place with its top-left pixel at (row0, col0),
+    clipped to the image."""
     h, w = image.shape
     sh, sw = stamp.shape
     r0, c0 = max(row0, 0), max(col0, 0)
@@ -404,7 +416,7 @@ def _add_galaxy(
     total = prof.sum()
     if total <= 0 or not np.isfinite(total):
         return
-    _add_stamp(canvas, (flux / total) * prof, iy - radius, ix - radius)
+    add_stamp(canvas, (flux / total) * prof, iy - radius, ix - radius)
 
 
 def _sky(shape: tuple[int, int], level: float, gradient: float, rng: np.random.Generator) -> np.ndarray:
@@ -448,7 +460,7 @@ def mesh_background(img: np.ndarray, box: int = 64) -> np.ndarray:
     return (interp_matrix(h, ey) @ grid @ interp_matrix(w, ex).T).astype(np.float32)
 
 
-def _matching_kernel(target: np.ndarray, source: np.ndarray) -> np.ndarray:
+def matching_kernel(target: np.ndarray, source: np.ndarray) -> np.ndarray:
     """Regularised Fourier kernel K with K ⊗ source ≈ target (both centred stamps, same size)."""
     n = target.shape[0]
     m = sfft.next_fast_len(2 * n)
@@ -778,22 +790,22 @@ def _optics(k: dict[str, Any], rng: np.random.Generator) -> _Optics:
     radius = math.ceil(max(4.5 * fwhm_s, 10.0))
     ang = rng.uniform(0, 2 * np.pi)
     shift = (k["misregistration"] * math.cos(ang), k["misregistration"] * math.sin(ang))
-    psf_s = _moffat_stamp(radius, fwhm_s, k["psf_beta"], k["psf_ellipticity"], k["_psf_angle"])
-    psf_r0 = _moffat_stamp(
+    psf_s = moffat_stamp(radius, fwhm_s, k["psf_beta"], k["psf_ellipticity"], k["_psf_angle"])
+    psf_r0 = moffat_stamp(
         radius, fwhm_r, k["reference_beta"], k["_reference_ellipticity"], k["_reference_angle"]
     )
-    psf_r = _moffat_stamp(
+    psf_r = moffat_stamp(
         radius, fwhm_r, k["reference_beta"], k["_reference_ellipticity"], k["_reference_angle"], *shift
     )
     e = rng.normal(size=3)
-    psf_model = _moffat_stamp(
+    psf_model = moffat_stamp(
         radius,
         fwhm_s * (1.0 + k["psf_mismatch"] * e[0]),
         float(np.clip(k["psf_beta"] * (1.0 + 2.0 * k["psf_mismatch"] * e[1]), 1.6, 10.0)),
         float(np.clip(k["psf_ellipticity"] + 0.5 * k["psf_mismatch"] * e[2], 0.0, 0.5)),
         k["_psf_angle"],
     )
-    kernel = _matching_kernel(psf_model, psf_r0)
+    kernel = matching_kernel(psf_model, psf_r0)
     sky_sigma = math.sqrt(k["sky_level"] / gain + (rn / gain) ** 2)
     n_eff = 1.0 / float((psf_s**2).sum())
     return _Optics(
@@ -1051,14 +1063,14 @@ def inject_point(
     the flux that gives it optimal SNR ``snr`` on the difference image (science variance plus
     the matched reference's share ``kernel_power * var_r``, source noise excluded), and return
     its truth (:mod:`astrid.imaging.truth`), ``snr_local`` included."""
-    stamp, row0, col0 = _point_stamp(psf, x, y)
+    stamp, row0, col0 = point_stamp(psf, x, y)
     h, w = stamp.shape
     r0, c0 = max(row0, 0), max(col0, 0)
     r1, c1 = min(row0 + h, model_s.shape[0]), min(col0 + w, model_s.shape[1])
     p = stamp[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0]
     v = var_s[r0:r1, c0:c1] + kernel_power * var_r[r0:r1, c0:c1]
     flux = float(snr) / math.sqrt(float((p * p / v).sum()))
-    _add_stamp(model_s, stamp, row0, col0, flux)
+    add_stamp(model_s, stamp, row0, col0, flux)
     return InjectedTransient(
         x=float(x), y=float(y), flux=flux, snr=float(snr), host=host, snr_local=local_snr(flux, p, v, gain)
     )
@@ -1086,8 +1098,8 @@ def _add_faders(
     )[0]
     faders = rng.choice(bright, min(n_fade, len(bright)), replace=False) if len(bright) else []
     for j in faders:
-        stamp, row0, col0 = _point_stamp(optics.psf_s, sx[j], sy[j])
-        _add_stamp(model_s, stamp, row0, col0, -sf[j] * rng.uniform(0.1, 0.6))
+        stamp, row0, col0 = point_stamp(optics.psf_s, sx[j], sy[j])
+        add_stamp(model_s, stamp, row0, col0, -sf[j] * rng.uniform(0.1, 0.6))
     return len(faders)
 
 
@@ -1215,7 +1227,7 @@ def _header(
     band = str(rng.choice(["g", "r", "i", "z"]))
     zp = float(rng.uniform(26.0, 29.0))
     airmass = float(1.0 / max(0.3, rng.uniform(0.5, 1.0)))
-    wcs = _make_wcs(size, ra, dec, k["pixscale"], rot)
+    wcs = make_wcs(size, ra, dec, k["pixscale"], rot)
     header = wcs.to_header()
     header["MJD-OBS"] = (round(mjd, 6), "[d] start of the exposure (MJD)")
     header["DATE-OBS"] = (Time(mjd, format="mjd", scale="utc").isot, "start of the exposure (UTC)")
@@ -1276,7 +1288,9 @@ def _add_trail(image: np.ndarray, rng: np.random.Generator, sky_sigma: float, fw
     image[near] += (amp * np.exp(-0.5 * (dist[near] / sigma) ** 2)).astype(image.dtype)
 
 
-def _make_wcs(size: int, ra: float, dec: float, pixscale: float, rot: float) -> WCS:
+def make_wcs(size: int, ra: float, dec: float, pixscale: float, rot: float) -> WCS:
+    """A TAN WCS centred on the frame: (ra, dec) in degrees, ``pixscale`` arcsec/px, rotated by
+    ``rot`` radians, east to the left at rot 0."""
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.cunit = ["deg", "deg"]
