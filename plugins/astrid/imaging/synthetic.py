@@ -729,7 +729,6 @@ def make_observation(
             )
         )
     n_faders = _add_faders(k, size, model_s, field_, optics, rng.fade)
-    np.maximum(model_s, 0.0, out=model_s)
 
     science, reference = observe(model_s, model_r, var_r, gain, rn, rng.noise)
     n_cr, n_hot = _science_artifacts(science, k, optics.sky_sigma, rng)
@@ -1113,16 +1112,20 @@ def observe(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Noise stage: the science is a Poisson draw of the noiseless model in electrons (via the
     gain) plus Gaussian read noise; the reference (a deep coadd) Gaussian with variance ``var_r``
-    (:func:`pixel_variances`). The Gaussian draws are made at the precision of the model images
-    (float32 for the synthetic survey, float64 for the real-sky family), so each family keeps its
-    seeds' random sequence. Returns float32 (science, reference)."""
+    (:func:`pixel_variances`). ``model_s`` is clipped at 0 in place first (faders can dip a
+    model below it). The Gaussian draws are made at the precision of the model images (float32
+    for the synthetic survey, float64 for the real-sky family), so each family keeps its seeds'
+    random sequence. Returns float32 (science, reference)."""
     dt = model_s.dtype
-    electrons = rng.poisson(np.maximum(model_s, 0.0).astype(np.float64) * gain)
+    np.maximum(model_s, 0.0, out=model_s)
+    electrons = rng.poisson(model_s.astype(np.float64) * gain)
     science = (electrons / gain).astype(np.float32)
     del electrons
-    science += (rng.standard_normal(model_s.shape, dtype=dt) * dt.type(read_noise / gain)).astype(np.float32)
-    noise_r = rng.standard_normal(model_r.shape, dtype=dt) * np.sqrt(var_r).astype(dt)
-    reference = (model_r + noise_r).astype(np.float32)
+    science += (rng.standard_normal(model_s.shape, dtype=dt) * dt.type(read_noise / gain)).astype(
+        np.float32, copy=False
+    )
+    noise_r = rng.standard_normal(model_r.shape, dtype=dt) * np.sqrt(var_r).astype(dt, copy=False)
+    reference = (model_r + noise_r).astype(np.float32, copy=False)
     return science, reference
 
 
