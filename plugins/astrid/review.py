@@ -52,7 +52,7 @@ class ValidationReview:
     missed: list[ReviewCase] = field(default_factory=list)
     false: list[ReviewCase] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"missed": 0, "false": 0})
-    report: Any = None  # the model's astrid.ml.evaluate.EvaluationReport, for the plot
+    report: Any = None  # the model's astrid.ml.scoring.EvaluationReport, for the plot
     # for the efficiency plot: every transient's local SNR and whether it was found, each frame's
     # seeing and size
     snr_local: list[float] = field(default_factory=list)
@@ -70,7 +70,7 @@ class ValidationReview:
         truth: Sequence[Any],
     ) -> None:
         """Match ``detections`` to ``truth`` (as the score does) and keep stamps of what is wrong."""
-        from astrid.ml.evaluate import match_detections
+        from astrid.ml.scoring import match_detections
 
         match = match_detections(detections, truth)
         missed = [t for t, found in zip(truth, match.truth_matched, strict=True) if not found]
@@ -210,27 +210,23 @@ class ValidationReview:
 
 def plot_review_efficiency(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     """Efficiency (recall / ideal recall) per local-SNR bin, with the 0.90 floor."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from astrid.plots import report_figure
 
     shown = [r for r in rows if r["n"]]
     labels = [f"{r['lo']:g}–{r['hi']:g}" if math.isfinite(r["hi"]) else f"≥ {r['lo']:g}" for r in shown]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    ax.plot(labels, [r["efficiency"] for r in shown], marker="o", label="model / ideal")
-    for label, r in zip(labels, shown, strict=True):
-        ax.annotate(
-            f"n={r['n']}", (label, r["efficiency"]), textcoords="offset points", xytext=(0, 8), ha="center"
-        )
-    ax.axhline(0.90, color="tab:red", lw=0.6, ls=":", label="floor 0.90")
-    ax.set_xlabel("local SNR")
-    ax.set_ylabel("efficiency (recall / ideal recall)")
-    ax.set_ylim(0, 1.15)
-    ax.set_title(f"{title}: efficiency (t* = {shown[0]['t_star']:.2f})" if shown else title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with report_figure(path) as ax:
+        ax.plot(labels, [r["efficiency"] for r in shown], marker="o", label="model / ideal")
+        for label, r in zip(labels, shown, strict=True):
+            ax.annotate(
+                f"n={r['n']}",
+                (label, r["efficiency"]),
+                textcoords="offset points",
+                xytext=(0, 8),
+                ha="center",
+            )
+        ax.axhline(0.90, color="tab:red", lw=0.6, ls=":", label="floor 0.90")
+        ax.set_xlabel("local SNR")
+        ax.set_ylabel("efficiency (recall / ideal recall)")
+        ax.set_ylim(0, 1.15)
+        ax.set_title(f"{title}: efficiency (t* = {shown[0]['t_star']:.2f})" if shown else title)
     return path

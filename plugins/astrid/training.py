@@ -157,7 +157,7 @@ def load_labelled(
 ) -> list[LabelledObservation]:
     """The labelled observations' triplets and truth, read through the storage root."""
     from astrid.catalog import Claim
-    from astrid.imaging.synthetic import read_truth
+    from astrid.imaging.truth import read_truth
     from astrid.pipeline import load_claim
 
     out = []

@@ -129,8 +129,8 @@ def score_model(
     and false detections, and the report for its plot, while the frames are in memory. Either way
     the score carries the efficiency against the ideal detector per local-SNR bin
     (``efficiency_snr_4_5_to_7``, ``_7_to_12``, ``_ge_12``: :meth:`ValidationReview.efficiency`)."""
-    from astrid.imaging.synthetic import read_truth
-    from astrid.ml.evaluate import score_detections
+    from astrid.imaging.truth import read_truth
+    from astrid.ml.scoring import score_detections
     from astrid.pipeline import load_claim
     from astrid.review import ValidationReview
 

@@ -60,7 +60,7 @@ def catalog_url() -> str:
 
 
 def _truth_for(storage, obs: dict):
-    from astrid.imaging.synthetic import read_truth
+    from astrid.imaging.truth import read_truth
 
     return read_truth(storage.resolve(obs["science_uri"].replace("_sci.fits", "_truth.json")))
 

@@ -10,7 +10,8 @@ from upath import UPath
 
 from astrid.errors import FitsError, StorageError
 from astrid.imaging.fits import load_triplet
-from astrid.imaging.synthetic import make_observation, read_truth, write_observation
+from astrid.imaging.synthetic import make_observation, write_observation
+from astrid.imaging.truth import read_truth
 from astrid.storage import StorageRoot, to_path
 from tests.conftest import s3_endpoint, s3_storage_options  # noqa: F401 - s3_endpoint re-exported for older imports
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
-from astrid.imaging.synthetic import _add_stamp, _moffat_stamp, _point_stamp, make_observation
+from astrid.imaging.synthetic import add_stamp, make_observation, moffat_stamp, point_stamp
 from astrid.ml.detect import extract_detections
-from astrid.ml.evaluate import match_detections
 from astrid.ml.ideal import NoisePeakRate, host_classes, ideal_recall, noise_peaks, unit_filter
+from astrid.ml.scoring import match_detections
 
-PSF = _moffat_stamp(14, 3.0, 3.0, 0.05, 0.4)
+PSF = moffat_stamp(14, 3.0, 3.0, 0.05, 0.4)
 
 
 def _frame(rng: np.random.Generator, snr: float, n: int = 100, size: int = 1024):
@@ -30,8 +30,8 @@ def _frame(rng: np.random.Generator, snr: float, n: int = 100, size: int = 1024)
     for i in range(side):
         for j in range(side):
             x, y = 32 + (j + rng.uniform(0.2, 0.8)) * step, 32 + (i + rng.uniform(0.2, 0.8)) * step
-            stamp, r0, c0 = _point_stamp(PSF, x, y)
-            _add_stamp(img, stamp, r0, c0, snr / weight)
+            stamp, r0, c0 = point_stamp(PSF, x, y)
+            add_stamp(img, stamp, r0, c0, snr / weight)
             truth.append({"x": x, "y": y, "snr": snr})
     m = fftconvolve(img, unit_filter(PSF)[::-1, ::-1], mode="same")
     return m, truth

@@ -11,7 +11,8 @@ from __future__ import annotations
 from astrid.imaging.synthetic import make_observation
 from astrid.ml.baseline import MatchedFilterDetector
 from astrid.ml.engine import get_engine
-from astrid.ml.evaluate import evaluate_many, match_detections
+from astrid.ml.evaluate import evaluate_many
+from astrid.ml.scoring import match_detections
 from astrid.ml.weights import load_model
 from astrid.paths import shipped_model_path
 

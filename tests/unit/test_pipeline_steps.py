@@ -224,7 +224,7 @@ def test_flat_metrics_keeps_finite_numbers_and_names_snr_bins():
 
 def test_demo_truth_recall_matches_one_to_one_within_3_px(tmp_path):
     """Two transients 2 px apart and one detection between them: one match, not two (the demo
-    counts as the evaluation does, astrid.ml.evaluate.match_detections); a 5 px miss is no match."""
+    counts as the evaluation does, astrid.ml.scoring.match_detections); a 5 px miss is no match."""
     import json
 
     from astrid.airflow.demo import truth_recall

@@ -56,9 +56,9 @@ def task_output(dag_run: Any, task_id: str, map_index: int = -1) -> Any:
 
 def truth_recall(catalog: Any, storage: Any) -> tuple[int, int]:
     """(matched, injected) over every inferred observation that kept its truth file, matched as the
-    evaluation matches (:func:`astrid.ml.evaluate.match_detections`: one to one, within 3 px)."""
-    from astrid.imaging.synthetic import read_truth
-    from astrid.ml.evaluate import match_detections
+    evaluation matches (:func:`astrid.ml.scoring.match_detections`: one to one, within 3 px)."""
+    from astrid.imaging.truth import read_truth
+    from astrid.ml.scoring import match_detections
 
     matched = injected = 0
     for det_obs in catalog.observations(status="inferred"):

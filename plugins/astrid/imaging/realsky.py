@@ -36,16 +36,17 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 from astrid.imaging.synthetic import (
-    InjectedTransient,
     SyntheticObservation,
-    _add_stamp,
-    _make_wcs,
-    _matching_kernel,
-    _moffat_stamp,
-    _point_stamp,
-    local_snr,
-    mesh_background,
+    difference_image,
+    difference_sigma,
+    inject_point,
+    make_wcs,
+    matching_kernel,
+    moffat_stamp,
+    observe,
+    pixel_variances,
 )
+from astrid.imaging.truth import InjectedTransient
 
 __all__ = ["make_real_sky_observation", "real_sky_scene"]
 
@@ -92,18 +93,18 @@ def make_real_sky_observation(seed: int, size: int = 512) -> SyntheticObservatio
     radius = math.ceil(max(4.5 * fwhm_s, 10.0))
     ang = rng.uniform(0, 2 * np.pi)
     shift = (mis * math.cos(ang), mis * math.sin(ang))
-    psf_s = _moffat_stamp(radius, fwhm_s, beta_s, ell_s, ang_s)
-    psf_r0 = _moffat_stamp(radius, fwhm_r, beta_r, ell_r, ang_r)
-    psf_r = _moffat_stamp(radius, fwhm_r, beta_r, ell_r, ang_r, *shift)
+    psf_s = moffat_stamp(radius, fwhm_s, beta_s, ell_s, ang_s)
+    psf_r0 = moffat_stamp(radius, fwhm_r, beta_r, ell_r, ang_r)
+    psf_r = moffat_stamp(radius, fwhm_r, beta_r, ell_r, ang_r, *shift)
     e = rng.normal(size=2)
-    psf_model = _moffat_stamp(
+    psf_model = moffat_stamp(
         radius,
         fwhm_s * (1 + mism * e[0]),
         float(np.clip(beta_s * (1 + 2 * mism * e[1]), 1.6, 10)),
         ell_s,
         ang_s,
     )
-    kernel = _matching_kernel(psf_model, psf_r0)
+    kernel = matching_kernel(psf_model, psf_r0)
     kernel_power = float((kernel**2).sum())
     sky_sigma = math.sqrt(sky / gain + (rn / gain) ** 2)
 
@@ -113,8 +114,7 @@ def make_real_sky_observation(seed: int, size: int = 512) -> SyntheticObservatio
     scene_r = np.maximum(fftconvolve(crop, psf_r.astype(np.float32), mode="same") * scale, 0.0)
     model_s = (sky + scene_s).astype(np.float64)
     model_r = (ref_sky + scene_r).astype(np.float64)
-    var_s = model_s / gain + (rn / gain) ** 2
-    var_r = (model_r / gain + (rn / gain) ** 2) / depth**2
+    var_s, var_r = pixel_variances(model_s, model_r, gain, rn, depth)
 
     # transients
     margin, spacing = 12, max(12.0, 4.0 * fwhm_s)
@@ -141,36 +141,15 @@ def make_real_sky_observation(seed: int, size: int = 512) -> SyntheticObservatio
         target = (
             rng.uniform(4.5, 10.0) if rng.random() < 0.6 else math.exp(rng.uniform(math.log(3), math.log(50)))
         )
-        stamp, row0, col0 = _point_stamp(psf_s, x, y)
-        h, w = stamp.shape
-        a0, b0 = max(row0, 0), max(col0, 0)
-        a1, b1 = min(row0 + h, size), min(col0 + w, size)
-        p = stamp[a0 - row0 : a1 - row0, b0 - col0 : b1 - col0]
-        v = var_s[a0:a1, b0:b1] + kernel_power * var_r[a0:a1, b0:b1]
-        flux = float(target) / math.sqrt(float((p * p / v).sum()))
-        _add_stamp(model_s, stamp, row0, col0, flux)
         host = "galaxy" if scene_s[round(y), round(x)] >= 0.5 * sky_sigma else "blank"
-        truth.append(
-            InjectedTransient(
-                x=float(x),
-                y=float(y),
-                flux=flux,
-                snr=float(target),
-                host=host,
-                snr_local=local_snr(flux, p, v, gain),
-            )
-        )
+        truth.append(inject_point(model_s, psf_s, x, y, target, host, var_s, var_r, kernel_power, gain))
 
-    science = (rng.poisson(np.maximum(model_s, 0.0) * gain) / gain).astype(np.float32)
-    science += (rng.standard_normal((size, size)) * (rn / gain)).astype(np.float32)
-    reference = (model_r + rng.standard_normal((size, size)) * np.sqrt(var_r)).astype(np.float32)
-    bkg_s, bkg_r = mesh_background(science), mesh_background(reference)
-    matched = fftconvolve(reference - bkg_r, kernel.astype(np.float32), mode="same")
-    difference = (science - bkg_s) - matched
-    difference = (difference - mesh_background(difference.astype(np.float32))).astype(np.float32)
-    diff_sigma = math.sqrt(sky_sigma**2 + kernel_power * (ref_sky / gain + (rn / gain) ** 2) / depth**2)
+    # the telescope's noise and the subtraction exactly as the synthetic survey's
+    science, reference = observe(model_s, model_r, var_r, gain, rn, rng)
+    difference = difference_image(science, reference, kernel)
+    diff_sigma = difference_sigma(sky_sigma, kernel_power, ref_sky, gain, rn, depth)
 
-    wcs = _make_wcs(size, float(rng.uniform(0, 360)), float(rng.uniform(-60, 60)), 0.4, 0.0)
+    wcs = make_wcs(size, float(rng.uniform(0, 360)), float(rng.uniform(-60, 60)), 0.4, 0.0)
     header = wcs.to_header()
     for key, value in (
         ("OBJECT", f"REALSKY-{seed:06d}"),

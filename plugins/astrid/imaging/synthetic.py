@@ -29,26 +29,14 @@ What is simulated
 
 Truth
 -----
-:class:`InjectedTransient` positions are 0-based numpy coordinates (``x`` column, ``y`` row) of
-the PSF centre, ``flux`` is the integrated flux in ADU in the science and difference images, and
-``snr`` is the **optimal (PSF-fit) SNR on the difference image, source noise excluded**::
-
-    snr = flux * sqrt( sum_i P_i**2 / V_i )
-
-over the transient's rendered PSF stamp ``P`` (sum 1) with ``V`` the per-pixel variance of the
-difference image at that place: science sky + host photon noise + read noise, plus the matched
-reference's variance ``sum(K**2) * V_ref``. For a flat background it is
-``flux / (sigma * sqrt(N_eff))`` with ``N_eff = 1 / sum(P**2)`` (``4 pi sigma_psf**2`` for a
-Gaussian). ``snr_local`` is the same sum with the transient's own photon noise added to ``V``
-(``flux * P / gain``; :func:`local_snr`): the **local SNR** an ideal matched filter reaches on a
-perfect subtraction, which evaluation bins on (``astrid.ml.ideal``). It is below ``snr`` by a
-few per cent at SNR 5 and by more for bright transients on faint sky. Transients lie at least ``edge_margin`` (≥ 8) px from the frame edge, at least
-``max(12, 4 FWHM)`` px from each other, and never on a saturated or bleed region (a transient
-whose host landed there is dropped, so ``len(truth)`` can be a little below ``n_transients``).
-Hosts: ``star`` transients sit exactly on a star (science SNR 8–100) and ``galaxy`` ones within
-~1 r_e of a Sérsic galaxy's nucleus; their subtraction residual (misregistration, PSF mismatch,
-flux-scale error) is *not* part of ``snr``, exactly as in real data. ``blank`` ones sit where the
-noiseless scene is below ~0.5σ.
+Each observation's transients are :class:`astrid.imaging.truth.InjectedTransient` (position,
+flux, ``snr`` and ``snr_local`` as defined there). Transients lie at least ``edge_margin`` (≥ 8)
+px from the frame edge, at least ``max(12, 4 FWHM)`` px from each other, and never on a saturated
+or bleed region (a transient whose host landed there is dropped, so ``len(truth)`` can be a
+little below ``n_transients``). Hosts: ``star`` transients sit exactly on a star (science SNR
+8–100) and ``galaxy`` ones within ~1 r_e of a Sérsic galaxy's nucleus; their subtraction
+residual (misregistration, PSF mismatch, flux-scale error) is *not* part of ``snr``, exactly as
+in real data. ``blank`` ones sit where the noiseless scene is below ~0.5σ.
 
 Speed: a 2048² observation takes about 1 s on one core (1–1.5 s for crowded fields); the cost
 is three full-frame FFT convolutions, the Poisson draw and the two background meshes.
@@ -56,11 +44,8 @@ is three full-frame FFT convolutions, the Poisson draw and the two background me
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import posixpath
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -71,57 +56,30 @@ from scipy import fft as sfft
 from scipy import ndimage
 from scipy.signal import fftconvolve
 
+from astrid.imaging.truth import HOSTS, InjectedTransient, local_snr, write_truth
 from astrid.storage import to_path
 
 __all__ = [
-    "HOSTS",
     "KNOBS",
-    "InjectedTransient",
     "SyntheticObservation",
-    "local_snr",
+    "add_stamp",
+    "difference_image",
+    "difference_sigma",
+    "inject_point",
     "make_observation",
+    "make_wcs",
+    "matching_kernel",
     "mesh_background",
-    "read_truth",
+    "moffat_stamp",
+    "observe",
+    "pixel_variances",
+    "point_stamp",
+    "training_knobs",
     "write_observation",
 ]
 
 GENERATOR_VERSION = 2  # bump whenever a seed renders differently
-HOSTS = ("blank", "star", "galaxy")
 _MPX = 1024.0 * 1024.0  # densities are per 1024×1024 px
-
-
-@dataclass(frozen=True)
-class InjectedTransient:
-    """One injected transient: 0-based pixel position (x = column, y = row), integrated flux in
-    ADU, optimal SNR on the difference image (see the module docstring), host kind, and
-    ``snr_local``: the same optimal SNR with the transient's own photon noise included
-    (:func:`local_snr`; what an ideal matched filter reaches on a perfect subtraction; ``None`` in
-    truth files written before it existed)."""
-
-    x: float
-    y: float
-    flux: float
-    snr: float
-    host: str
-    snr_local: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> InjectedTransient:
-        host = str(d["host"])
-        if host not in HOSTS:
-            raise ValueError(f"transient host {host!r} is not one of {', '.join(HOSTS)}")
-        local = d.get("snr_local")
-        return cls(
-            x=float(d["x"]),
-            y=float(d["y"]),
-            flux=float(d["flux"]),
-            snr=float(d["snr"]),
-            host=host,
-            snr_local=None if local is None else float(local),
-        )
 
 
 @dataclass
@@ -255,6 +213,30 @@ def _draw_knobs(rng: np.random.Generator, size: int) -> dict[str, Any]:
     return d
 
 
+def training_knobs(rng: np.random.Generator, size: int) -> dict[str, Any]:
+    """Knob overrides for one training frame: extra variation on top of the generator's own
+    per-seed draws (wider than the survey defaults: more crowded fields, larger misregistration
+    and PSF mismatch, more cosmic rays, trails and faders, more and fainter transients), so a
+    model does not learn one generator's exact settings. Each override applies to a random subset
+    of frames (an absent knob keeps the generator's default), so the survey-default distribution
+    is still well represented. Used by ``astrid.ml.train`` and by ``astrid evaluate --varied``.
+    """
+    area = size * size / _MPX
+    k: dict[str, Any] = {
+        "n_transients": int(max(3, round(rng.uniform(30, 110) * area))),  # more positives per frame
+        "snr_range": (2.0, 60.0) if rng.random() < 0.3 else None,  # some sub-threshold examples
+        "crowded": True if rng.random() < 0.25 else None,
+        "misregistration": float(rng.uniform(0.2, 0.6)) if rng.random() < 0.25 else None,
+        "psf_mismatch": float(rng.uniform(0.04, 0.10)) if rng.random() < 0.25 else None,
+        "cosmic_ray_rate": float(rng.uniform(40, 120)) if rng.random() < 0.25 else None,
+        "satellite_trails": int(rng.integers(1, 3)) if rng.random() < 0.15 else None,
+        "fader_rate": float(rng.uniform(4, 12)) if rng.random() < 0.25 else None,
+        "n_bad_columns": int(rng.integers(1, 4)) if rng.random() < 0.2 else None,
+        "psf_ellipticity": float(rng.uniform(0.1, 0.25)) if rng.random() < 0.15 else None,
+    }
+    return {name: value for name, value in k.items() if value is not None}
+
+
 def _resolve_knobs(rng: np.random.Generator, size: int, given: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(given) - set(KNOBS))
     if unknown:
@@ -331,7 +313,7 @@ def _resolve_knobs(rng: np.random.Generator, size: int, given: dict[str, Any]) -
 # rendering primitives
 
 
-def _moffat_stamp(
+def moffat_stamp(
     radius: int, fwhm: float, beta: float, ell: float, angle: float, dx: float = 0.0, dy: float = 0.0
 ) -> np.ndarray:
     """Pixel-integrated (5× super-sampled) elliptical Moffat on a (2r+1)² stamp, sum 1,
@@ -382,7 +364,7 @@ def _splat(canvas: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray, o
     canvas += np.bincount(idx, weights=weights[ok], minlength=h * w).reshape(h, w).astype(canvas.dtype)
 
 
-def _point_stamp(psf: np.ndarray, x: float, y: float) -> tuple[np.ndarray, int, int]:
+def point_stamp(psf: np.ndarray, x: float, y: float) -> tuple[np.ndarray, int, int]:
     """Unit-flux point source at frame position (x, y) rendered exactly as :func:`_splat` +
     convolution would: returns (stamp, row0, col0) with the stamp's top-left frame pixel."""
     r = psf.shape[0] // 2
@@ -393,7 +375,9 @@ def _point_stamp(psf: np.ndarray, x: float, y: float) -> tuple[np.ndarray, int, 
     return stamp, iy - 2 - r, ix - 2 - r
 
 
-def _add_stamp(image: np.ndarray, stamp: np.ndarray, row0: int, col0: int, scale: float = 1.0) -> None:
+def add_stamp(image: np.ndarray, stamp: np.ndarray, row0: int, col0: int, scale: float = 1.0) -> None:
+    """Add ``scale * stamp`` to ``image`` in place with its top-left pixel at (row0, col0),
+    clipped to the image."""
     h, w = image.shape
     sh, sw = stamp.shape
     r0, c0 = max(row0, 0), max(col0, 0)
@@ -432,7 +416,7 @@ def _add_galaxy(
     total = prof.sum()
     if total <= 0 or not np.isfinite(total):
         return
-    _add_stamp(canvas, (flux / total) * prof, iy - radius, ix - radius)
+    add_stamp(canvas, (flux / total) * prof, iy - radius, ix - radius)
 
 
 def _sky(shape: tuple[int, int], level: float, gradient: float, rng: np.random.Generator) -> np.ndarray:
@@ -444,15 +428,6 @@ def _sky(shape: tuple[int, int], level: float, gradient: float, rng: np.random.G
     x = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
     frac = (gx * x + gy * y + gq[0] * x * x + gq[1] * y * y + gq[2] * x * y) * (gradient / (2 * norm))
     return (level * (1.0 + frac)).astype(np.float32)
-
-
-def local_snr(flux: float, stamp: np.ndarray, variance: np.ndarray, gain: float) -> float:
-    """Optimal (PSF-weighted) SNR of a point source of ``flux`` ADU rendered as ``stamp`` (sum 1)
-    on pixels whose variance *without* the source is ``variance`` (ADU², science sky + host +
-    read noise plus the PSF-matched reference's share): ``flux * sqrt(sum P**2 / sigma**2)``
-    with the source's own photon noise ``flux * P / gain`` added to sigma**2."""
-    v = variance + np.maximum(flux * stamp, 0.0) / gain
-    return float(flux * math.sqrt(float((stamp * stamp / v).sum())))
 
 
 def mesh_background(img: np.ndarray, box: int = 64) -> np.ndarray:
@@ -485,7 +460,7 @@ def mesh_background(img: np.ndarray, box: int = 64) -> np.ndarray:
     return (interp_matrix(h, ey) @ grid @ interp_matrix(w, ex).T).astype(np.float32)
 
 
-def _matching_kernel(target: np.ndarray, source: np.ndarray) -> np.ndarray:
+def matching_kernel(target: np.ndarray, source: np.ndarray) -> np.ndarray:
     """Regularised Fourier kernel K with K ⊗ source ≈ target (both centred stamps, same size)."""
     n = target.shape[0]
     m = sfft.next_fast_len(2 * n)
@@ -576,6 +551,98 @@ def _nebulosity(shape: tuple[int, int], peak: float, rng: np.random.Generator) -
 # the generator
 
 
+@dataclass
+class _Streams:
+    """One independent random stream per component of the simulation, so overriding one knob (or
+    turning on a realism option) never reshuffles another component's draws. The order of the
+    spawned streams is part of what a seed means: never reorder them."""
+
+    knob: np.random.Generator
+    star: np.random.Generator
+    gal: np.random.Generator
+    tr: np.random.Generator
+    noise: np.random.Generator
+    meta: np.random.Generator
+    sky: np.random.Generator
+    bleed: np.random.Generator
+    fade: np.random.Generator
+    cr: np.random.Generator
+    hot: np.random.Generator
+    col: np.random.Generator
+    trail: np.random.Generator
+    refhot: np.random.Generator
+    # realism options only (the spawned stream between refhot and host is unused)
+    host: np.random.Generator
+    spike: np.random.Generator
+    neb: np.random.Generator
+
+    @classmethod
+    def from_seed(cls, seed: int) -> _Streams:
+        streams = [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 0xA57D]).spawn(18)]
+        return cls(*streams[:14], *streams[15:18])
+
+
+@dataclass
+class _Optics:
+    """The PSFs of one observation, the subtraction's matching kernel, and the flux scales that
+    follow from the science PSF and sky (what every later stage sizes its sources by)."""
+
+    radius: int  # PSF stamps are (2 radius + 1)² px
+    psf_s: np.ndarray  # science PSF (sum 1)
+    psf_r0: np.ndarray  # reference PSF as the subtraction models it (no misregistration)
+    psf_r: np.ndarray  # reference PSF as rendered (shifted by the misregistration)
+    shift: tuple[float, float]
+    kernel: np.ndarray  # K with K ⊗ psf_r0 ≈ the (slightly wrong) science PSF model
+    kernel_power: float  # sum K²: the share of the reference's variance in the difference
+    sky_sigma: float  # science sky noise per pixel (ADU)
+    f_snr1: float  # flux with SNR 1 on flat sky (science)
+    f_sat: float  # flux whose PSF peak reaches saturation
+
+
+@dataclass
+class _Field:
+    """Field point sources (stars, later also the star hosts and bulge+disc nuclei) and galaxies,
+    intrinsic (pre-PSF), in frame coordinates; sources up to a PSF radius outside the frame are
+    included so the frame edges see their wings."""
+
+    sx: np.ndarray
+    sy: np.ndarray
+    sf: np.ndarray
+    n_stars: int
+    gx: np.ndarray
+    gy: np.ndarray
+    gflux: np.ndarray
+    gre: np.ndarray
+    gn: np.ndarray
+    gq: np.ndarray
+    gang: np.ndarray
+
+
+@dataclass
+class _Plan:
+    """The transients before rendering: host kinds, target SNRs, positions (NaN: not placed) and
+    the host objects (stars, Sérsic components) the scene must contain."""
+
+    hosts: np.ndarray
+    snr_target: np.ndarray
+    tx: np.ndarray
+    ty: np.ndarray
+    placed: np.ndarray  # (n, 2) positions taken so far (inf: none)
+    margin: int
+    spacing: float
+    host_star: list[tuple[float, float, float]] = field(default_factory=list)
+    host_gal: list[tuple[float, float, float, float, float, float, float]] = field(default_factory=list)
+
+    def free(self, x: float, y: float) -> bool:
+        """At least ``spacing`` px from every transient placed so far (their PSFs do not blend)."""
+        placed = self.placed
+        return bool(np.all((placed[:, 0] - x) ** 2 + (placed[:, 1] - y) ** 2 >= self.spacing**2))
+
+    def place(self, i: int, x: float, y: float) -> None:
+        self.tx[i], self.ty[i] = x, y
+        self.placed[i] = x, y
+
+
 def make_observation(
     seed: int,
     size: int = 2048,
@@ -614,59 +681,157 @@ def make_observation(
     host_flux_range: tuple[float, float] | None = None,
 ) -> SyntheticObservation:
     """Render one observation (``size``×``size`` px) from ``seed``. Knobs left at ``None`` are
-    drawn from the seed; see :data:`KNOBS` for their meaning and default ranges."""
+    drawn from the seed; see :data:`KNOBS` for their meaning and default ranges.
+
+    The stages, in order: PSFs and matching kernel (:func:`_optics`), field stars and galaxies
+    (:func:`_field_sources`), transient hosts (:func:`_plan_transients`), the noiseless scene
+    (:func:`_render_scene`, :func:`_skies`), saturation (:func:`_saturation`), blank-sky
+    positions (:func:`_place_blank`), injection (:func:`inject_point`), faders, noise
+    (:func:`observe`), detector artifacts, the difference (:func:`difference_image`), header."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 64 <= size <= 16384:
         raise ValueError(f"size must be an int between 64 and 16384, got {size!r}")
     size = int(size)
     given = {k: v for k, v in locals().items() if k in KNOBS}
-    # one independent stream per component: overriding one knob never reshuffles another's draws
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 0xA57D]).spawn(18)]
-    knob_rng, star_rng, gal_rng, tr_rng, noise_rng, meta_rng, sky_rng = streams[:7]
-    bleed_rng, fade_rng, cr_rng, hot_rng, col_rng, trail_rng, refhot_rng = streams[7:14]
-    host_rng, spike_rng, neb_rng = streams[15:18]  # realism options only (streams[14] unused)
-    k = _resolve_knobs(knob_rng, size, given)
-    area = size * size / _MPX
-    shape = (size, size)
-
+    rng = _Streams.from_seed(seed)
+    k = _resolve_knobs(rng.knob, size, given)
     gain, rn, sat = k["gain"], k["read_noise"], k["saturate"]
+
+    optics = _optics(k, rng.meta)
+    field_ = _field_sources(k, size, optics, rng.star, rng.gal)
+    plan = _plan_transients(k, size, optics, rng.tr, rng.host)
+    scene_s, scene_r = _render_scene(k, size, optics, field_, plan, rng)
+    sky_s, sky_r, ref_sky_level = _skies(k, (size, size), rng.sky)
+    model_s = sky_s + scene_s
+    model_r = sky_r + scene_r
+    satmask, avoid = _saturation(model_s, sat, k["seeing_fwhm"], rng.bleed)
+    _place_blank(plan, scene_s, avoid, 0.5 * optics.sky_sigma, size, rng.tr)
+
+    var_s, var_r = pixel_variances(model_s, model_r, gain, rn, k["reference_depth"])
+    truth: list[InjectedTransient] = []
+    for i in range(len(plan.hosts)):
+        x, y = plan.tx[i], plan.ty[i]
+        if not np.isfinite(x) or avoid[round(y), round(x)]:
+            continue  # not placed, or its host saturated: no honest label is possible there
+        truth.append(
+            inject_point(
+                model_s,
+                optics.psf_s,
+                x,
+                y,
+                plan.snr_target[i],
+                str(plan.hosts[i]),
+                var_s,
+                var_r,
+                optics.kernel_power,
+                gain,
+            )
+        )
+    n_faders = _add_faders(k, size, model_s, field_, optics, rng.fade)
+
+    science, reference = observe(model_s, model_r, var_r, gain, rn, rng.noise)
+    n_cr, n_hot = _science_artifacts(science, k, optics.sky_sigma, rng)
+    science[satmask] = sat
+    np.minimum(science, np.float32(sat), out=science)
+    _reference_artifacts(reference, k, optics.sky_sigma, rng.refhot)
+    np.minimum(reference, np.float32(sat), out=reference)
+
+    difference = difference_image(science, reference, optics.kernel, 1.0 + k["flux_scale_error"])
+    diff_sigma = difference_sigma(
+        optics.sky_sigma, optics.kernel_power, ref_sky_level, gain, rn, k["reference_depth"]
+    )
+    header, wcs = _header(seed, size, k, optics, diff_sigma, len(truth), rng.meta)
+
+    params = {
+        key: (list(v) if isinstance(v, tuple) else v) for key, v in k.items() if not key.startswith("_")
+    }
+    params.update(
+        seed=int(seed),
+        size=size,
+        shift=list(optics.shift),
+        sky_sigma=optics.sky_sigma,
+        diff_sigma=diff_sigma,
+        reference_sky=ref_sky_level,
+        reference_sigma=math.sqrt(ref_sky_level / gain + (rn / gain) ** 2) / k["reference_depth"],
+        kernel_power=optics.kernel_power,
+        n_stars=int(field_.n_stars + len(plan.host_star)),
+        n_galaxies=int(len(field_.gx) + len(plan.host_gal)),
+        n_cosmic_rays=int(n_cr),
+        n_hot_pixels=int(n_hot),
+        n_faders=n_faders,
+        n_saturated_pixels=int(satmask.sum()),
+    )
+    return SyntheticObservation(
+        science=science,
+        reference=reference.astype(np.float32),
+        difference=difference,
+        header=header,
+        truth=truth,
+        wcs=wcs,
+        psf=optics.psf_s.astype(np.float32),
+        params=params,
+        reference_psf=optics.psf_r0.astype(np.float32),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the stages of make_observation (each draws only from its own streams, in a fixed order)
+
+
+def _optics(k: dict[str, Any], rng: np.random.Generator) -> _Optics:
+    """PSF stage: the science PSF, the sharper reference PSF rendered with the misregistration,
+    and the matching kernel the subtraction fits to a slightly *wrong* science PSF model
+    (``psf_mismatch``) and to the reference PSF *without* the misregistration, so the difference
+    keeps the residuals real subtractions keep."""
+    gain, rn = k["gain"], k["read_noise"]
     fwhm_s, fwhm_r = k["seeing_fwhm"], k["reference_fwhm"]
     radius = math.ceil(max(4.5 * fwhm_s, 10.0))
-    pad = radius + 3
-    ang = meta_rng.uniform(0, 2 * np.pi)
+    ang = rng.uniform(0, 2 * np.pi)
     shift = (k["misregistration"] * math.cos(ang), k["misregistration"] * math.sin(ang))
-    psf_s = _moffat_stamp(radius, fwhm_s, k["psf_beta"], k["psf_ellipticity"], k["_psf_angle"])
-    psf_r0 = _moffat_stamp(
+    psf_s = moffat_stamp(radius, fwhm_s, k["psf_beta"], k["psf_ellipticity"], k["_psf_angle"])
+    psf_r0 = moffat_stamp(
         radius, fwhm_r, k["reference_beta"], k["_reference_ellipticity"], k["_reference_angle"]
     )
-    psf_r = _moffat_stamp(
+    psf_r = moffat_stamp(
         radius, fwhm_r, k["reference_beta"], k["_reference_ellipticity"], k["_reference_angle"], *shift
     )
-    # the subtraction's model of the science PSF is slightly wrong (psf_mismatch)
-    e = meta_rng.normal(size=3)
-    psf_model = _moffat_stamp(
+    e = rng.normal(size=3)
+    psf_model = moffat_stamp(
         radius,
         fwhm_s * (1.0 + k["psf_mismatch"] * e[0]),
         float(np.clip(k["psf_beta"] * (1.0 + 2.0 * k["psf_mismatch"] * e[1]), 1.6, 10.0)),
         float(np.clip(k["psf_ellipticity"] + 0.5 * k["psf_mismatch"] * e[2], 0.0, 0.5)),
         k["_psf_angle"],
     )
-    kernel = _matching_kernel(psf_model, psf_r0)
-    kernel_power = float((kernel**2).sum())
-
-    # noise scales
+    kernel = matching_kernel(psf_model, psf_r0)
     sky_sigma = math.sqrt(k["sky_level"] / gain + (rn / gain) ** 2)
     n_eff = 1.0 / float((psf_s**2).sum())
-    f_snr1 = sky_sigma * math.sqrt(n_eff)  # flux with SNR 1 on flat sky (science)
-    f_sat = sat / float(psf_s.max())  # flux whose peak reaches saturation
+    return _Optics(
+        radius=radius,
+        psf_s=psf_s,
+        psf_r0=psf_r0,
+        psf_r=psf_r,
+        shift=shift,
+        kernel=kernel,
+        kernel_power=float((kernel**2).sum()),
+        sky_sigma=sky_sigma,
+        f_snr1=sky_sigma * math.sqrt(n_eff),
+        f_sat=k["saturate"] / float(psf_s.max()),
+    )
 
-    # ---- field stars and galaxies (intrinsic, pre-PSF) -------------------------------------
-    canvas = np.zeros((size + 2 * pad, size + 2 * pad), dtype=np.float32)
+
+def _field_sources(
+    k: dict[str, Any], size: int, optics: _Optics, star_rng: np.random.Generator, gal_rng: np.random.Generator
+) -> _Field:
+    """Scene stage 1: field stars and galaxies, intrinsic (pre-PSF). Stars follow a power law
+    from half the SNR-1 flux up to far past saturation, up to 6000 per 1024² px, plus (crowded
+    fields) a faint population down to the confusion limit, so crowding does not mean a sky of
+    saturated stars. Galaxies are extragalactic: their density does not follow the (crowded)
+    star density."""
+    radius, f_sat = optics.radius, optics.f_sat
     ext = size + 2 * radius
-    # a power-law population of up to 6000 stars per 1024² px, plus (crowded fields) a faint
-    # population down to the confusion limit, so crowding does not mean a sky of saturated stars
-    f_min = 0.5 * f_snr1
+    f_min = 0.5 * optics.f_snr1
     n_stars = star_rng.poisson(min(k["star_density"], 6000.0) * ext * ext / _MPX)
     n_faint = star_rng.poisson(max(0.0, k["star_density"] - 6000.0) * ext * ext / _MPX)
     sx = star_rng.uniform(-radius, size + radius, n_stars + n_faint)
@@ -674,9 +839,7 @@ def make_observation(
     sf = f_min * (1.0 - star_rng.random(n_stars + n_faint)) ** (-1.0 / k["lf_slope"])
     sf[n_stars:] = f_min * np.exp(star_rng.uniform(0.0, np.log(60.0), n_faint))
     sf = np.minimum(sf, 30.0 * f_sat)
-    n_stars += n_faint
     gf = k["galaxy_fraction"]
-    # galaxies are extragalactic: their density does not follow the (crowded) star density
     n_gal = (
         gal_rng.poisson(min(k["star_density"], 6000.0) * gf / (1.0 - gf) * ext * ext / _MPX) if gf > 0 else 0
     )
@@ -688,10 +851,19 @@ def make_observation(
     gn = gal_rng.choice(np.array([1.0, 4.0, 0.5, 2.0, 3.0]), n_gal, p=[0.45, 0.2, 0.1, 0.15, 0.1])
     gq = gal_rng.uniform(0.25, 1.0, n_gal)
     gang = gal_rng.uniform(0, np.pi, n_gal)
+    return _Field(sx, sy, sf, n_stars + n_faint, gx, gy, gflux, gre, gn, gq, gang)
 
-    # ---- transients: hosts are decided (and host objects created) before rendering --------
-    margin = max(8, k["edge_margin"])
-    spacing = max(12.0, 4.0 * fwhm_s)
+
+def _plan_transients(
+    k: dict[str, Any], size: int, optics: _Optics, tr_rng: np.random.Generator, host_rng: np.random.Generator
+) -> _Plan:
+    """Scene stage 2: each transient's host kind and target SNR, and for hosted ones a position
+    and the host object itself, decided *before* rendering so hosts are part of the scene both
+    images see. Star hosts have science SNR 8-100 (visible in the reference, with a subtraction
+    residual near the noise); galaxy hosts are Sérsic (or bulge+disc) with the transient nuclear
+    for 20 %, else within ~1 r_e. Blank-sky positions need the rendered scene
+    (:func:`_place_blank`)."""
+    f_snr1, f_sat = optics.f_snr1, optics.f_sat
     n_tr = k["n_transients"]
     hosts = tr_rng.choice(np.array(HOSTS), n_tr, p=np.asarray(k["host_fractions"]))
     lo, hi = k["snr_range"]
@@ -702,30 +874,29 @@ def make_observation(
         tr_rng.uniform(core_lo, max(core_lo, core_hi), n_tr),
         np.exp(tr_rng.uniform(np.log(lo), np.log(hi), n_tr)),
     )
-    tx = np.full(n_tr, np.nan)
-    ty = np.full(n_tr, np.nan)
-    placed = np.full((n_tr, 2), np.inf)  # positions taken so far (inf: none)
-
-    def free(x: float, y: float) -> bool:
-        return bool(np.all((placed[:, 0] - x) ** 2 + (placed[:, 1] - y) ** 2 >= spacing**2))
-
-    host_star: list[tuple[float, float, float]] = []
-    host_gal: list[tuple[float, float, float, float, float, float, float]] = []
+    plan = _Plan(
+        hosts=hosts,
+        snr_target=snr_target,
+        tx=np.full(n_tr, np.nan),
+        ty=np.full(n_tr, np.nan),
+        placed=np.full((n_tr, 2), np.inf),
+        margin=max(8, k["edge_margin"]),
+        spacing=max(12.0, 4.0 * k["seeing_fwhm"]),
+    )
+    margin = plan.margin
     for i, host in enumerate(hosts):
         if host == "blank":
             continue
         for _ in range(100):
             x = tr_rng.uniform(margin, size - 1 - margin)
             y = tr_rng.uniform(margin, size - 1 - margin)
-            if free(x, y):
+            if plan.free(x, y):
                 break
         else:
             continue
         if host == "star":
-            # host SNR 8-100 in the science: visible in the reference, and its subtraction
-            # residual (flux-scale error, mismatch) stays near the noise
             hf = min(f_snr1 * math.exp(tr_rng.uniform(math.log(8), math.log(100))), 0.3 * f_sat)
-            host_star.append((x, y, hf))
+            plan.host_star.append((x, y, hf))
         else:
             re = math.exp(tr_rng.uniform(math.log(1.5), math.log(7.0)))
             n = float(tr_rng.choice([1.0, 1.0, 4.0, 2.0, 0.7]))
@@ -733,52 +904,88 @@ def make_observation(
             a = tr_rng.uniform(0, np.pi)
             hlo, hhi = k["host_flux_range"]
             hf = min(f_snr1 * math.exp(tr_rng.uniform(math.log(hlo), math.log(hhi))), 0.5 * f_sat)
-            # transient offset from the nucleus: nuclear for 20%, else within ~1 r_e
             off = 0.0 if tr_rng.random() < 0.2 else re * min(1.0, abs(tr_rng.normal(0, 0.5)))
             phi = tr_rng.uniform(0, 2 * np.pi)
             gxc, gyc = x - off * math.cos(phi), y - off * math.sin(phi)
             if k["host_profile"] == "bulge_disc":
                 comps, nucleus, (dx, dy) = _bulge_disc_host(host_rng, hf, q, a)
                 gxc, gyc = x - dx, y - dy
-                host_gal.extend((gxc, gyc, f, r_e, n_c, q_c, a) for f, r_e, n_c, q_c in comps)
+                plan.host_gal.extend((gxc, gyc, f, r_e, n_c, q_c, a) for f, r_e, n_c, q_c in comps)
                 if nucleus > 0:
-                    host_star.append((gxc, gyc, nucleus))
+                    plan.host_star.append((gxc, gyc, nucleus))
             else:
-                host_gal.append((gxc, gyc, hf, re, n, q, a))
-        tx[i], ty[i] = x, y
-        placed[i] = x, y
+                plan.host_gal.append((gxc, gyc, hf, re, n, q, a))
+        plan.place(i, x, y)
+    return plan
 
-    if host_star:
-        hs = np.array(host_star)
-        sx, sy, sf = np.r_[sx, hs[:, 0]], np.r_[sy, hs[:, 1]], np.r_[sf, hs[:, 2]]
+
+def _render_scene(
+    k: dict[str, Any], size: int, optics: _Optics, field_: _Field, plan: _Plan, rng: _Streams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scene stage 3: the noiseless science and reference scenes (no sky). Every point source
+    (field stars, star hosts, nuclei; the star hosts are appended to ``field_``) and every galaxy
+    goes onto one intrinsic canvas, convolved once with each image's PSF, so transients, stars
+    and hosts share exactly one PSF per image. Then the realism options (their own streams
+    ``rng.spike`` and ``rng.neb``): diffraction spikes and nebulosity (the same in both images)."""
+    radius = optics.radius
+    pad = radius + 3
+    canvas = np.zeros((size + 2 * pad, size + 2 * pad), dtype=np.float32)
+    if plan.host_star:
+        hs = np.array(plan.host_star)
+        field_.sx = np.r_[field_.sx, hs[:, 0]]
+        field_.sy = np.r_[field_.sy, hs[:, 1]]
+        field_.sf = np.r_[field_.sf, hs[:, 2]]
+    sx, sy, sf, gflux = field_.sx, field_.sy, field_.sf, field_.gflux
     # faint galaxies are below the noise per pixel: render them as points (much cheaper)
-    point = gflux < 5.0 * f_snr1
-    _splat(canvas, np.r_[sx, gx[point]], np.r_[sy, gy[point]], np.r_[sf, gflux[point]], pad)
+    point = gflux < 5.0 * optics.f_snr1
+    _splat(canvas, np.r_[sx, field_.gx[point]], np.r_[sy, field_.gy[point]], np.r_[sf, gflux[point]], pad)
     for j in np.nonzero(~point)[0]:
-        _add_galaxy(canvas, gx[j], gy[j], gflux[j], gre[j], gn[j], gq[j], gang[j], pad)
-    for gxc, gyc, hf, re, n, q, a in host_gal:
+        _add_galaxy(
+            canvas,
+            field_.gx[j],
+            field_.gy[j],
+            gflux[j],
+            field_.gre[j],
+            field_.gn[j],
+            field_.gq[j],
+            field_.gang[j],
+            pad,
+        )
+    for gxc, gyc, hf, re, n, q, a in plan.host_gal:
         _add_galaxy(canvas, gxc, gyc, hf, re, n, q, a, pad)
-
     crop = (slice(pad, pad + size), slice(pad, pad + size))
-    scene_s = _conv_same(canvas, psf_s)[crop]
-    scene_r = _conv_same(canvas, psf_r)[crop]
+    scene_s = _conv_same(canvas, optics.psf_s)[crop]
+    scene_r = _conv_same(canvas, optics.psf_r)[crop]
     del canvas
     np.maximum(scene_s, 0.0, out=scene_s)
     np.maximum(scene_r, 0.0, out=scene_r)
     if k["diffraction_spikes"]:
-        _add_spikes(scene_s, scene_r, sx, sy, sf, 0.2 * f_sat, fwhm_s, spike_rng)
+        _add_spikes(scene_s, scene_r, sx, sy, sf, 0.2 * optics.f_sat, k["seeing_fwhm"], rng.spike)
     if k["nebulosity"] > 0:
-        neb = _nebulosity(shape, k["nebulosity"] * sky_sigma, neb_rng)
+        neb = _nebulosity((size, size), k["nebulosity"] * optics.sky_sigma, rng.neb)
         scene_s += neb
         scene_r += neb
-        del neb
-    sky_s = _sky(shape, k["sky_level"], k["sky_gradient"], sky_rng)
-    ref_sky_level = k["sky_level"] * float(sky_rng.uniform(0.5, 1.5))
-    sky_r = _sky(shape, ref_sky_level, float(sky_rng.uniform(0, 0.1)), sky_rng)
-    model_s = sky_s + scene_s
-    model_r = sky_r + scene_r
+    return scene_s, scene_r
 
-    # ---- saturation + bleed trails (science, noiseless) -----------------------------------
+
+def _skies(
+    k: dict[str, Any], shape: tuple[int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Scene stage 4: each image's own sky (linear + quadratic gradient); the reference's level
+    is 0.5-1.5× the science's (another night). Returns (science sky, reference sky, its level)."""
+    sky_s = _sky(shape, k["sky_level"], k["sky_gradient"], rng)
+    ref_sky_level = k["sky_level"] * float(rng.uniform(0.5, 1.5))
+    sky_r = _sky(shape, ref_sky_level, float(rng.uniform(0, 0.1)), rng)
+    return sky_s, sky_r, ref_sky_level
+
+
+def _saturation(
+    model_s: np.ndarray, sat: float, fwhm: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Saturated pixels of the noiseless science plus vertical bleed trails (the charge above
+    saturation, split up and down the column), and the region transients must avoid (no honest
+    label is possible there). Returns (saturation mask, avoid mask)."""
+    size = model_s.shape[1]
     satmask = model_s >= sat
     if satmask.any():
         labels, _ = ndimage.label(satmask)
@@ -789,27 +996,31 @@ def make_observation(
             if length <= 0:
                 continue
             sub = np.where(comp, model_s[sl], -np.inf)
-            r_pk, c_pk = np.unravel_index(int(np.argmax(sub)), sub.shape)
+            _, c_pk = np.unravel_index(int(np.argmax(sub)), sub.shape)
             col = sl[1].start + c_pk
             rows = np.nonzero(comp[:, c_pk])[0] + sl[0].start
-            up = round(length * bleed_rng.uniform(0.35, 0.65))
+            up = round(length * rng.uniform(0.35, 0.65))
             down = length - up
             width = 1 + (length > 150) + (length > 600)
             c0, c1 = max(0, col - width // 2), min(size, col - width // 2 + width)
             satmask[max(0, rows.min() - up) : rows.min(), c0:c1] = True
             satmask[rows.max() + 1 : min(size, rows.max() + 1 + down), c0:c1] = True
-    avoid = (
-        ndimage.binary_dilation(satmask, iterations=math.ceil(2 * fwhm_s) + 2) if satmask.any() else satmask
-    )
+    avoid = ndimage.binary_dilation(satmask, iterations=math.ceil(2 * fwhm) + 2) if satmask.any() else satmask
+    return satmask, avoid
 
-    # ---- blank-sky transients: positions where the scene is below ~0.5σ ------------------
-    thresh = 0.5 * sky_sigma
-    for i in np.nonzero(hosts == "blank")[0]:
+
+def _place_blank(
+    plan: _Plan, scene_s: np.ndarray, avoid: np.ndarray, thresh: float, size: int, rng: np.random.Generator
+) -> None:
+    """Injection stage 1: positions of the ``blank`` transients, where the noiseless scene is
+    below ``thresh`` (~0.5σ of sky), or the faintest of 200 tries in a crowded field."""
+    margin = plan.margin
+    for i in np.nonzero(plan.hosts == "blank")[0]:
         best, best_val = None, np.inf
         for _ in range(200):
-            x = tr_rng.uniform(margin, size - 1 - margin)
-            y = tr_rng.uniform(margin, size - 1 - margin)
-            if not free(x, y):
+            x = rng.uniform(margin, size - 1 - margin)
+            y = rng.uniform(margin, size - 1 - margin)
+            if not plan.free(x, y):
                 continue
             r, c = round(y), round(x)
             if avoid[r, c]:
@@ -821,61 +1032,113 @@ def make_observation(
                 break
         if best is None:
             continue
-        tx[i], ty[i] = best
-        placed[i] = best
+        plan.place(i, *best)
 
-    # ---- render transients (science only), flux from the target SNR -----------------------
-    var_s_model = model_s / gain + (rn / gain) ** 2
-    var_r_model = (model_r / gain + (rn / gain) ** 2) / k["reference_depth"] ** 2
-    truth: list[InjectedTransient] = []
-    for i in range(n_tr):
-        x, y = tx[i], ty[i]
-        if not np.isfinite(x):
-            continue
-        r, c = round(y), round(x)
-        if avoid[r, c]:
-            continue  # its host saturated: no honest label is possible there
-        stamp, row0, col0 = _point_stamp(psf_s, x, y)
-        h, w = stamp.shape
-        r0, c0 = max(row0, 0), max(col0, 0)
-        r1, c1 = min(row0 + h, size), min(col0 + w, size)
-        p = stamp[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0]
-        v = var_s_model[r0:r1, c0:c1] + kernel_power * var_r_model[r0:r1, c0:c1]
-        weight = math.sqrt(float((p * p / v).sum()))
-        flux = float(snr_target[i]) / weight
-        _add_stamp(model_s, stamp, row0, col0, flux)
-        truth.append(
-            InjectedTransient(
-                x=float(x),
-                y=float(y),
-                flux=flux,
-                snr=float(snr_target[i]),
-                host=str(hosts[i]),
-                snr_local=local_snr(flux, p, v, gain),
-            )
-        )
 
-    # ---- faders: stars fainter now than in the reference (negative PSFs in the difference) --
-    n_fade = fade_rng.poisson(k["fader_rate"] * area)
-    bright = np.nonzero(
-        (sf > 20 * f_snr1) & (sf < 0.5 * f_sat) & (sx > 0) & (sx < size - 1) & (sy > 0) & (sy < size - 1)
-    )[0]
-    faders = fade_rng.choice(bright, min(n_fade, len(bright)), replace=False) if len(bright) else []
-    for j in faders:
-        stamp, row0, col0 = _point_stamp(psf_s, sx[j], sy[j])
-        _add_stamp(model_s, stamp, row0, col0, -sf[j] * fade_rng.uniform(0.1, 0.6))
-    np.maximum(model_s, 0.0, out=model_s)
+def pixel_variances(
+    model_s: np.ndarray, model_r: np.ndarray, gain: float, read_noise: float, depth: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel variance (ADU²) of the science (photon + read noise of the noiseless model) and
+    of the reference (the same, ``depth`` times deeper): what the truth's SNRs are measured
+    against and what :func:`observe` draws the reference noise from."""
+    var_s = model_s / gain + (read_noise / gain) ** 2
+    var_r = (model_r / gain + (read_noise / gain) ** 2) / depth**2
+    return var_s, var_r
 
-    # ---- noise ------------------------------------------------------------------------------
-    electrons = noise_rng.poisson(model_s.astype(np.float64) * gain)
-    science = (electrons / gain).astype(np.float32)
-    science += noise_rng.standard_normal(shape, dtype=np.float32) * np.float32(rn / gain)
-    del electrons
-    reference = model_r + noise_rng.standard_normal(shape, dtype=np.float32) * np.sqrt(var_r_model).astype(
-        np.float32
+
+def inject_point(
+    model_s: np.ndarray,
+    psf: np.ndarray,
+    x: float,
+    y: float,
+    snr: float,
+    host: str,
+    var_s: np.ndarray,
+    var_r: np.ndarray,
+    kernel_power: float,
+    gain: float,
+) -> InjectedTransient:
+    """Injection: add a transient at (x, y) to the noiseless science ``model_s`` (in place) with
+    the flux that gives it optimal SNR ``snr`` on the difference image (science variance plus
+    the matched reference's share ``kernel_power * var_r``, source noise excluded), and return
+    its truth (:mod:`astrid.imaging.truth`), ``snr_local`` included."""
+    stamp, row0, col0 = point_stamp(psf, x, y)
+    h, w = stamp.shape
+    r0, c0 = max(row0, 0), max(col0, 0)
+    r1, c1 = min(row0 + h, model_s.shape[0]), min(col0 + w, model_s.shape[1])
+    p = stamp[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0]
+    v = var_s[r0:r1, c0:c1] + kernel_power * var_r[r0:r1, c0:c1]
+    flux = float(snr) / math.sqrt(float((p * p / v).sum()))
+    add_stamp(model_s, stamp, row0, col0, flux)
+    return InjectedTransient(
+        x=float(x), y=float(y), flux=flux, snr=float(snr), host=host, snr_local=local_snr(flux, p, v, gain)
     )
 
-    # ---- artifacts (science) ----------------------------------------------------------------
+
+def _add_faders(
+    k: dict[str, Any],
+    size: int,
+    model_s: np.ndarray,
+    field_: _Field,
+    optics: _Optics,
+    rng: np.random.Generator,
+) -> int:
+    """A few bright stars fainter now than in the reference: negative PSFs in the difference, the
+    commonest real variable-star false positive. Returns how many."""
+    sx, sy, sf = field_.sx, field_.sy, field_.sf
+    n_fade = rng.poisson(k["fader_rate"] * size * size / _MPX)
+    bright = np.nonzero(
+        (sf > 20 * optics.f_snr1)
+        & (sf < 0.5 * optics.f_sat)
+        & (sx > 0)
+        & (sx < size - 1)
+        & (sy > 0)
+        & (sy < size - 1)
+    )[0]
+    faders = rng.choice(bright, min(n_fade, len(bright)), replace=False) if len(bright) else []
+    for j in faders:
+        stamp, row0, col0 = point_stamp(optics.psf_s, sx[j], sy[j])
+        add_stamp(model_s, stamp, row0, col0, -sf[j] * rng.uniform(0.1, 0.6))
+    return len(faders)
+
+
+def observe(
+    model_s: np.ndarray,
+    model_r: np.ndarray,
+    var_r: np.ndarray,
+    gain: float,
+    read_noise: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noise stage: the science is a Poisson draw of the noiseless model in electrons (via the
+    gain) plus Gaussian read noise; the reference (a deep coadd) Gaussian with variance ``var_r``
+    (:func:`pixel_variances`). ``model_s`` is clipped at 0 in place first (faders can dip a
+    model below it). The Gaussian draws are made at the precision of the model images (float32
+    for the synthetic survey, float64 for the real-sky family), so each family keeps its seeds'
+    random sequence. Returns float32 (science, reference)."""
+    dt = model_s.dtype
+    np.maximum(model_s, 0.0, out=model_s)
+    electrons = rng.poisson(model_s.astype(np.float64) * gain)
+    science = (electrons / gain).astype(np.float32)
+    del electrons
+    science += (rng.standard_normal(model_s.shape, dtype=dt) * dt.type(read_noise / gain)).astype(
+        np.float32, copy=False
+    )
+    noise_r = rng.standard_normal(model_r.shape, dtype=dt) * np.sqrt(var_r).astype(dt, copy=False)
+    reference = (model_r + noise_r).astype(np.float32, copy=False)
+    return science, reference
+
+
+def _science_artifacts(
+    science: np.ndarray, k: dict[str, Any], sky_sigma: float, rng: _Streams
+) -> tuple[int, int]:
+    """Detector and sky artifacts on the science only (what a real difference image is full of
+    and a detector must learn to ignore): cosmic rays (sharp tracks), hot pixels, dead or hot
+    columns, satellite trails. Returns (cosmic rays, hot pixels)."""
+    size = science.shape[0]
+    area = size * size / _MPX
+    gain, rn = k["gain"], k["read_noise"]
+    cr_rng, hot_rng, col_rng = rng.cr, rng.hot, rng.col
     n_cr = cr_rng.poisson(k["cosmic_ray_rate"] * area)
     cr_x, cr_y, cr_v = [], [], []
     for _ in range(n_cr):
@@ -904,41 +1167,70 @@ def make_observation(
         else:  # hot / charge-trap column
             science[start:, col] += np.float32(sky_sigma * col_rng.uniform(3, 30))
     for _ in range(k["satellite_trails"]):
-        _add_trail(science, trail_rng, sky_sigma, fwhm_s)
-    science[satmask] = sat
-    np.minimum(science, np.float32(sat), out=science)
+        _add_trail(science, rng.trail, sky_sigma, k["seeing_fwhm"])
+    return n_cr, n_hot
 
-    # ---- artifacts (reference): a few hot pixels, clipped at the same saturation -----------
-    n_hot_r = refhot_rng.poisson(0.1 * k["hot_pixel_rate"] * area)
-    rr = refhot_rng.integers(0, size, n_hot_r)
-    rc = refhot_rng.integers(0, size, n_hot_r)
+
+def _reference_artifacts(
+    reference: np.ndarray, k: dict[str, Any], sky_sigma: float, rng: np.random.Generator
+) -> None:
+    """A few hot pixels of the reference's own (a coadd rejects most): they become negative
+    spikes in the difference."""
+    size = reference.shape[0]
+    n_hot_r = rng.poisson(0.1 * k["hot_pixel_rate"] * size * size / _MPX)
+    rr = rng.integers(0, size, n_hot_r)
+    rc = rng.integers(0, size, n_hot_r)
     reference[rr, rc] += (
-        sky_sigma / k["reference_depth"] * np.exp(refhot_rng.uniform(np.log(5), np.log(500), n_hot_r))
+        sky_sigma / k["reference_depth"] * np.exp(rng.uniform(np.log(5), np.log(500), n_hot_r))
     ).astype(np.float32)
-    np.minimum(reference, np.float32(sat), out=reference)
 
-    # ---- difference ------------------------------------------------------------------------
+
+def difference_image(
+    science: np.ndarray, reference: np.ndarray, kernel: np.ndarray, flux_scale: float = 1.0
+) -> np.ndarray:
+    """Subtraction stage: ``(science - bkg) - flux_scale * K ⊗ (reference - bkg)`` with 64-px mesh
+    backgrounds (as SExtractor does), then the difference's own mesh background removed (as
+    kernel fits do: crowding biases the two mesh medians differently). float32."""
     bkg_s = mesh_background(science)
     bkg_r = mesh_background(reference)
     matched = fftconvolve(reference - bkg_r, kernel.astype(np.float32), mode="same")
-    difference = (science - bkg_s) - np.float32(1.0 + k["flux_scale_error"]) * matched
-    # differential background (as kernel fits do): crowding biases the two mesh medians differently
+    difference = (science - bkg_s) - np.float32(flux_scale) * matched
     difference -= mesh_background(difference)
-    difference = difference.astype(np.float32)
-    diff_sigma = math.sqrt(
-        sky_sigma**2 + kernel_power * (ref_sky_level / gain + (rn / gain) ** 2) / k["reference_depth"] ** 2
+    return difference.astype(np.float32)
+
+
+def difference_sigma(
+    sky_sigma: float, kernel_power: float, reference_sky: float, gain: float, read_noise: float, depth: float
+) -> float:
+    """The typical per-pixel noise of the difference on blank sky: the science's sky noise plus
+    the matched reference's (``kernel_power`` = sum K² times its variance)."""
+    return math.sqrt(
+        sky_sigma**2 + kernel_power * (reference_sky / gain + (read_noise / gain) ** 2) / depth**2
     )
 
-    # ---- header + WCS ------------------------------------------------------------------------
-    ra = float(meta_rng.uniform(0, 360))
-    dec = float(np.degrees(np.arcsin(meta_rng.uniform(-0.95, 0.95))))
-    rot = float(meta_rng.uniform(-np.pi, np.pi))
-    mjd = float(meta_rng.uniform(58000, 61500))
-    exptime = float(meta_rng.choice([30.0, 60.0, 90.0, 120.0, 180.0, 300.0]))
-    band = str(meta_rng.choice(["g", "r", "i", "z"]))
-    zp = float(meta_rng.uniform(26.0, 29.0))
-    airmass = float(1.0 / max(0.3, meta_rng.uniform(0.5, 1.0)))
-    wcs = _make_wcs(size, ra, dec, k["pixscale"], rot)
+
+def _header(
+    seed: int,
+    size: int,
+    k: dict[str, Any],
+    optics: _Optics,
+    diff_sigma: float,
+    n_truth: int,
+    rng: np.random.Generator,
+) -> tuple[fits.Header, WCS]:
+    """A plausible survey header and TAN WCS: pointing, time, exposure, band, zero point and
+    airmass drawn from ``rng``; the noise, PSF and seed cards read by the pipeline and tests."""
+    gain, rn, sat = k["gain"], k["read_noise"], k["saturate"]
+    fwhm_s, fwhm_r = k["seeing_fwhm"], k["reference_fwhm"]
+    ra = float(rng.uniform(0, 360))
+    dec = float(np.degrees(np.arcsin(rng.uniform(-0.95, 0.95))))
+    rot = float(rng.uniform(-np.pi, np.pi))
+    mjd = float(rng.uniform(58000, 61500))
+    exptime = float(rng.choice([30.0, 60.0, 90.0, 120.0, 180.0, 300.0]))
+    band = str(rng.choice(["g", "r", "i", "z"]))
+    zp = float(rng.uniform(26.0, 29.0))
+    airmass = float(1.0 / max(0.3, rng.uniform(0.5, 1.0)))
+    wcs = make_wcs(size, ra, dec, k["pixscale"], rot)
     header = wcs.to_header()
     header["MJD-OBS"] = (round(mjd, 6), "[d] start of the exposure (MJD)")
     header["DATE-OBS"] = (Time(mjd, format="mjd", scale="utc").isot, "start of the exposure (UTC)")
@@ -960,46 +1252,16 @@ def make_observation(
         ("PSFBETA", round(k["psf_beta"], 4), "Moffat beta of this image's PSF"),
         ("REFFWHM", round(fwhm_r, 4), "[pix] PSF FWHM of the reference"),
         ("SKYLEVEL", round(k["sky_level"], 3), "[ADU] mean sky level"),
-        ("SKYSIG", round(sky_sigma, 4), "[ADU] sky noise per pixel"),
+        ("SKYSIG", round(optics.sky_sigma, 4), "[ADU] sky noise per pixel"),
         ("DIFFSIG", round(diff_sigma, 4), "[ADU] difference-image noise per pixel"),
         ("MAGZPT", round(zp, 4), "mag = MAGZPT - 2.5 log10(flux in ADU)"),
-        ("NTRANS", len(truth), "injected transients"),
+        ("NTRANS", n_truth, "injected transients"),
         ("SYNSEED", int(seed), "make_observation seed"),
         ("SYNVERS", GENERATOR_VERSION, "synthetic generator version"),
     ]
     for key, value, comment in cards:
         header[key] = (value, comment)
-
-    params = {
-        key: (list(v) if isinstance(v, tuple) else v) for key, v in k.items() if not key.startswith("_")
-    }
-    params.update(
-        seed=int(seed),
-        size=size,
-        shift=list(shift),
-        sky_sigma=sky_sigma,
-        diff_sigma=diff_sigma,
-        reference_sky=ref_sky_level,
-        reference_sigma=math.sqrt(ref_sky_level / gain + (rn / gain) ** 2) / k["reference_depth"],
-        kernel_power=kernel_power,
-        n_stars=int(n_stars + len(host_star)),
-        n_galaxies=int(n_gal + len(host_gal)),
-        n_cosmic_rays=int(n_cr),
-        n_hot_pixels=int(n_hot),
-        n_faders=len(faders),
-        n_saturated_pixels=int(satmask.sum()),
-    )
-    return SyntheticObservation(
-        science=science,
-        reference=reference.astype(np.float32),
-        difference=difference,
-        header=header,
-        truth=truth,
-        wcs=wcs,
-        psf=psf_s.astype(np.float32),
-        params=params,
-        reference_psf=psf_r0.astype(np.float32),
-    )
+    return header, wcs
 
 
 def _bilinear_add(image: np.ndarray, x: np.ndarray, y: np.ndarray, v: np.ndarray) -> None:
@@ -1029,7 +1291,9 @@ def _add_trail(image: np.ndarray, rng: np.random.Generator, sky_sigma: float, fw
     image[near] += (amp * np.exp(-0.5 * (dist[near] / sigma) ** 2)).astype(image.dtype)
 
 
-def _make_wcs(size: int, ra: float, dec: float, pixscale: float, rot: float) -> WCS:
+def make_wcs(size: int, ra: float, dec: float, pixscale: float, rot: float) -> WCS:
+    """A TAN WCS centred on the frame: (ra, dec) in degrees, ``pixscale`` arcsec/px, rotated by
+    ``rot`` radians, east to the left at rot 0."""
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.cunit = ["deg", "deg"]
@@ -1068,20 +1332,5 @@ def write_observation(obs: SyntheticObservation, directory: Any, name: str) -> d
     write_image(paths["science_uri"], obs.science, obs.header)
     write_image(paths["reference_uri"], obs.reference, obs.reference_header())
     write_image(paths["difference_uri"], obs.difference, obs.difference_header())
-    payload = json.dumps([t.to_dict() for t in obs.truth], indent=1).encode()
-    with paths["truth_uri"].open("wb") as f:
-        f.write(payload)
+    write_truth(obs.truth, paths["truth_uri"])
     return {key: str(p) for key, p in paths.items()}
-
-
-def read_truth(path: Any) -> list[InjectedTransient]:
-    """The transients of a ``*_truth.json`` written by :func:`write_observation` (a JSON list of
-    ``{x, y, flux, snr, host}``; a ``{"transients": [...]}`` object is accepted too)."""
-    path = to_path(path)
-    with path.open("rb") as f:
-        data = json.load(io.TextIOWrapper(f, encoding="utf-8"))
-    if isinstance(data, dict):
-        data = data.get("transients", [])
-    if not isinstance(data, list):
-        raise ValueError(f"{posixpath.basename(str(path))}: expected a JSON list of transients")
-    return [InjectedTransient.from_dict(d) for d in data]

@@ -58,6 +58,12 @@ def _fraction(value: str) -> float:
     return f
 
 
+def _command_line(subcommand: str) -> str | None:
+    """The command as typed (``astrid <args>``), recorded in the model card and markdown; ``None``
+    when ``subcommand`` was not run from the command line (then the callee writes its own)."""
+    return "astrid " + " ".join(sys.argv[1:]) if sys.argv and subcommand in sys.argv else None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``, ``evaluate`` and ``detect`` to the ``astrid`` command line."""
     _add_train(subparsers)
@@ -165,7 +171,7 @@ def _run_train(args: argparse.Namespace) -> int:
         missed_fraction=args.missed_fraction,
         bright_host_fraction=args.bright_hosts,
     )
-    command = "astrid " + " ".join(sys.argv[1:]) if sys.argv and "train" in sys.argv else None
+    command = _command_line("train")
     result = train(config, args.output, version=args.version, command=command, progress=True)
     print(f"wrote {result.weights} ({result.card.parameters} parameters) in {result.seconds:.0f} s")
     return 0
@@ -194,7 +200,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from astrid.ml.train import recalibrate
 
     model = Path(args.model) if args.model else _default_model()
-    command = "astrid " + " ".join(sys.argv[1:]) if sys.argv and "calibrate" in sys.argv else None
+    command = _command_line("calibrate")
     card = recalibrate(
         model, observations=args.observations, version=args.version, command=command, progress=True
     )
@@ -264,7 +270,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from astrid.ml.evaluate import run_evaluation
 
     model = Path(args.model) if args.model else _default_model()
-    command = "astrid " + " ".join(sys.argv[1:]) if sys.argv and "evaluate" in sys.argv else None
+    command = _command_line("evaluate")
     outcome = run_evaluation(
         model,
         seed=args.seed,

@@ -6,7 +6,7 @@ Recipe (every number is in :class:`TrainConfig` and recorded in the model card):
    with seeds ``1_000_000 + 10_000 * seed + i`` (evaluation seeds below 1,000,000 are never used
    for training). Every generator knob is drawn per seed by the generator itself (PSF shape and
    seeing, sky, gain, read noise, star density, galaxies, artifact rates, misregistration,
-   PSF mismatch, ...); on top of that :func:`training_knobs` widens some ranges beyond the survey
+   PSF mismatch, ...); on top of that :func:`astrid.imaging.synthetic.training_knobs` widens some ranges beyond the survey
    defaults (more crowded fields, larger misregistration/PSF mismatch, more cosmic rays, trails
    and faders, more transients per frame, fainter transients) so the model does not learn one
    generator's exact settings.
@@ -121,28 +121,6 @@ BRIGHT_HOST_KNOBS: dict[str, Any] = {
     "host_flux_range": (300.0, 6000.0),
     "host_fractions": (0.3, 0.1, 0.6),
 }
-
-
-def training_knobs(rng: np.random.Generator, size: int) -> dict[str, Any]:
-    """Extra variation on top of the generator's own per-seed draws (``None`` = generator default).
-
-    Each override applies to a random subset of frames, so the survey-default distribution is
-    still well represented.
-    """
-    area = size * size / (1024.0 * 1024.0)
-    k: dict[str, Any] = {
-        "n_transients": int(max(3, round(rng.uniform(30, 110) * area))),  # more positives per frame
-        "snr_range": (2.0, 60.0) if rng.random() < 0.3 else None,  # some sub-threshold examples
-        "crowded": True if rng.random() < 0.25 else None,
-        "misregistration": float(rng.uniform(0.2, 0.6)) if rng.random() < 0.25 else None,
-        "psf_mismatch": float(rng.uniform(0.04, 0.10)) if rng.random() < 0.25 else None,
-        "cosmic_ray_rate": float(rng.uniform(40, 120)) if rng.random() < 0.25 else None,
-        "satellite_trails": int(rng.integers(1, 3)) if rng.random() < 0.15 else None,
-        "fader_rate": float(rng.uniform(4, 12)) if rng.random() < 0.25 else None,
-        "n_bad_columns": int(rng.integers(1, 4)) if rng.random() < 0.2 else None,
-        "psf_ellipticity": float(rng.uniform(0.1, 0.25)) if rng.random() < 0.15 else None,
-    }
-    return {name: value for name, value in k.items() if value is not None}
 
 
 @dataclass
@@ -396,7 +374,7 @@ def generate_observations(
 ) -> Iterator[Any]:
     """The frames of ``seeds``; with ``bright_rng``, a ``bright_fraction`` of them (drawn from that
     stream only, so the other frames are unchanged) get :data:`BRIGHT_HOST_KNOBS`."""
-    from astrid.imaging.synthetic import make_observation
+    from astrid.imaging.synthetic import make_observation, training_knobs
 
     iterator: Any = seeds
     if progress:
@@ -428,7 +406,7 @@ def calibrate_threshold(
     found them, and each level's own best point for the record.
     """
     from astrid.ml.detect import extract_detections
-    from astrid.ml.evaluate import score_detections
+    from astrid.ml.scoring import score_detections
     from astrid.ml.vetting import StarResidualVetter
 
     vetting = any(level is not None for level in vetting_levels)
@@ -696,7 +674,7 @@ def train(
             "frame_size": config.size,
             "transients": n_pos,
             "extra_observations": len(extra_observations),
-            "knob_overrides": "training_knobs() in astrid/ml/train.py (per frame, on top of the generator's own draws)",
+            "knob_overrides": "training_knobs() in astrid/imaging/synthetic.py (per frame, on top of the generator's own draws)",
             "fixed_knobs": config.knobs,
             "held_out": "seeds < 1,000,000 are never used for training or calibration",
         },
