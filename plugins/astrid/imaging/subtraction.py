@@ -100,7 +100,7 @@ MAX_HALF_WIDTH = 25
 # out to MAX_HALF_WIDTH px; its fit stamps are WING_HALF_FWHM × that FWHM a side, so the wide term
 # is measured where it matters instead of being degenerate with the background. Used only when at
 # least WING_MIN_STARS stars have whole stamps of that size: with 10–18 stars the kernel sum came
-# out 0.5–3 % off (512²–640² pairs), with ≥ 24 within 0.3 %; without it the kernel sum was ~1 % low
+# out up to 3 % off (512²–640² pairs), with ≥ 24 within 0.35 %; without it the kernel sum was ~1 % low
 # and bright stars left +0.4σ per pixel at 15–20 px, where the detector made false detections
 # (docs/subtraction.md).
 WING_SIGMA_FWHM = 2.0
