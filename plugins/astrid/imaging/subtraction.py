@@ -31,8 +31,10 @@ Method (docs/subtraction.md has the measurements behind each choice)
    leaves the reference are NO_DATA — never extrapolated.
 3. **PSF matching** (Alard & Lupton 1998; Alard 2000): the sharper image is convolved with a
    kernel that is a sum of Gaussians × polynomials (three widths scaled to the seeing difference,
-   degrees 6/4/2: 49 basis functions) whose coefficients vary as a polynomial of the position
-   (``spatial_order``, default 2), plus a differential background polynomial. The kernel sum is
+   degrees 6/4/2: 49 basis functions), plus a wide "wing" Gaussian (2 × the broader FWHM, reach up
+   to 25 px, fitted on stamps of 3 FWHM) when ≥ 25 stars support it, whose coefficients vary as
+   a polynomial of the position (``spatial_order``, default 2), plus a differential background
+   polynomial. The kernel sum is
    held constant over the frame (one photometric scale), so the flux-scale is fitted, not assumed.
    The fit is a weighted least squares over stamps around bright unsaturated stars that dominate
    their stamp, spread over the frame; stamps and pixels that do not fit (variables, transients on stars,
@@ -74,7 +76,7 @@ __all__ = ["NO_DATA", "SATURATED", "Subtraction", "subtract"]
 log = logging.getLogger(__name__)
 
 METHOD = "alard-lupton"
-METHOD_VERSION = 1
+METHOD_VERSION = 2  # 2: the wing term (WING_*)
 NO_DATA = 1
 SATURATED = 2
 
@@ -88,11 +90,23 @@ MIN_ALIGN_MATCHES = 6  # star pairs for an asterism registration (and for an aff
 MIN_WCS_MATCHES = 3  # star pairs that confirm a WCS (fewer than 6: only a shift is corrected)
 AFFINE_TOLERANCE = 0.01  # px: a map this close to affine is resampled with the affine fast path
 # Alard-Lupton basis (the ISIS/HOTPANTS default): Gaussian σ in units of the seeing-difference σ, and
-# the polynomial degree of each. A fourth, wide Gaussian fitted Moffat wings better on large frames
-# but made the kernel sum unstable (±8 %) with the ~10 stars of a small frame (docs/subtraction.md).
+# the polynomial degree of each.
 BASIS_WIDTHS = (0.5, 1.0, 2.0)
 BASIS_DEGREES = (6, 4, 2)
 KERNEL_REACH_SIGMA = 3.0  # kernel half-width in units of the widest σ
+MAX_HALF_WIDTH = 25
+# The wing term: one more (zero-sum) Gaussian of σ = WING_SIGMA_FWHM × the broader FWHM, degree
+# WING_DEGREE, which carries the broader image's Moffat wings (r⁻⁵·⁶ against the sharper one's r⁻⁷)
+# out to MAX_HALF_WIDTH px; its fit stamps are WING_HALF_FWHM × that FWHM a side, so the wide term
+# is measured where it matters instead of being degenerate with the background. Used only when at
+# least WING_MIN_STARS stars have whole stamps of that size: with 10–18 stars the kernel sum came
+# out up to 3 % off (512²–640² pairs), with ≥ 24 within 0.35 %; without it the kernel sum was ~1 % low
+# and bright stars left +0.4σ per pixel at 15–20 px, where the detector made false detections
+# (docs/subtraction.md).
+WING_SIGMA_FWHM = 2.0
+WING_DEGREE = 0
+WING_HALF_FWHM = 3.0
+WING_MIN_STARS = 25
 MIN_BASIS_SIGMA = 0.8  # px: floor of that σ (same seeing still needs shifts and shape terms)
 HOLDOUT_EVERY = 5  # one kernel star in this many grades the fit instead of entering it
 HALF_FWHM = 1.5  # fitted stamp half-size in units of the larger FWHM
@@ -648,15 +662,18 @@ class _Basis:
     images: np.ndarray  # (n, 2hw+1, 2hw+1)
 
     @classmethod
-    def build(cls, sigma_match: float, hw: int | None) -> _Basis:
+    def build(cls, sigma_match: float, hw: int | None, wing_sigma: float | None = None) -> _Basis:
         s = max(sigma_match, MIN_BASIS_SIGMA)
         sigmas = tuple(s * f for f in BASIS_WIDTHS)
+        degrees = BASIS_DEGREES
+        if wing_sigma is not None and wing_sigma > sigmas[-1]:
+            sigmas, degrees = (*sigmas, wing_sigma), (*degrees, WING_DEGREE)
         if hw is None:
-            hw = int(np.clip(math.ceil(KERNEL_REACH_SIGMA * sigmas[-1]), 4, 25))
+            hw = int(np.clip(math.ceil(KERNEL_REACH_SIGMA * sigmas[-1]), 4, MAX_HALF_WIDTH))
         u = np.arange(-hw, hw + 1, dtype=np.float64)
         filters: list[np.ndarray] = []
         pairs: list[tuple[int, int]] = []
-        for sigma, degree in zip(sigmas, BASIS_DEGREES, strict=True):
+        for sigma, degree in zip(sigmas, degrees, strict=True):
             first = len(filters)
             for a in range(degree + 1):
                 f = np.exp(-0.5 * (u / sigma) ** 2) * (u / sigma) ** a
@@ -1015,10 +1032,17 @@ def _subtract(
         )
     fwhm_ref = fwhm_ref_own / geometry["scale"]  # in science pixels
     convolve_reference = fwhm_ref <= fwhm_sci
-    basis = _Basis.build(
-        math.sqrt(abs(fwhm_sci**2 - fwhm_ref**2)) / FWHM_PER_SIGMA, options.kernel_half_width
+    sigma_match = math.sqrt(abs(fwhm_sci**2 - fwhm_ref**2)) / FWHM_PER_SIGMA
+    basis = _Basis.build(sigma_match, options.kernel_half_width)
+    fwhm_max = max(fwhm_sci, fwhm_ref)
+    # a user-fixed half-width keeps the three-Gaussian basis
+    wing = (
+        _Basis.build(sigma_match, None, WING_SIGMA_FWHM * fwhm_max)
+        if options.kernel_half_width is None
+        else None
     )
-    pad = basis.hw
+    core_hw = basis.hw
+    pad = max(basis.hw, wing.hw if wing is not None else 0)
     ref_al, footprint, ref_sat, resampling = _resample(alignment.pixel_map, shape, pad, ref)
     inner = (slice(pad, pad + shape[0]), slice(pad, pad + shape[1]))
     overlap = float(footprint[inner].mean())
@@ -1035,15 +1059,24 @@ def _subtract(
     sci_sat = np.pad(sci.saturated, pad)
     sci_bg = np.pad(sci.rms, pad, mode="edge") ** 2
     var_sci = _variance(sci_data, sci_bg, sci.gain)
-    half = int(np.clip(math.ceil(HALF_FWHM * max(fwhm_sci, fwhm_ref)), 5, 40))
+    half = int(np.clip(math.ceil(HALF_FWHM * fwhm_max), 5, 40))
     usable = footprint & ~sci_bad & ~sci_sat & ~ref_sat
-    candidates = _kernel_stars(
-        sci, usable, pad, half, half + pad, options.max_kernel_stars * HOLDOUT_EVERY // 4
-    )
-    holdout = np.zeros(len(candidates), bool)
-    if len(candidates) >= 2 * options.min_kernel_stars:
-        holdout[HOLDOUT_EVERY - 1 :: HOLDOUT_EVERY] = True
-    fit_idx, qa_idx = candidates[~holdout], candidates[holdout]
+
+    def select(half: int, hw: int) -> tuple[np.ndarray, np.ndarray]:
+        candidates = _kernel_stars(
+            sci, usable, pad, half, half + hw, options.max_kernel_stars * HOLDOUT_EVERY // 4
+        )
+        holdout = np.zeros(len(candidates), bool)
+        if len(candidates) >= 2 * options.min_kernel_stars:
+            holdout[HOLDOUT_EVERY - 1 :: HOLDOUT_EVERY] = True
+        return candidates[~holdout], candidates[holdout]
+
+    fit_idx, qa_idx = select(half, basis.hw)
+    if wing is not None and len(fit_idx) >= WING_MIN_STARS:
+        half_w = int(np.clip(math.ceil(WING_HALF_FWHM * fwhm_max), half, 40))
+        fit_w, qa_w = select(half_w, wing.hw)
+        if len(fit_w) >= max(WING_MIN_STARS, options.min_kernel_stars):
+            basis, half, fit_idx, qa_idx = wing, half_w, fit_w, qa_w
     if len(fit_idx) < options.min_kernel_stars:
         raise KernelFitError(
             f"only {len(fit_idx)} unsaturated stars bright enough, with whole stamps in the overlap (need "
@@ -1100,11 +1133,15 @@ def _subtract(
         bg_var = (sci_bg * k2.sum() + ref_bg) * norm
         src_var = (_spread(_photons(sci_data, sci.gain), k2) + _photons(ref_al, ref.gain)) * norm
         flux_scale = 1.0 / kernel.scale
-    # honest pixels: the kernel's whole reach lies on real data of the convolved image
+    # honest pixels: the core kernel's whole reach lies on real data of the convolved image (the wing
+    # term carries a few per cent of a star's flux: where it runs off the data it leaves what the
+    # three-Gaussian kernel leaves everywhere, so it does not cost the frame's edges)
     convolved_ok = footprint if convolve_reference else ~sci_bad
-    no_data = (~_erode(convolved_ok, pad) | sci_bad | ~footprint)[inner]
+    no_data = (~_erode(convolved_ok, core_hw) | sci_bad | ~footprint)[inner]
+    reach = basis.hw
     saturated = (
-        _grow(ref_sat, pad if convolve_reference else 0) | _grow(sci_sat, 0 if convolve_reference else pad)
+        _grow(ref_sat, reach if convolve_reference else 0)
+        | _grow(sci_sat, 0 if convolve_reference else reach)
     )[inner] & ~no_data
     nan = np.float32(np.nan)
     difference = np.where(no_data, nan, difference[inner]).astype(np.float32)
@@ -1150,6 +1187,7 @@ def _subtract(
         "kernel_half_width": basis.hw,
         "kernel_sigmas_px": [_round(s) for s in basis.sigmas],
         "kernel_basis_functions": len(basis),
+        "kernel_wing": basis is wing,
         "kernel_spatial_order": order,
         "background_order": options.background_order,
         "flux_scale": _round(flux_scale),
