@@ -314,8 +314,7 @@ def _snr_local(pair, variance: np.ndarray) -> list[float]:
     the way the synthetic generator computes it (:func:`astrid.imaging.synthetic.local_snr`: the
     PSF-weighted SNR with the transient's own photon noise; ``variance`` here includes that
     photon noise, which is taken out first)."""
-    from astrid.imaging.synthetic import local_snr
-    from tests.subtraction_pairs import point_stamp
+    from astrid.imaging.synthetic import local_snr, point_stamp
 
     gain = pair.params["gain"]
     h, w = variance.shape
@@ -340,7 +339,8 @@ def efficiency(size: int, frames: int, threads: int) -> dict:
     import torch
 
     from astrid.ml.engine import get_engine
-    from astrid.ml.evaluate import frame_record, ideal_report, score_detections
+    from astrid.ml.evaluate import frame_record, ideal_report
+    from astrid.ml.scoring import score_detections
     from astrid.preprocess import subtract_arrays
     from tests.subtraction_pairs import make_pair
 
@@ -451,7 +451,7 @@ def efficiency(size: int, frames: int, threads: int) -> dict:
 
 
 def efficiency_markdown(res: dict, command: str, wall: float) -> str:
-    from astrid.ml.evaluate import FLOORS
+    from astrid.ml.scoring import FLOORS
 
     r = res["recall"]
     n_truth = sum(f["truth"] for f in res["per_frame"])

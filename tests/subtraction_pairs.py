@@ -35,6 +35,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from scipy.signal import fftconvolve
 
+from astrid.imaging.synthetic import add_stamp, moffat_stamp, point_stamp
+
 SATURATE = 60000.0
 
 
@@ -94,21 +96,6 @@ class Pair:
         return self.science_variance + k2 * ref_var / self.params["flux_ratio"] ** 2
 
 
-def moffat(radius: int, fwhm: float, beta: float, ell: float = 0.0, angle: float = 0.0) -> np.ndarray:
-    """Pixel-integrated (5× super-sampled) elliptical Moffat on a (2r+1)² stamp, sum 1."""
-    os_ = 5
-    n = 2 * radius + 1
-    sub = (np.arange(n * os_) + 0.5) / os_ - 0.5 - radius
-    x, y = sub[None, :], sub[:, None]
-    q = 1.0 - ell
-    c, s = math.cos(angle), math.sin(angle)
-    u, v = x * c + y * s, -x * s + y * c
-    alpha = fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
-    img = (1.0 + (u * u * q + v * v / q) / (alpha * alpha)) ** (-beta)
-    img = img.reshape(n, os_, n, os_).mean(axis=(1, 3))
-    return img / img.sum()
-
-
 def _lanczos3(frac: np.ndarray) -> np.ndarray:
     t = np.arange(-2, 4)[None, :] - frac[:, None]
     w = np.sinc(t) * np.sinc(t / 3.0)
@@ -127,23 +114,6 @@ def _splat(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, flux: np.ndarra
     rr, cc = np.broadcast_to(rows, weights.shape), np.broadcast_to(cols, weights.shape)
     ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
     return np.bincount(rr[ok] * w + cc[ok], weights=weights[ok], minlength=h * w).reshape(h, w)
-
-
-def point_stamp(psf: np.ndarray, x: float, y: float) -> tuple[np.ndarray, int, int]:
-    """Unit-flux point source at (x, y) rendered as :func:`_splat` + convolution would:
-    ``(stamp, row0, col0)`` with the stamp's top-left frame pixel."""
-    r = psf.shape[0] // 2
-    ix, iy = math.floor(x), math.floor(y)
-    wx, wy = _lanczos3(np.array([x - ix]))[0], _lanczos3(np.array([y - iy]))[0]
-    return fftconvolve(np.outer(wy, wx), psf), iy - 2 - r, ix - 2 - r
-
-
-def _add_stamp(image: np.ndarray, stamp: np.ndarray, row0: int, col0: int, scale: float) -> None:
-    h, w = image.shape
-    sh, sw = stamp.shape
-    r0, c0, r1, c1 = max(row0, 0), max(col0, 0), min(row0 + sh, h), min(col0 + sw, w)
-    if r1 > r0 and c1 > c0:
-        image[r0:r1, c0:c1] += scale * stamp[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0]
 
 
 def _blend_weight(x: np.ndarray, y: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -175,7 +145,7 @@ def _galaxies(
         c, s = math.cos(ai), math.sin(ai)
         u, v = sx * c + sy * s, -sx * s + sy * c
         prof = np.exp(-1.678 * np.sqrt(u * u * qi + v * v / qi + 0.09) / ri)
-        _add_stamp(canvas, prof / prof.sum(), cy - rad, cx - rad, fi)
+        add_stamp(canvas, prof / prof.sum(), cy - rad, cx - rad, fi)
     return canvas
 
 
@@ -234,9 +204,9 @@ def make_pair(
     shape = (size, size)
     rshape = (reference_size or size,) * 2
     radius = math.ceil(max(4.0 * max(seeing_fwhm), 10))
-    psf_a = moffat(radius, seeing_fwhm[0], 3.2, 0.04, 0.3)
-    psf_b = moffat(radius, seeing_fwhm[1], 2.8, 0.10, 1.2)
-    psf_r = moffat(radius, reference_fwhm, 3.5, 0.03, 2.0)
+    psf_a = moffat_stamp(radius, seeing_fwhm[0], 3.2, 0.04, 0.3)
+    psf_b = moffat_stamp(radius, seeing_fwhm[1], 2.8, 0.10, 1.2)
+    psf_r = moffat_stamp(radius, reference_fwhm, 3.5, 0.03, 2.0)
 
     ra, dec = float(rng.uniform(0, 360)), float(rng.uniform(-60, 60))
     rot = float(rng.uniform(-math.pi, math.pi))
@@ -352,7 +322,7 @@ def make_pair(
         ]
         v = cut / gain + (read_noise / gain) ** 2
         flux = float(s / math.sqrt(float((p * p / v).sum())))
-        _add_stamp(model, stamp, r0, c0_, flux)
+        add_stamp(model, stamp, r0, c0_, flux)
         tflux.append(flux)
     science_variance = np.maximum(model, 0) / gain + (read_noise / gain) ** 2
     noise_rng = np.random.default_rng([seed, 0x401])

@@ -18,7 +18,8 @@ from scipy.signal import convolve2d
 
 from astrid.errors import AlignmentError, KernelFitError, NoOverlapError, ObservationError, SubtractionError
 from astrid.imaging.subtraction import NO_DATA, Subtraction, _Basis, subtract
-from tests.subtraction_pairs import Pair, make_pair, point_stamp
+from astrid.imaging.synthetic import point_stamp
+from tests.subtraction_pairs import Pair, make_pair
 
 SIZE = 384
 COMMON = {"star_density": 4000.0, "n_transients": 6}

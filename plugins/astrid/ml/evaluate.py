@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-# FLOORS: bench/subtraction.py reads the shipped model's floors from here
-from astrid.ml.scoring import FLOORS as FLOORS
 from astrid.ml.scoring import (
     MATCH_RADIUS,
     EvaluationReport,
