@@ -563,6 +563,11 @@ class Catalog:
             raise CatalogError(f"observation {observation_id} is not in the catalog")
         return row
 
+    def _read_rows(self, stmt: Any) -> list[dict[str, Any]]:
+        """The rows a read-only query returns, as plain dicts (JSON-ready values)."""
+        with self._tx(write=False) as conn:
+            return [_plain(r) for r in conn.execute(stmt)]
+
     @staticmethod
     def _finish_claim(
         conn: sa.Connection, observation_id: int, status: ObservationStatus, now: datetime, **values: Any
@@ -857,8 +862,7 @@ class Catalog:
             stmt = stmt.where(_R.c.started_at >= since)
         if dag_id is not None:
             stmt = stmt.where(_R.c.dag_id == dag_id)
-        with self._tx(write=False) as conn:
-            return [_plain(r) for r in conn.execute(stmt)]
+        return self._read_rows(stmt)
 
     # ------------------------------------------------------------------ alerts
 
@@ -931,8 +935,7 @@ class Catalog:
             stmt = stmt.where(_O.c.status == _status(status))
         if limit is not None:
             stmt = stmt.limit(limit)
-        with self._tx(write=False) as conn:
-            return [_plain(r) for r in conn.execute(stmt)]
+        return self._read_rows(stmt)
 
     def get(self, observation: int | str) -> dict[str, Any]:
         """One observation by id (int) or name (str); CatalogError when unknown."""
@@ -952,8 +955,7 @@ class Catalog:
             stmt = stmt.where(_D.c.observation_id == observation_id)
         if model_version is not None:
             stmt = stmt.where(_D.c.model_version == model_version)
-        with self._tx(write=False) as conn:
-            return [_plain(r) for r in conn.execute(stmt)]
+        return self._read_rows(stmt)
 
     # ------------------------------------------------------------------ drift statistics
 
@@ -1007,8 +1009,7 @@ class Catalog:
             stmt = stmt.where(_ST.c.recorded_at >= _utcnow(since))
         if until is not None:
             stmt = stmt.where(_ST.c.recorded_at < _utcnow(until))
-        with self._tx(write=False) as conn:
-            return [_plain(r) for r in conn.execute(stmt)]
+        return self._read_rows(stmt)
 
     def statistics_scores(self, model_version: str, since: datetime, until: datetime) -> list[float]:
         """The scores of ``model_version``'s detections in the observations whose statistics it
@@ -1050,8 +1051,7 @@ class Catalog:
             .where(_O.c.status == _S.CLAIMED, _O.c.lease_until < now)
             .order_by(_O.c.lease_until, _O.c.id)
         )
-        with self._tx(write=False) as conn:
-            return [_plain(r) for r in conn.execute(stmt)]
+        return self._read_rows(stmt)
 
 
 def _optional_float(value: Any) -> float | None:
