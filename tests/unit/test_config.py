@@ -146,6 +146,19 @@ def test_defaults():
 
 
 @pytest.mark.parametrize("name", sorted(FIELDS))
+def test_every_default_passes_its_own_rule(name):
+    """The configuration trusts its defaults at load time (they are code, and checking them costs
+    every DAG parse ~5 ms): this is where each is checked, through its variable's own rule."""
+    f = FIELDS[name]
+    f.metadata["rule"].check(f.metadata["env"], f.default)
+
+
+def test_a_value_equal_to_the_default_but_given_in_another_type_is_still_checked():
+    with pytest.raises(ConfigError, match="ASTRID_INFERENCE_LEASE_MINUTES"):
+        Config(lease_minutes=float(Config().lease_minutes))
+
+
+@pytest.mark.parametrize("name", sorted(FIELDS))
 def test_every_env_override(name):
     raw, expected = _override(name)
     assert expected != FIELDS[name].default, f"{name}: the override must differ from the default"
