@@ -246,3 +246,42 @@ def test_demo_truth_recall_matches_one_to_one_within_3_px(tmp_path):
     catalog.complete(claim, "r", "1", found)
     assert truth_recall(catalog, storage) == (1, 3)
     catalog.dispose()
+
+
+def test_analyse_claim_reads_detects_vets_and_measures_one_observation(world):
+    """The one path an observation takes through the detector (live queue and reprocessing):
+    bounded read, detections above the threshold, photometry on each; bad data raises an
+    ObservationError naming the observation, so the caller fails that observation alone."""
+    from dataclasses import replace
+
+    from astrid.errors import ObservationError
+    from astrid.imaging.fits import ReadLimits
+    from astrid.pipeline import analyse_claim, load_detector
+
+    claim = world["catalog"].labelled(1)[0]
+    detector = load_detector(world["registry"], "champion", device="cpu").detector
+    triplet, probability, detections = analyse_claim(
+        claim, world["storage"], detector, threshold=0.5, max_side=4096
+    )
+    assert probability.shape == triplet.difference.shape == (SIZE, SIZE)
+    assert detections and all(d.score >= 0.5 for d in detections)
+    assert all(d.flux_err > 0 and math.isfinite(d.snr) for d in detections)  # measured
+    vetted_off = analyse_claim(
+        claim, world["storage"], detector, threshold=0.5, max_side=4096, min_excess=None
+    )[2]
+    assert len(vetted_off) >= len(detections)  # vetting can only drop candidates
+    with pytest.raises(ObservationError, match=claim.name):
+        analyse_claim(claim, world["storage"], detector, threshold=0.5, max_side=SIZE - 1)
+    with pytest.raises(ObservationError, match="header cards"):
+        analyse_claim(
+            claim,
+            world["storage"],
+            detector,
+            threshold=0.5,
+            max_side=4096,
+            limits=ReadLimits(max_header_cards=36),
+        )
+    with pytest.raises(ObservationError, match="no difference image"):
+        analyse_claim(
+            replace(claim, difference_uri=None), world["storage"], detector, threshold=0.5, max_side=4096
+        )
